@@ -1,0 +1,336 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Validate and normalise the egress_rules options into a Policy.
+
+Private to agentguard.hardening: no compatibility promise outside the collection.
+Every error names the option path and the offending value, and all errors are
+reported at once, before anything on the host is read or changed.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import re
+from collections import namedtuple
+
+FAMILIES = ("ipv4", "ipv6")
+PROTOCOLS = ("tcp", "udp")
+MODES = ("enforce", "audit")
+SCOPES = ("host", "users")
+DENY_ACTIONS = ("drop", "reject")
+
+# Labels become rule comments and ipset names ("ag4-<label>", and "agt4-<label>"
+# while contents are swapped): ipset names are limited to 31 characters.
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,25}$")
+HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+PORT_RANGE_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+LIMIT_UNITS = {
+    "s": "sec", "sec": "sec", "second": "sec",
+    "m": "min", "min": "min", "minute": "min",
+    "h": "hour", "hour": "hour",
+    "d": "day", "day": "day",
+}
+UNIT_SECONDS = {"sec": 1, "min": 60, "hour": 3600, "day": 86400}
+# xt_limit scale: faster than 10000 packets per second is refused by the kernel.
+MAX_LIMIT_PER_SECOND = 10000
+MAX_BURST = 10000
+# xt_LOG keeps 29 characters of prefix.
+MAX_LOG_PREFIX = 29
+USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+
+Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol"])
+"""kind is "name", "ipv4" or "ipv6"; for addresses host is the canonical network string."""
+
+User = namedtuple("User", ["name", "uid"])
+
+Policy = namedtuple("Policy", [
+    "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
+    "mode", "scope", "users", "families", "state",
+])
+
+
+class PolicyError(Exception):
+    """Raised with every validation problem found; str() lists them one per line."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super(PolicyError, self).__init__("\n".join(self.errors))
+
+
+def _repr(value):
+    return repr(value)
+
+
+def parse_port(value, where):
+    """Return a canonical port spec ("443" or "8000:8010") or raise ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("%s: %s is not a port; use a number from 1 to 65535 or a range like \"8000-8010\"" % (where, _repr(value)))
+    if isinstance(value, int):
+        low = high = value
+    elif isinstance(value, str):
+        text = value.strip()
+        match = PORT_RANGE_RE.match(text)
+        if match:
+            low, high = int(match.group(1)), int(match.group(2))
+        elif text.isdigit():
+            low = high = int(text)
+        else:
+            raise ValueError("%s: %s is not a port; use a number from 1 to 65535 or a range like \"8000-8010\"" % (where, _repr(value)))
+    else:
+        raise ValueError("%s: %s is not a port; use a number from 1 to 65535 or a range like \"8000-8010\"" % (where, _repr(value)))
+    for port in (low, high):
+        if not 1 <= port <= 65535:
+            raise ValueError("%s: %s is out of range; ports are 1 to 65535" % (where, _repr(value)))
+    if low > high:
+        raise ValueError("%s: %s is a reversed range; write the lower port first" % (where, _repr(value)))
+    return str(low) if low == high else "%d:%d" % (low, high)
+
+
+def is_hostname(text):
+    """True for a syntactically valid DNS host name (not an address)."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if not all(HOST_LABEL_RE.match(label) for label in labels):
+        return False
+    # An all-numeric last label is an address attempt, not a name.
+    return not labels[-1].isdigit()
+
+
+def parse_host(value, where):
+    """Return (kind, canonical) for a destination host, or raise ValueError."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("%s: %s is not a host; give a DNS name, an IPv4/IPv6 address or a CIDR" % (where, _repr(value)))
+    text = value.strip()
+    looks_numeric = re.match(r"^[0-9./]+$", text) is not None
+    if ":" in text or looks_numeric:
+        try:
+            net = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            if "has host bits set" in str(exc):
+                fixed = ipaddress.ip_network(text, strict=False)
+                raise ValueError("%s: %s has host bits set; did you mean %s?" % (where, _repr(value), fixed))
+            raise ValueError("%s: %s is not a valid IP address or CIDR" % (where, _repr(value)))
+        if net.prefixlen == 0:
+            raise ValueError("%s: %s allows every address, which defeats the allowlist" % (where, _repr(value)))
+        return ("ipv%d" % net.version, str(net))
+    if "/" in text or not is_hostname(text):
+        raise ValueError("%s: %s is not a valid DNS name, IP address or CIDR" % (where, _repr(value)))
+    return ("name", text.rstrip(".").lower())
+
+
+def parse_address(value, where):
+    """Return the canonical text of a single IP address (no prefix), or raise ValueError."""
+    if not isinstance(value, str):
+        raise ValueError("%s: %s is not an IP address" % (where, _repr(value)))
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("%s: %s is not an IP address" % (where, _repr(value)))
+
+
+def parse_log_limit(value, where="log_limit"):
+    """Return iptables' canonical form of a rate ("10/min"), or raise ValueError."""
+    text = value if isinstance(value, str) else ""
+    match = LIMIT_RE.match(text.lower())
+    unit = LIMIT_UNITS.get(match.group(2)) if match else None
+    if not match or unit is None:
+        raise ValueError("%s: %s is not a rate; write it like \"10/minute\" (units: second, minute, hour, day)" % (where, _repr(value)))
+    count = int(match.group(1))
+    if count < 1:
+        raise ValueError("%s: %s must allow at least one line per period" % (where, _repr(value)))
+    if count / float(UNIT_SECONDS[unit]) > MAX_LIMIT_PER_SECOND:
+        raise ValueError("%s: %s is faster than the kernel's maximum of %d/second" % (where, _repr(value), MAX_LIMIT_PER_SECOND))
+    return "%d/%s" % (count, unit)
+
+
+def parse_log_prefix(value, where="log_prefix"):
+    if not isinstance(value, str) or not value:
+        raise ValueError("%s: %s must be a non-empty string" % (where, _repr(value)))
+    if len(value) > MAX_LOG_PREFIX:
+        raise ValueError("%s: %s is %d characters; the kernel keeps at most %d" % (where, _repr(value), len(value), MAX_LOG_PREFIX))
+    if any(ch in value for ch in "\"\\'") or not all(32 <= ord(ch) < 127 for ch in value):
+        raise ValueError("%s: %s may contain printable ASCII only, without quotes or backslashes" % (where, _repr(value)))
+    return value
+
+
+def _int_in(value, low, high, where):
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool) or not str(value).strip().isdigit():
+                raise ValueError()
+            value = int(str(value).strip())
+        except ValueError:
+            raise ValueError("%s: %s is not a whole number" % (where, _repr(value)))
+    if not low <= value <= high:
+        raise ValueError("%s: %s is out of range (%d to %d)" % (where, _repr(value), low, high))
+    return value
+
+
+def _choice(value, choices, where):
+    if value not in choices:
+        raise ValueError("%s: %s is not one of %s" % (where, _repr(value), ", ".join(choices)))
+    return value
+
+
+def parse_users(values, lookup_name, where="users"):
+    """Resolve user names or uids to User tuples, sorted by uid.
+
+    lookup_name(name) returns the uid of an existing user or raises KeyError.
+    Numeric uids are taken as they are: a uid need not have a passwd entry.
+    """
+    users = {}
+    errors = []
+    for index, value in enumerate(values or []):
+        spot = "%s[%d]" % (where, index)
+        if isinstance(value, bool):
+            errors.append("%s: %s is not a user name or uid" % (spot, _repr(value)))
+            continue
+        text = str(value).strip()
+        if text.isdigit():
+            uid = int(text)
+            if uid > 4294967294:
+                errors.append("%s: %s is not a valid uid" % (spot, _repr(value)))
+                continue
+            users.setdefault(uid, User(text, uid))
+        elif USERNAME_RE.match(text):
+            try:
+                uid = lookup_name(text)
+            except KeyError:
+                errors.append("%s: user %s does not exist on this host" % (spot, _repr(value)))
+                continue
+            users[uid] = User(text, uid)
+        else:
+            errors.append("%s: %s is not a user name or uid" % (spot, _repr(value)))
+    return [users[uid] for uid in sorted(users)], errors
+
+
+def _destination(entry, index, errors):
+    where = "allow[%d]" % index
+    if not isinstance(entry, dict):
+        errors.append("%s: %s is not a mapping with name, host, ports and protocol" % (where, _repr(entry)))
+        return None
+    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol"})
+    if unknown:
+        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol" % (where, ", ".join(unknown)))
+    name = entry.get("name")
+    ok = True
+    if not isinstance(name, str) or not LABEL_RE.match(name):
+        errors.append("%s.name: %s is not a valid label (1-26 characters: letters, digits, '_', '.', '-', starting with a letter or digit)"
+                      % (where, _repr(name)))
+        ok = False
+    try:
+        kind, host = parse_host(entry.get("host"), where + ".host")
+    except ValueError as exc:
+        errors.append(str(exc))
+        ok = False
+    protocol = entry.get("protocol", "tcp")
+    if protocol is None:
+        protocol = "tcp"
+    if protocol not in PROTOCOLS:
+        errors.append("%s.protocol: %s is not one of tcp, udp" % (where, _repr(protocol)))
+        ok = False
+    ports = entry.get("ports", [443])
+    if ports is None:
+        ports = [443]
+    if isinstance(ports, (str, int)) and not isinstance(ports, bool):
+        ports = [ports]
+    if not isinstance(ports, list) or not ports:
+        errors.append("%s.ports: %s must be a non-empty list of ports or ranges" % (where, _repr(ports)))
+        return None
+    specs = []
+    for pindex, port in enumerate(ports):
+        try:
+            spec = parse_port(port, "%s.ports[%d]" % (where, pindex))
+        except ValueError as exc:
+            errors.append(str(exc))
+            ok = False
+            continue
+        if spec not in specs:
+            specs.append(spec)
+    if not ok:
+        return None
+    return Destination(name, host, kind, tuple(specs), protocol)
+
+
+def build_policy(params, lookup_user):
+    """Validate module parameters; return a Policy or raise PolicyError listing every problem."""
+    errors = []
+
+    def check(func, *args):
+        try:
+            return func(*args)
+        except ValueError as exc:
+            errors.append(str(exc))
+            return None
+
+    state = check(_choice, params.get("state", "present"), ("present", "absent"), "state")
+    mode = check(_choice, params.get("mode", "enforce"), MODES, "mode")
+    scope = check(_choice, params.get("scope", "host"), SCOPES, "scope")
+    deny_action = check(_choice, params.get("deny_action", "drop"), DENY_ACTIONS, "deny_action")
+    log_prefix = check(parse_log_prefix, params.get("log_prefix", "[EGRESS-DENIED] "))
+    log_limit = check(parse_log_limit, params.get("log_limit", "10/minute"))
+    log_burst = check(_int_in, params.get("log_burst", 20), 1, MAX_BURST, "log_burst")
+
+    families = params.get("families")
+    if families is None:
+        families = list(FAMILIES)
+    if not isinstance(families, list) or not families:
+        errors.append("families: %s must be a non-empty list of ipv4, ipv6" % _repr(families))
+        families = []
+    for index, family in enumerate(families):
+        if family not in FAMILIES:
+            errors.append("families[%d]: %s is not one of ipv4, ipv6" % (index, _repr(family)))
+    families = tuple(f for f in FAMILIES if f in families)
+
+    dns_servers = []
+    for index, server in enumerate(params.get("dns_servers") or []):
+        address = check(parse_address, server, "dns_servers[%d]" % index)
+        if address is not None and address not in dns_servers:
+            dns_servers.append(address)
+
+    allow = []
+    labels = {}
+    raw_allow = params.get("allow") or []
+    if not isinstance(raw_allow, list):
+        errors.append("allow: %s must be a list of destinations" % _repr(raw_allow))
+        raw_allow = []
+    for index, entry in enumerate(raw_allow):
+        dest = _destination(entry, index, errors)
+        if dest is None:
+            continue
+        if dest.name in labels:
+            errors.append("allow[%d].name: %s is already used by allow[%d]; labels must be unique"
+                          % (index, _repr(dest.name), labels[dest.name]))
+            continue
+        labels[dest.name] = index
+        allow.append(dest)
+
+    users, user_errors = parse_users(params.get("users"), lookup_user)
+    errors.extend(user_errors)
+
+    if state == "present":
+        if mode == "enforce" and not dns_servers and not errors:
+            errors.append("dns_servers: [] is empty; enforce mode needs at least one trusted resolver "
+                          "(it is the only DNS destination the host may use)")
+        names = [d for d in allow if d.kind == "name"]
+        if names and not dns_servers and mode != "enforce":
+            errors.append("dns_servers: [] is empty but allow[%d].host %s is a name that must be resolved"
+                          % (labels[names[0].name], _repr(names[0].host)))
+        if scope == "users" and not users and not user_errors:
+            errors.append("users: %s is empty; scope=users needs the users whose egress is restricted" % _repr(params.get("users")))
+    if scope == "host" and params.get("users"):
+        errors.append("users: %s is only used with scope=users (scope is 'host', which restricts every user)"
+                      % _repr(params.get("users")))
+
+    if errors:
+        raise PolicyError(errors)
+    return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
+                  mode, scope, tuple(users), families, state)

@@ -1,0 +1,248 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Render the desired managed state and the iptables-restore / ipset payloads.
+
+Private to agentguard.hardening. Rule specs are written exactly as
+iptables-save prints them, so live and desired state compare as plain text.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+
+from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
+    BUILTIN_FILTER_CHAINS,
+    SET_PREFIXES,
+    IpSet,
+    ManagedState,
+    sort_networks,
+)
+
+CHAIN_ENTRY = "AGENTGUARD-EGRESS"
+CHAIN_ALLOW = "AGENTGUARD-ALLOW"
+CHAIN_DENY = "AGENTGUARD-DENY"
+JUMP_SPEC = "-j " + CHAIN_ENTRY
+
+# Above this many addresses per family, a destination is matched with an ipset
+# (hash:net) so the per-packet cost does not grow with the list.
+SET_THRESHOLD = 8
+COMMENT = "agentguard: %s"
+HOST_BITS = {"ipv4": 32, "ipv6": 128}
+SET_FAMILY = {"ipv4": "inet", "ipv6": "inet6"}
+
+# IPv6 needs neighbour discovery to reach even the allowed destinations. These
+# messages never leave the link (hop limit 255 is checked by receivers).
+ND_TYPES = (133, 135, 136)
+
+
+def _comment(label):
+    return '-m comment --comment "%s"' % (COMMENT % label)
+
+
+def _addr(network, family):
+    net = ipaddress.ip_network(network, strict=False)
+    return "%s/%d" % (net.network_address, net.prefixlen if net.prefixlen else HOST_BITS[family])
+
+
+def _dport(protocol, port):
+    return "-p %s -m %s --dport %s" % (protocol, protocol, port)
+
+
+def set_name(family, label):
+    return SET_PREFIXES[family] + label
+
+
+def _family_of(text):
+    return "ipv%d" % ipaddress.ip_network(text, strict=False).version
+
+
+def desired_sets(policy, resolved):
+    """The ipsets the policy needs: {name: IpSet}."""
+    sets = {}
+    if policy.state != "present":
+        return sets
+    for dest in policy.allow:
+        for family in policy.families:
+            addresses = resolved.get(dest.name, {}).get(family, [])
+            if len(addresses) > SET_THRESHOLD:
+                name = set_name(family, dest.name)
+                sets[name] = IpSet(name, "hash:net", SET_FAMILY[family], {}, tuple(sort_networks(addresses)))
+    return sets
+
+
+def _allow_rules(policy, resolved, family, sets):
+    rules = ["-o lo -j ACCEPT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    if family == "ipv6":
+        for icmp_type in ND_TYPES:
+            rules.append("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 %s -j ACCEPT"
+                         % (icmp_type, _comment("neighbour discovery")))
+    if family not in policy.families:
+        # A family the policy does not open is still locked down: a host is not
+        # hardened while the other family's egress is open.
+        rules.append("-j " + CHAIN_DENY)
+        return rules
+    for server in policy.dns_servers:
+        if _family_of(server) != family:
+            continue
+        for protocol in ("udp", "tcp"):
+            rules.append("-d %s %s -m conntrack --ctstate NEW %s -j ACCEPT"
+                         % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
+    for dest in policy.allow:
+        addresses = resolved.get(dest.name, {}).get(family, [])
+        name = set_name(family, dest.name)
+        for port in dest.ports:
+            tail = "%s -m conntrack --ctstate NEW %s -j ACCEPT" % (_dport(dest.protocol, port), _comment(dest.name))
+            if name in sets:
+                rules.append("-p %s -m set --match-set %s dst -m %s --dport %s -m conntrack --ctstate NEW %s -j ACCEPT"
+                             % (dest.protocol, name, dest.protocol, port, _comment(dest.name)))
+                continue
+            for address in addresses:
+                rules.append("-d %s %s" % (_addr(address, family), tail))
+    rules.append("-j " + CHAIN_DENY)
+    return rules
+
+
+def _deny_rules(policy, family):
+    rules = ["-m limit --limit %s --limit-burst %d -j LOG --log-prefix \"%s\" --log-uid"
+             % (policy.log_limit, policy.log_burst, policy.log_prefix)]
+    if policy.mode == "audit":
+        rules.append("-j RETURN")
+    elif policy.deny_action == "reject":
+        rules.append("-p tcp -j REJECT --reject-with tcp-reset")
+        rules.append("-j REJECT --reject-with %s"
+                     % ("icmp-admin-prohibited" if family == "ipv4" else "icmp6-adm-prohibited"))
+    else:
+        rules.append("-j DROP")
+    return rules
+
+
+def _entry_rules(policy):
+    if policy.scope == "host":
+        return ["-j " + CHAIN_ALLOW]
+    return ["-m owner --uid-owner %d %s -j %s" % (user.uid, _comment("user " + user.name), CHAIN_ALLOW)
+            for user in policy.users]
+
+
+def desired_state(policy, resolved, family, sets=None):
+    """The ManagedState this family's filter table should have."""
+    if policy.state != "present":
+        return ManagedState("ACCEPT", (), ())
+    if sets is None:
+        sets = desired_sets(policy, resolved)
+    chains = {
+        CHAIN_ENTRY: tuple(_entry_rules(policy)),
+        CHAIN_ALLOW: tuple(_allow_rules(policy, resolved, family, sets)),
+        CHAIN_DENY: tuple(_deny_rules(policy, family)),
+    }
+    policy_verdict = "DROP" if policy.scope == "host" and policy.mode == "enforce" else "ACCEPT"
+    return ManagedState(policy_verdict, ((0, JUMP_SPEC),), tuple(sorted(chains.items())))
+
+
+def render_persistent(state, policies):
+    """A complete filter table holding only what we manage, for plain iptables-restore at boot.
+
+    policies gives the live INPUT/FORWARD policies so that booting does not change them.
+    """
+    lines = ["*filter"]
+    for chain in BUILTIN_FILTER_CHAINS:
+        verdict = state.policy if chain == "OUTPUT" else policies.get(chain, "ACCEPT")
+        lines.append(":%s %s [0:0]" % (chain, verdict))
+    lines.extend(":%s - [0:0]" % name for name, rules in state.chains)
+    lines.extend("-A OUTPUT %s" % spec for index, spec in sorted(state.jumps))
+    for name, rules in state.chains:
+        lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render_transaction(current, desired, foreign_output_rules):
+    """iptables-restore --noflush payload that turns `current` into `desired` in one commit.
+
+    Only our objects are named: our chains are declared (which flushes them under
+    --noflush) and refilled, our jumps deleted and inserted, obsolete chains
+    removed; every other chain and rule is left alone. Returns None when nothing differs.
+    """
+    if current == desired:
+        return None
+    lines = ["*filter"]
+    if current.policy != desired.policy:
+        lines.append(":OUTPUT %s [0:0]" % desired.policy)
+    desired_names = [name for name, rules in desired.chains]
+    obsolete = [name for name, rules in current.chains if name not in desired_names]
+    lines.extend(":%s - [0:0]" % name for name in desired_names + obsolete)
+    if current.jumps != desired.jumps:
+        lines.extend("-D OUTPUT %s" % spec for index, spec in current.jumps)
+        for inserted, (index, spec) in enumerate(sorted(desired.jumps)):
+            # Clamp: OUTPUT may hold fewer rules now than when `desired` was recorded.
+            lines.append("-I OUTPUT %d %s" % (min(index, foreign_output_rules + inserted) + 1, spec))
+    for name, rules in desired.chains:
+        lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    lines.extend("-X %s" % name for name in obsolete)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def _maxelem(count):
+    size = 65536
+    while size < count * 2:
+        size *= 2
+    return size
+
+
+def _create(name, ipset, count):
+    return "create %s hash:net family %s hashsize 1024 maxelem %d" % (name, ipset.family, _maxelem(count))
+
+
+def render_sets_persistent(sets):
+    """`ipset restore` text creating and filling our sets (for boot-time persistence)."""
+    lines = []
+    for name in sorted(sets):
+        ipset = sets[name]
+        lines.append(_create(name, ipset, len(ipset.members)))
+        lines.extend("add %s %s" % (name, member) for member in ipset.members)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def sets_equal(current, desired):
+    return (current.settype == desired.settype and current.family == desired.family
+            and tuple(current.members) == tuple(desired.members))
+
+
+def temp_set_name(name):
+    # Same length budget as our names (31): "agt" + family digit + "-" + label.
+    return "agt" + name[2:]
+
+
+def render_sets_update(current, desired):
+    """ipset restore text that creates new sets and swaps in new contents of changed ones.
+
+    Contents change atomically: a temporary set is filled, then swapped with the live one.
+    Returns (text, created_names, changed_names).
+    """
+    lines = []
+    created = []
+    changed = []
+    for name in sorted(desired):
+        want = desired[name]
+        have = current.get(name)
+        if have is None:
+            created.append(name)
+            lines.append(_create(name, want, len(want.members)))
+            lines.extend("add %s %s" % (name, m) for m in want.members)
+        elif not sets_equal(have, want):
+            changed.append(name)
+            temp = temp_set_name(name)
+            lines.append(_create(temp, want, len(want.members)))
+            lines.extend("add %s %s" % (temp, m) for m in want.members)
+            lines.append("swap %s %s" % (temp, name))
+            lines.append("destroy %s" % temp)
+    return ("\n".join(lines) + "\n" if lines else ""), created, changed
+
+
+def render_sets_destroy(names):
+    return "".join("destroy %s\n" % name for name in sorted(names))

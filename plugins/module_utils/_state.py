@@ -1,0 +1,190 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Parse iptables-save / ip6tables-save / ipset save output and extract what we manage.
+
+Private to agentguard.hardening. Works on text only, so it is tested with real
+output captured from the nf_tables and legacy backends (tests/unit/fixtures).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+from collections import namedtuple
+
+CHAIN_PREFIX = "AGENTGUARD-"
+SET_PREFIXES = {"ipv4": "ag4-", "ipv6": "ag6-"}
+# Temporary sets used to swap new contents in atomically.
+TEMP_SET_PREFIXES = ("agt4-", "agt6-")
+BUILTIN_FILTER_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+KEYED_OPTIONS = ("family", "hashsize", "maxelem", "timeout", "bucketsize", "initval", "netmask", "markmask", "size")
+
+Table = namedtuple("Table", ["name", "chains", "rules"])
+"""chains: list of (name, policy) in file order (policy "-" for user chains);
+rules: list of (chain, spec) where spec is the text after "-A CHAIN "."""
+
+ManagedState = namedtuple("ManagedState", ["policy", "jumps", "chains"])
+"""What the module owns in one family's filter table.
+
+policy: the OUTPUT policy ("ACCEPT"/"DROP").
+jumps: tuple of (index, spec): OUTPUT rules whose target is one of our chains,
+       with their 0-based position among all OUTPUT rules.
+chains: tuple of (chain, (spec, ...)) sorted by chain name.
+"""
+
+Live = namedtuple("Live", ["managed", "policies", "foreign_output_rules"])
+"""managed: ManagedState; policies: {builtin chain: policy}; foreign_output_rules: count."""
+
+IpSet = namedtuple("IpSet", ["name", "settype", "family", "options", "members"])
+"""members: tuple of canonical network strings, sorted."""
+
+
+class ParseError(Exception):
+    pass
+
+
+def parse_save(text):
+    """Parse iptables-save output into {table name: Table}. Counters and comments are dropped."""
+    tables = {}
+    current = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and "] " in line:
+            line = line.split("] ", 1)[1]  # iptables-save -c rule counters
+        if line.startswith("*"):
+            if current is not None:
+                raise ParseError("line %d: table %s starts before COMMIT of %s" % (number, line[1:], current.name))
+            current = Table(line[1:], [], [])
+        elif current is None:
+            raise ParseError("line %d: %r is outside a table" % (number, raw))
+        elif line == "COMMIT":
+            tables[current.name] = current
+            current = None
+        elif line.startswith(":"):
+            parts = line[1:].split()
+            if len(parts) < 2:
+                raise ParseError("line %d: bad chain line %r" % (number, raw))
+            current.chains.append((parts[0], parts[1]))
+        elif line.startswith("-A "):
+            parts = line.split(None, 2)
+            if len(parts) < 2:
+                raise ParseError("line %d: bad rule line %r" % (number, raw))
+            current.rules.append((parts[1], parts[2] if len(parts) > 2 else ""))
+        else:
+            raise ParseError("line %d: unexpected %r" % (number, raw))
+    if current is not None:
+        raise ParseError("table %s has no COMMIT" % current.name)
+    return tables
+
+
+def render_table(table):
+    """Render a Table back to iptables-save text (without counters)."""
+    lines = ["*%s" % table.name]
+    lines.extend(":%s %s [0:0]" % (name, policy) for name, policy in table.chains)
+    lines.extend(("-A %s %s" % (chain, spec)).rstrip() for chain, spec in table.rules)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def jump_target(spec):
+    """The -j/-g target of a rule spec, or None."""
+    words = spec.split()
+    for flag in ("-j", "-g"):
+        if flag in words:
+            index = words.index(flag)
+            if index + 1 < len(words):
+                return words[index + 1]
+    return None
+
+
+def is_managed_chain(name):
+    return name.startswith(CHAIN_PREFIX)
+
+
+def live_state(save_text):
+    """Extract the Live view of the filter table from iptables-save output."""
+    tables = parse_save(save_text)
+    table = tables.get("filter")
+    if table is None:
+        # Legacy backend with the filter table never loaded: everything is ACCEPT and empty.
+        return Live(ManagedState("ACCEPT", (), ()), dict((c, "ACCEPT") for c in BUILTIN_FILTER_CHAINS), 0)
+    policies = dict((name, policy) for name, policy in table.chains if name in BUILTIN_FILTER_CHAINS)
+    for chain in BUILTIN_FILTER_CHAINS:
+        policies.setdefault(chain, "ACCEPT")
+    chains = dict((name, []) for name, policy in table.chains if is_managed_chain(name))
+    jumps = []
+    foreign = 0
+    index = 0
+    for chain, spec in table.rules:
+        if chain in chains:
+            chains[chain].append(spec)
+        elif chain == "OUTPUT":
+            target = jump_target(spec)
+            if target is not None and is_managed_chain(target):
+                jumps.append((index, spec))
+            else:
+                foreign += 1
+            index += 1
+    managed = ManagedState(
+        policies["OUTPUT"],
+        tuple(jumps),
+        tuple((name, tuple(chains[name])) for name in sorted(chains)),
+    )
+    return Live(managed, policies, foreign)
+
+
+def canonical_member(text):
+    return str(ipaddress.ip_network(text.strip(), strict=False))
+
+
+def parse_ipset_save(text, prefixes=tuple(SET_PREFIXES.values()) + TEMP_SET_PREFIXES):
+    """Parse `ipset save` output; return {name: IpSet} for the sets whose name has one of prefixes.
+
+    Volatile creation options (initval, bucketsize, hashsize) are kept in options
+    but never compared, since the kernel picks them.
+    """
+    sets = {}
+    members = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        words = raw.split()
+        if not words:
+            continue
+        if words[0] == "create" and len(words) >= 3:
+            name = words[1]
+            if not name.startswith(prefixes):
+                continue
+            opts = words[3:]
+            options = {}
+            i = 0
+            while i < len(opts):
+                if opts[i] in KEYED_OPTIONS and i + 1 < len(opts):
+                    options[opts[i]] = opts[i + 1]
+                    i += 2
+                else:
+                    options[opts[i]] = True
+                    i += 1
+            sets[name] = (words[2], options.get("family", "inet"), options)
+            members[name] = []
+        elif words[0] == "add" and len(words) >= 3:
+            if words[1] in members:
+                try:
+                    members[words[1]].append(canonical_member(words[2]))
+                except ValueError:
+                    raise ParseError("ipset line %d: bad member %r" % (number, raw))
+        elif words[0] in ("create", "add"):
+            raise ParseError("ipset line %d: unexpected %r" % (number, raw))
+    result = {}
+    for name, (settype, family, options) in sets.items():
+        result[name] = IpSet(name, settype, family, options, tuple(sort_networks(members[name])))
+    return result
+
+
+def sort_networks(networks):
+    parsed = set(ipaddress.ip_network(n, strict=False) for n in networks)
+    return [str(n) for n in sorted(parsed, key=lambda n: (n.version, n.network_address, n.prefixlen))]

@@ -1,0 +1,356 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: egress_rules
+short_description: Enforce an outbound (egress) allowlist with iptables, ip6tables and ipset
+version_added: 0.1.0
+description:
+  - Denies all outbound traffic except loopback, replies of established connections, DNS to the
+    trusted resolvers in O(dns_servers), and NEW connections to the destinations in O(allow).
+    Every denied attempt is logged with a rate limit and the sender's uid.
+  - Names in O(allow) are resolved through O(dns_servers) directly (A and AAAA, with dnspython),
+    never through the system resolver. Identical answers give identical rules.
+  - IPv4 and IPv6 are always handled together. A family left out of O(families) is not opened,
+    but it is still locked down, so IPv6 egress cannot stay open by omission.
+  - The module owns the chains C(AGENTGUARD-EGRESS), C(AGENTGUARD-ALLOW) and C(AGENTGUARD-DENY), the
+    jump to C(AGENTGUARD-EGRESS) as the first rule of C(OUTPUT), the C(OUTPUT) policy, and the ipsets
+    named C(ag4-*) and C(ag6-*). It never touches any other chain, rule or set (Docker, fail2ban, your own).
+  - It reads the live state with C(iptables-save), C(ip6tables-save) and C(ipset save), computes the
+    exact changes, tests every payload with C(iptables-restore --test), then applies each family in
+    one C(iptables-restore --noflush --wait) transaction. If a later step fails, what was already
+    applied is put back, so a failure leaves the host as it was.
+  - Rules land in whichever backend the C(iptables) alternatives select (nf_tables or legacy).
+author:
+  - agentguard.hardening developers
+requirements:
+  - iptables and ip6tables with C(iptables-save)/C(iptables-restore) (nf_tables or legacy backend)
+  - ipset, when a destination resolves to more than 8 addresses of one family
+  - dnspython (Debian C(python3-dnspython)) on the target, when O(allow) contains names
+attributes:
+  check_mode:
+    support: full
+    description: Computes and reports every change, including the resolved addresses, and changes nothing.
+  diff_mode:
+    support: full
+    description: Returns the managed rules and sets before and after, in C(iptables-save) notation.
+  idempotent:
+    support: full
+    description: A second run with the same options and the same DNS answers reports no change.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hosts with netfilter.
+options:
+  allow:
+    description:
+      - The destinations that may receive NEW connections.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description:
+          - A label for the destination, unique in the list. It names the rules (comment
+            C(agentguard: <name>)) and the ipsets (C(ag4-<name>), C(ag6-<name>)).
+          - 1 to 26 characters; letters, digits, C(_), C(.), C(-); starting with a letter or digit.
+        type: str
+        required: true
+      host:
+        description:
+          - A DNS name (resolved through O(dns_servers)), an IPv4 or IPv6 address, or a CIDR network.
+        type: str
+        required: true
+      ports:
+        description:
+          - Destination ports; a port is a number from 1 to 65535 or a range such as C("8000-8010").
+        type: list
+        elements: raw
+        default: [443]
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [tcp, udp]
+        default: tcp
+  dns_servers:
+    description:
+      - IPv4 or IPv6 addresses of the trusted resolvers. They are the only DNS destinations the host
+        may reach (UDP and TCP 53), and the servers this module asks to resolve O(allow).
+      - Required in O(mode=enforce) with O(state=present).
+      - When you replace every resolver at once on a hardened host, the module cannot reach the new
+        ones yet; add the new resolver first, then remove the old one in a second run.
+    type: list
+    elements: str
+    default: []
+  log_prefix:
+    description: Prefix of the kernel log line written for each denied attempt (at most 29 characters).
+    type: str
+    default: "[EGRESS-DENIED] "
+  log_limit:
+    description:
+      - Average rate of log lines, such as C(10/minute) (units second, minute, hour, day).
+        The limit applies to logging only, never to the deny.
+    type: str
+    default: 10/minute
+  log_burst:
+    description: Log lines allowed in a burst before O(log_limit) applies (1 to 10000).
+    type: int
+    default: 20
+  deny_action:
+    description:
+      - V(drop) silently discards denied packets; V(reject) answers with a TCP reset or an ICMP
+        administratively-prohibited error, so the agent fails fast instead of timing out.
+    type: str
+    choices: [drop, reject]
+    default: drop
+  mode:
+    description:
+      - V(enforce) denies what is not allowed. V(audit) logs what would be denied and lets it pass,
+        to learn a policy before enforcing it; the OUTPUT policy stays ACCEPT.
+    type: str
+    choices: [enforce, audit]
+    default: enforce
+  scope:
+    description:
+      - V(host) restricts every process and sets the OUTPUT policy to DROP. V(users) restricts only
+        the processes of O(users); every other user's traffic is left untouched.
+    type: str
+    choices: [host, users]
+    default: host
+  users:
+    description:
+      - User names or numeric uids whose egress is restricted, with O(scope=users). Names must exist on
+        the host; uids are taken as given.
+    type: list
+    elements: str
+    default: []
+  families:
+    description:
+      - Address families in which O(allow) and O(dns_servers) are opened. A family not listed is still
+        locked down (loopback, replies and IPv6 neighbour discovery only).
+      - On a kernel without IPv6 the ipv6 family is skipped with a warning, as there is nothing to filter.
+    type: list
+    elements: str
+    choices: [ipv4, ipv6]
+    default: [ipv4, ipv6]
+  state:
+    description:
+      - V(present) enforces the allowlist. V(absent) removes every chain, jump and set this module
+        manages and sets the OUTPUT policy back to ACCEPT.
+    type: str
+    choices: [present, absent]
+    default: present
+  resolve_timeout:
+    description: Seconds to wait for one DNS answer from one resolver.
+    type: float
+    default: 3.0
+  resolve_retries:
+    description: Extra attempts for a query that timed out or failed (not for NXDOMAIN).
+    type: int
+    default: 2
+notes:
+  - Denied packets of IPv6 neighbour discovery would break IPv6 entirely, so router and neighbour
+    solicitations and neighbour advertisements with hop limit 255 (which never leave the link) are allowed.
+  - Kernel log lines from a network namespace other than the initial one are only written when the
+    sysctl C(net.netfilter.nf_log_all_netns) is 1.
+  - Persisting the rules across reboots is the job of the role C(agentguard.hardening.egress), which
+    writes the returned RV(rules) and RV(sets).
+seealso:
+  - module: community.general.iptables_state
+  - module: ansible.builtin.iptables
+"""
+
+EXAMPLES = r"""
+- name: Allow the inference API only, DNS only to one resolver, over IPv4 and IPv6
+  agentguard.hardening.egress_rules:
+    allow:
+      - name: inference-api
+        host: api.openclaw.security
+        ports: [443]
+    dns_servers: [1.1.1.1, "2606:4700:4700::1111"]
+
+- name: Restrict only the agent's user, reject instead of drop, two destinations
+  agentguard.hardening.egress_rules:
+    scope: users
+    users: [agent]
+    deny_action: reject
+    allow:
+      - {name: inference-api, host: api.openclaw.security}
+      - {name: currency-rates, host: openexchangerates.org, ports: [443]}
+      - {name: metrics, host: 10.20.0.0/24, ports: ["9000-9010"], protocol: udp}
+    dns_servers: [10.0.0.2]
+
+- name: Learn first - log what would be denied, block nothing
+  agentguard.hardening.egress_rules:
+    mode: audit
+    allow: [{name: inference-api, host: api.openclaw.security}]
+    dns_servers: [10.0.0.2]
+
+- name: Remove everything this module manages
+  agentguard.hardening.egress_rules:
+    state: absent
+"""
+
+RETURN = r"""
+changes:
+  description:
+    - Per family, the managed lines added and removed, in C(iptables-save) notation
+      (C(-P OUTPUT ...) for the policy, C(-I OUTPUT 1 ...) for the jump, C(ipset add ...) for set members).
+  returned: always
+  type: dict
+  sample:
+    ipv4:
+      added: ['-P OUTPUT DROP', '-A AGENTGUARD-ALLOW -d 203.0.113.10/32 -p tcp -m tcp --dport 443 -m conntrack --ctstate NEW -m comment --comment "agentguard: inference-api" -j ACCEPT']
+      removed: ['-P OUTPUT ACCEPT']
+    ipv6:
+      added: []
+      removed: []
+resolved:
+  description: Per destination label, the sorted IPv4 and IPv6 addresses (or networks) it was opened for.
+  returned: when O(state=present)
+  type: dict
+  sample:
+    inference-api:
+      ipv4: [203.0.113.10]
+      ipv6: ["2001:db8::10"]
+rules:
+  description:
+    - Per family, a complete C(iptables-restore) payload of the filter table with only what this module
+      manages (OUTPUT policy, its chains, the jump). It is what the role persists to
+      C(/etc/iptables/rules.v4) and C(rules.v6); loading it at boot yields the enforced state.
+    - Empty for a family that was skipped.
+  returned: always
+  type: dict
+  sample:
+    ipv4: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n...\nCOMMIT\n"
+    ipv6: "*filter\n...\nCOMMIT\n"
+sets:
+  description: C(ipset restore) payload creating and filling the sets the rules use; empty when no set is used.
+  returned: always
+  type: str
+  sample: "create ag4-cdn hash:net family inet hashsize 1024 maxelem 65536\nadd ag4-cdn 203.0.113.0/24\n"
+families:
+  description: The families that were managed (ipv6 is absent only on a kernel without IPv6).
+  returned: always
+  type: list
+  elements: str
+  sample: [ipv4, ipv6]
+"""
+
+import os
+import pwd
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.agentguard.hardening.plugins.module_utils._apply import (
+    ApplyError,
+    CommandError,
+    Netfilter,
+    apply_plan,
+    make_plan,
+    plan_diff,
+    read_live,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
+    FAMILIES,
+    PolicyError,
+    build_policy,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import (
+    DNSPYTHON_IMPORT_ERROR,
+    HAS_DNSPYTHON,
+    ResolveError,
+    resolve_destinations,
+)
+
+ARGUMENT_SPEC = dict(
+    allow=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        host=dict(type="str", required=True),
+        ports=dict(type="list", elements="raw", default=[443]),
+        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
+    )),
+    dns_servers=dict(type="list", elements="str", default=[]),
+    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
+    log_limit=dict(type="str", default="10/minute"),
+    log_burst=dict(type="int", default=20),
+    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
+    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
+    scope=dict(type="str", choices=["host", "users"], default="host"),
+    users=dict(type="list", elements="str", default=[]),
+    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    resolve_timeout=dict(type="float", default=3.0),
+    resolve_retries=dict(type="int", default=2),
+)
+
+
+def _uid_of(name):
+    return pwd.getpwnam(name).pw_uid
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        policy = build_policy(module.params, _uid_of)
+    except PolicyError as exc:
+        module.fail_json(msg="invalid options, nothing was changed:\n" + str(exc), errors=exc.errors)
+
+    names = [d.host for d in policy.allow if d.kind == "name"]
+    if policy.state == "present" and names and not HAS_DNSPYTHON:
+        module.fail_json(msg=missing_required_lib("dnspython (Debian: python3-dnspython)"),
+                         exception=str(DNSPYTHON_IMPORT_ERROR))
+
+    families = [f for f in FAMILIES if f == "ipv4" or os.path.exists("/proc/net/if_inet6")]
+    if "ipv6" not in families:
+        module.warn("this kernel has no IPv6; only IPv4 is managed")
+
+    def run(argv, data=None):
+        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
+
+    nf = Netfilter(run, lambda name, required: module.get_bin_path(name, required=required))
+    resolved = {}
+    try:
+        if policy.state == "present":
+            resolved = resolve_destinations(policy.allow, policy.dns_servers, policy.families,
+                                            timeout=module.params["resolve_timeout"],
+                                            retries=module.params["resolve_retries"])
+        live, live_sets = read_live(nf, families)
+        plan = make_plan(policy, resolved, families, live, live_sets)
+    except ResolveError as exc:
+        module.fail_json(msg="%s; nothing was changed" % exc)
+    except (CommandError, ValueError) as exc:
+        module.fail_json(msg="cannot read the live netfilter state, nothing was changed: %s" % exc)
+
+    if plan.sets_update and not nf.has_ipset():
+        module.fail_json(msg="destination(s) %s need ipset, which is not installed; nothing was changed"
+                         % ", ".join(sorted(plan.desired_sets)))
+
+    result = dict(
+        changed=plan.changed,
+        changes=plan.changes,
+        resolved=resolved,
+        rules=dict((f, plan.rules.get(f, "")) for f in FAMILIES),
+        sets=plan.sets_payload,
+        families=families,
+    )
+    if module._diff:
+        result["diff"] = plan_diff(plan)
+    if plan.changed and not module.check_mode:
+        try:
+            for warning in apply_plan(nf, plan):
+                module.warn(warning)
+        except ApplyError as exc:
+            result["changed"] = bool(exc.rollback_errors)
+            module.fail_json(msg=str(exc), rollback_errors=exc.rollback_errors, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
