@@ -171,7 +171,8 @@ def render_transaction(current, desired, foreign_output_rules):
         return None
     lines = ["*filter"]
     if current.policy != desired.policy:
-        lines.append(":OUTPUT %s [0:0]" % desired.policy)
+        # No counters: the policy changes, the OUTPUT counters are kept.
+        lines.append(":OUTPUT %s" % desired.policy)
     desired_names = [name for name, rules in desired.chains]
     obsolete = [name for name, rules in current.chains if name not in desired_names]
     lines.extend(":%s - [0:0]" % name for name in desired_names + obsolete)

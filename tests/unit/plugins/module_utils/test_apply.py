@@ -1,0 +1,136 @@
+"""Ordering and rollback of the apply engine, with a recording command runner.
+
+The real kernel is exercised by tests/integration; here we check the exact
+sequence of commands and what is run to undo a failure.
+"""
+import pytest
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import _apply as A
+from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
+
+from .test_render import RESOLVED
+from .test_state import fixture
+
+
+class Runner(object):
+    def __init__(self, saves, fail_on=None, ipset=""):
+        self.saves = saves
+        self.fail_on = fail_on
+        self.ipset = ipset
+        self.calls = []
+
+    def __call__(self, argv, data=None):
+        self.calls.append((argv, data))
+        name = argv[0].rsplit("/", 1)[-1]
+        if self.fail_on and self.fail_on(name, argv, len([c for c in self.calls if c[0][0] == argv[0]])):
+            return 1, "", "%s: line 4 failed" % name
+        if name == "iptables-save":
+            return 0, self.saves["ipv4"], ""
+        if name == "ip6tables-save":
+            return 0, self.saves["ipv6"], ""
+        if name == "ipset" and argv[1] == "save":
+            return 0, self.ipset, ""
+        return 0, "", ""
+
+    def names(self):
+        return [" ".join([c[0][0]] + [a for a in c[0][1:] if a in ("--test", "save", "restore", "-t")]) for c in self.calls]
+
+
+def nf(runner):
+    return A.Netfilter(runner, lambda name, required: name)
+
+
+def plan_for(runner, **over):
+    params = dict(allow=[dict(name="inference-api", host="api.openclaw.security"),
+                         dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])],
+                  dns_servers=["198.18.0.53"])
+    params.update(over)
+    policy = P.build_policy(params, lambda n: 1000)
+    live, live_sets = A.read_live(nf(runner), ["ipv4", "ipv6"])
+    return A.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
+
+
+def fresh():
+    return {"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")}
+
+
+def test_apply_order_sets_test_then_commit():
+    runner = Runner(fresh())
+    plan = plan_for(runner)
+    assert plan.changed and plan.sets_created == ["ag4-cdn", "ag6-cdn"]
+    runner.calls = []
+    assert A.apply_plan(nf(runner), plan) == []
+    assert runner.names() == [
+        "ipset restore", "iptables-restore --test", "ip6tables-restore --test",
+        "iptables-restore", "ip6tables-restore",
+    ]
+    assert all("--noflush" in c[0] and "--wait" in c[0] for c in runner.calls[1:])
+
+
+def test_ipv6_failure_restores_ipv4_and_sets():
+    runner = Runner(fresh(), fail_on=lambda name, argv, n: name == "ip6tables-restore" and "--test" not in argv)
+    plan = plan_for(runner)
+    runner.calls = []
+    runner.ipset = plan.sets_payload  # what `ipset save` shows once the sets were created
+    with pytest.raises(A.ApplyError) as info:
+        A.apply_plan(nf(runner), plan)
+    assert "previous rules were restored" in str(info.value) and not info.value.rollback_errors
+    names = runner.names()
+    assert names[:5] == ["ipset restore", "iptables-restore --test", "ip6tables-restore --test",
+                         "iptables-restore", "ip6tables-restore"]
+    # The undo: IPv4 back to its previous managed state (nothing), then the new sets destroyed.
+    undo_v4 = runner.calls[5]
+    assert undo_v4[0][0] == "iptables-restore"
+    assert "-D OUTPUT -j AGENTGUARD-EGRESS" in undo_v4[1] and ":OUTPUT ACCEPT" in undo_v4[1]
+    assert names[6:] == ["ipset save", "ipset restore"]
+    assert runner.calls[-1][1] == "destroy ag4-cdn\ndestroy ag6-cdn\n"
+
+
+def test_validation_failure_changes_no_rules():
+    runner = Runner(fresh(), fail_on=lambda name, argv, n: name == "ip6tables-restore" and "--test" in argv)
+    plan = plan_for(runner)
+    runner.calls = []
+    with pytest.raises(A.ApplyError):
+        A.apply_plan(nf(runner), plan)
+    committed = [c for c in runner.calls if "restore" in c[0][0] and "--test" not in c[0] and "iptables" in c[0][0]]
+    assert committed == []
+
+
+def test_rollback_failure_is_reported():
+    def fail(name, argv, count):
+        return name == "ip6tables-restore" and "--test" not in argv or (name == "iptables-restore" and count >= 3)
+    runner = Runner(fresh(), fail_on=fail)
+    plan = plan_for(runner)
+    runner.calls = []
+    with pytest.raises(A.ApplyError) as info:
+        A.apply_plan(nf(runner), plan)
+    assert info.value.rollback_errors and "ROLLBACK ALSO FAILED" in str(info.value)
+
+
+def test_idempotent_plan_has_nothing_to_do():
+    saves = {"ipv4": fixture("managed-nft.v4"), "ipv6": fixture("managed-nft.v6")}
+    runner = Runner(saves)
+    first = plan_for(runner)
+    # Feed the plan's own persisted payload back as the live state: nothing left to change.
+    runner2 = Runner(first.rules, ipset=first.sets_payload)
+    second = plan_for(runner2)
+    assert not second.changed
+    assert all(second.transactions[f] is None for f in ("ipv4", "ipv6"))
+    assert second.changes == {"ipv4": {"added": [], "removed": []}, "ipv6": {"added": [], "removed": []}}
+
+
+def test_obsolete_sets_destroyed_after_rules():
+    saves = {"ipv4": fixture("managed-nft.v4"), "ipv6": fixture("managed-nft.v6")}
+    runner = Runner(saves, ipset=fixture("ipset-nft.save"))
+    plan = plan_for(runner, allow=[dict(name="inference-api", host="api.openclaw.security")])
+    assert plan.sets_obsolete == ["ag4-cdn", "ag6-cdn"]
+    runner.calls = []
+    A.apply_plan(nf(runner), plan)
+    assert runner.names()[-1] == "ipset restore"
+    assert runner.calls[-1][1] == "destroy ag4-cdn\ndestroy ag6-cdn\n"
+
+
+def test_leftover_temp_set_is_cleaned_first():
+    runner = Runner(fresh(), ipset="create agt4-cdn hash:net family inet hashsize 1024 maxelem 65536\n")
+    plan = plan_for(runner)
+    assert plan.sets_update.startswith("destroy agt4-cdn\n")

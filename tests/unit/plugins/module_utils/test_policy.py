@@ -1,0 +1,182 @@
+"""Validation: every malformed value fails with a message naming the field and the value."""
+import pytest
+from hypothesis import given, strategies as st
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
+
+USERS = {"root": 0, "agent": 1000}
+
+
+def lookup(name):
+    return USERS[name]
+
+
+def base(**over):
+    params = dict(
+        allow=[dict(name="inference-api", host="api.openclaw.security", ports=[443], protocol="tcp")],
+        dns_servers=["1.1.1.1"], log_prefix="[EGRESS-DENIED] ", log_limit="10/minute", log_burst=20,
+        deny_action="drop", mode="enforce", scope="host", users=[], families=["ipv4", "ipv6"], state="present",
+    )
+    params.update(over)
+    return params
+
+
+def dest(**over):
+    entry = dict(name="x", host="api.example.com", ports=[443], protocol="tcp")
+    entry.update(over)
+    return entry
+
+
+MALFORMED = [
+    # (params, expected fragment of the message)
+    (base(allow=[dest(host="bad..name")]), "allow[0].host: 'bad..name' is not a valid DNS name"),
+    (base(allow=[dest(host="-bad.example")]), "allow[0].host: '-bad.example' is not a valid DNS name"),
+    (base(allow=[dest(host="bad-.example")]), "allow[0].host: 'bad-.example' is not a valid DNS name"),
+    (base(allow=[dest(host="exa mple.com")]), "allow[0].host: 'exa mple.com' is not a valid DNS name"),
+    (base(allow=[dest(host="a" * 64 + ".com")]), "is not a valid DNS name"),
+    (base(allow=[dest(host=("a" * 60 + ".") * 5 + "com")]), "is not a valid DNS name"),
+    (base(allow=[dest(host="")]), "allow[0].host: '' is not a host"),
+    (base(allow=[dest(host=None)]), "allow[0].host: None is not a host"),
+    (base(allow=[dest(host="256.1.1.1")]), "allow[0].host: '256.1.1.1' is not a valid IP address or CIDR"),
+    (base(allow=[dest(host="1.2.3")]), "allow[0].host: '1.2.3' is not a valid IP address or CIDR"),
+    (base(allow=[dest(host="10.0.0.1/8")]), "allow[0].host: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?"),
+    (base(allow=[dest(host="10.0.0.0/33")]), "allow[0].host: '10.0.0.0/33' is not a valid IP address or CIDR"),
+    (base(allow=[dest(host="0.0.0.0/0")]), "allow[0].host: '0.0.0.0/0' allows every address"),
+    (base(allow=[dest(host="::/0")]), "allow[0].host: '::/0' allows every address"),
+    (base(allow=[dest(host="fd00::1::2")]), "allow[0].host: 'fd00::1::2' is not a valid IP address or CIDR"),
+    (base(allow=[dest(host="fd00::1/129")]), "allow[0].host: 'fd00::1/129' is not a valid IP address or CIDR"),
+    (base(allow=[dest(host="api.example.com/24")]), "allow[0].host: 'api.example.com/24' is not a valid DNS name"),
+    (base(allow=[dest(name="")]), "allow[0].name: '' is not a valid label"),
+    (base(allow=[dest(name="has space")]), "allow[0].name: 'has space' is not a valid label"),
+    (base(allow=[dest(name="-lead")]), "allow[0].name: '-lead' is not a valid label"),
+    (base(allow=[dest(name="x" * 27)]), "allow[0].name: '%s' is not a valid label" % ("x" * 27)),
+    (base(allow=[dest(name='quo"te')]), "allow[0].name: 'quo\"te' is not a valid label"),
+    (base(allow=[dest(name=None)]), "allow[0].name: None is not a valid label"),
+    (base(allow=[dest(ports=[0])]), "allow[0].ports[0]: 0 is out of range; ports are 1 to 65535"),
+    (base(allow=[dest(ports=[70000])]), "allow[0].ports[0]: 70000 is out of range; ports are 1 to 65535"),
+    (base(allow=[dest(ports=[-1])]), "allow[0].ports[0]: -1 is out of range"),
+    (base(allow=[dest(ports=["8010-8000"])]), "allow[0].ports[0]: '8010-8000' is a reversed range"),
+    (base(allow=[dest(ports=["80-70000"])]), "allow[0].ports[0]: '80-70000' is out of range"),
+    (base(allow=[dest(ports=["https"])]), "allow[0].ports[0]: 'https' is not a port"),
+    (base(allow=[dest(ports=["80:90"])]), "allow[0].ports[0]: '80:90' is not a port"),
+    (base(allow=[dest(ports=[443, True])]), "allow[0].ports[1]: True is not a port"),
+    (base(allow=[dest(ports=[4.5])]), "allow[0].ports[0]: 4.5 is not a port"),
+    (base(allow=[dest(ports=[])]), "allow[0].ports: [] must be a non-empty list"),
+    (base(allow=[dest(protocol="icmp")]), "allow[0].protocol: 'icmp' is not one of tcp, udp"),
+    (base(allow=[dest(protocol="TCP ")]), "allow[0].protocol: 'TCP ' is not one of tcp, udp"),
+    (base(allow=[dest(extra=1)]), "allow[0]: unknown key(s) extra"),
+    (base(allow=["api.example.com"]), "allow[0]: 'api.example.com' is not a mapping"),
+    (base(allow=[dest(name="a"), dest(name="a", host="b.example.com")]), "allow[1].name: 'a' is already used by allow[0]"),
+    (base(allow="api.example.com"), "allow: 'api.example.com' must be a list"),
+    (base(dns_servers=[]), "dns_servers: [] is empty; enforce mode needs at least one trusted resolver"),
+    (base(dns_servers=["dns.google"]), "dns_servers[0]: 'dns.google' is not an IP address"),
+    (base(dns_servers=["1.1.1.0/24"]), "dns_servers[0]: '1.1.1.0/24' is not an IP address"),
+    (base(dns_servers=["1.1.1.1", 53]), "dns_servers[1]: 53 is not an IP address"),
+    (base(mode="audit", dns_servers=[]), "dns_servers: [] is empty but allow[0].host 'api.openclaw.security' is a name"),
+    (base(log_limit="ten per minute"), "log_limit: 'ten per minute' is not a rate"),
+    (base(log_limit="10/fortnight"), "log_limit: '10/fortnight' is not a rate"),
+    (base(log_limit="0/minute"), "log_limit: '0/minute' must allow at least one line"),
+    (base(log_limit="20000/second"), "log_limit: '20000/second' is faster than the kernel's maximum"),
+    (base(log_limit=10), "log_limit: 10 is not a rate"),
+    (base(log_burst=0), "log_burst: 0 is out of range (1 to 10000)"),
+    (base(log_burst=10001), "log_burst: 10001 is out of range (1 to 10000)"),
+    (base(log_burst="lots"), "log_burst: 'lots' is not a whole number"),
+    (base(log_burst=True), "log_burst: True is not a whole number"),
+    (base(log_prefix=""), "log_prefix: '' must be a non-empty string"),
+    (base(log_prefix="x" * 30), "log_prefix: '%s' is 30 characters; the kernel keeps at most 29" % ("x" * 30)),
+    (base(log_prefix='say "hi"'), "log_prefix: 'say \"hi\"' may contain printable ASCII only"),
+    (base(log_prefix="tab\there"), "may contain printable ASCII only"),
+    (base(deny_action="block"), "deny_action: 'block' is not one of drop, reject"),
+    (base(mode="learn"), "mode: 'learn' is not one of enforce, audit"),
+    (base(scope="container"), "scope: 'container' is not one of host, users"),
+    (base(state="gone"), "state: 'gone' is not one of present, absent"),
+    (base(families=[]), "families: [] must be a non-empty list of ipv4, ipv6"),
+    (base(families=["ipv5"]), "families[0]: 'ipv5' is not one of ipv4, ipv6"),
+    (base(scope="users", users=["nosuchuser"]), "users[0]: user 'nosuchuser' does not exist on this host"),
+    (base(scope="users", users=["bad name!"]), "users[0]: 'bad name!' is not a user name or uid"),
+    (base(scope="users", users=["99999999999"]), "users[0]: '99999999999' is not a valid uid"),
+    (base(scope="users", users=[]), "users: [] is empty; scope=users needs the users"),
+    (base(scope="host", users=["agent"]), "users: ['agent'] is only used with scope=users"),
+]
+
+
+@pytest.mark.parametrize("params,message", MALFORMED, ids=[m for p, m in MALFORMED])
+def test_malformed_input_names_field_and_value(params, message):
+    with pytest.raises(P.PolicyError) as info:
+        P.build_policy(params, lookup)
+    assert any(message in error for error in info.value.errors), info.value.errors
+
+
+def test_at_least_forty_malformed_cases():
+    assert len(MALFORMED) >= 40
+
+
+def test_all_errors_reported_at_once():
+    params = base(allow=[dest(ports=[0], protocol="sctp")], log_burst=0, mode="x")
+    with pytest.raises(P.PolicyError) as info:
+        P.build_policy(params, lookup)
+    text = str(info.value)
+    for fragment in ("allow[0].ports[0]: 0", "allow[0].protocol: 'sctp'", "log_burst: 0", "mode: 'x'"):
+        assert fragment in text
+
+
+def test_valid_policy_is_normalised():
+    params = base(
+        allow=[
+            dest(name="api", host="API.OpenClaw.Security.", ports=[443, "443", " 8000 - 8010 "]),
+            dest(name="net", host="fd00:0a9e::/32", ports=[53], protocol="udp"),
+            dest(name="one", host="198.18.0.10", ports=["8443"], protocol=None),
+        ],
+        dns_servers=["1.1.1.1", "1.1.1.1", "2606:4700:4700:0::1111"],
+        log_limit="5/s", scope="users", users=["agent", "1000", "0"],
+    )
+    policy = P.build_policy(params, lookup)
+    assert policy.allow[0] == P.Destination("api", "api.openclaw.security", "name", ("443", "8000:8010"), "tcp")
+    assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp")
+    assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp")
+    assert policy.dns_servers == ("1.1.1.1", "2606:4700:4700::1111")
+    assert policy.log_limit == "5/sec"
+    assert [u.uid for u in policy.users] == [0, 1000]
+    assert policy.families == ("ipv4", "ipv6")
+
+
+def test_absent_needs_no_resolver():
+    policy = P.build_policy(base(state="absent", dns_servers=[], allow=[]), lookup)
+    assert policy.state == "absent"
+
+
+@pytest.mark.parametrize("text,canonical", [
+    ("10/minute", "10/min"), ("1/s", "1/sec"), ("3/hour", "3/hour"), ("7/d", "7/day"), (" 2 / Minute ", "2/min"),
+])
+def test_log_limit_canonical(text, canonical):
+    assert P.parse_log_limit(text) == canonical
+
+
+@given(st.integers(min_value=1, max_value=65535), st.integers(min_value=1, max_value=65535))
+def test_port_ranges_property(low, high):
+    text = "%d-%d" % (low, high)
+    if low > high:
+        with pytest.raises(ValueError, match="reversed range"):
+            P.parse_port(text, "p")
+    else:
+        spec = P.parse_port(text, "p")
+        assert spec == (str(low) if low == high else "%d:%d" % (low, high))
+
+
+@given(st.integers())
+def test_port_numbers_property(port):
+    if 1 <= port <= 65535:
+        assert P.parse_port(port, "p") == str(port)
+    else:
+        with pytest.raises(ValueError, match="p: .* out of range"):
+            P.parse_port(port, "p")
+
+
+@given(st.text(max_size=40))
+def test_host_parser_never_crashes(text):
+    try:
+        kind, host = P.parse_host(text, "h")
+    except ValueError as exc:
+        assert str(exc).startswith("h: ")
+    else:
+        assert kind in ("name", "ipv4", "ipv6")

@@ -1,0 +1,176 @@
+"""Rendering: desired state, persistable payloads, --noflush transactions, ipset payloads."""
+import pytest
+from hypothesis import given, strategies as st
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
+from ansible_collections.agentguard.hardening.plugins.module_utils import _render as R
+from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
+
+from .test_state import fixture
+
+
+def policy(**over):
+    params = dict(
+        allow=[dict(name="inference-api", host="api.openclaw.security"),
+               dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])],
+        dns_servers=["198.18.0.53", "fd00:a9e:1::53"],
+        scope="users", users=["agent"], deny_action="reject",
+    )
+    params.update(over)
+    return P.build_policy(params, lambda name: {"agent": 1000}[name])
+
+
+RESOLVED = {
+    "inference-api": {"ipv4": ["198.18.0.10"], "ipv6": ["fd00:a9e:1::10"]},
+    "cdn": {"ipv4": ["198.18.4.%d" % i for i in range(1, 11)] + ["198.18.5.0/24"],
+            "ipv6": ["fd00:a9e:4::%d" % i for i in range(1, 10)]},
+}
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("family,suffix", [("ipv4", "v4"), ("ipv6", "v6")])
+def test_rendered_state_equals_what_the_kernel_saved(backend, family, suffix):
+    """The fixture was loaded into a real kernel and saved back: our text must match it exactly,
+    except for the ND and DNS rules the capture script abbreviates."""
+    live = S.live_state(fixture("managed-%s.%s" % (backend, suffix))).managed
+    want = R.desired_state(policy(), RESOLVED, family)
+    saved = dict(live.chains)
+    for name, rules in want.chains:
+        for rule in saved[name]:
+            assert rule in rules, rule
+    assert want.policy == "ACCEPT"  # users scope leaves other users' default alone
+    assert want.jumps == live.jumps
+
+
+def test_host_scope_enforce_drops_by_policy():
+    state = R.desired_state(policy(scope="host", users=[], deny_action="drop"), RESOLVED, "ipv4")
+    chains = dict(state.chains)
+    assert state.policy == "DROP"
+    assert chains["AGENTGUARD-EGRESS"] == ("-j AGENTGUARD-ALLOW",)
+    assert chains["AGENTGUARD-DENY"][-1] == "-j DROP"
+    assert chains["AGENTGUARD-ALLOW"][:2] == ("-o lo -j ACCEPT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+
+
+def test_audit_mode_logs_and_returns():
+    state = R.desired_state(policy(scope="host", users=[], mode="audit"), RESOLVED, "ipv6")
+    assert state.policy == "ACCEPT"
+    assert dict(state.chains)["AGENTGUARD-DENY"] == (
+        '-m limit --limit 10/min --limit-burst 20 -j LOG --log-prefix "[EGRESS-DENIED] " --log-uid', "-j RETURN")
+
+
+def test_log_rule_comes_before_deny_and_is_separate():
+    deny = dict(R.desired_state(policy(), RESOLVED, "ipv4").chains)["AGENTGUARD-DENY"]
+    assert "-j LOG" in deny[0] and "limit" in deny[0]
+    assert all("limit" not in rule for rule in deny[1:])
+
+
+def test_small_destination_uses_rules_large_uses_sets():
+    sets = R.desired_sets(policy(), RESOLVED)
+    assert sorted(sets) == ["ag4-cdn", "ag6-cdn"]
+    allow = dict(R.desired_state(policy(), RESOLVED, "ipv4", sets).chains)["AGENTGUARD-ALLOW"]
+    assert sum("agentguard: cdn" in r for r in allow) == 1
+    assert sum("agentguard: inference-api" in r for r in allow) == 1
+
+
+def test_dns_only_to_resolvers_of_the_family():
+    allow = dict(R.desired_state(policy(), RESOLVED, "ipv4").chains)["AGENTGUARD-ALLOW"]
+    dns = [r for r in allow if "--dport 53 " in r]
+    assert dns == [
+        '-d 198.18.0.53/32 -p udp -m udp --dport 53 -m conntrack --ctstate NEW -m comment --comment "agentguard: dns" -j ACCEPT',
+        '-d 198.18.0.53/32 -p tcp -m tcp --dport 53 -m conntrack --ctstate NEW -m comment --comment "agentguard: dns" -j ACCEPT',
+    ]
+
+
+def test_family_not_listed_is_locked_down_not_opened():
+    state = R.desired_state(policy(families=["ipv4"]), RESOLVED, "ipv6")
+    allow = dict(state.chains)["AGENTGUARD-ALLOW"]
+    assert not any("agentguard: inference-api" in r or "--dport 53" in r for r in allow)
+    assert allow[-1] == "-j AGENTGUARD-DENY"
+
+
+def test_absent_wants_nothing():
+    state = R.desired_state(policy(state="absent"), {}, "ipv4")
+    assert state == S.ManagedState("ACCEPT", (), ())
+    assert R.desired_sets(policy(state="absent"), RESOLVED) == {}
+
+
+def test_persistent_payload_keeps_other_policies():
+    state = R.desired_state(policy(scope="host", users=[]), RESOLVED, "ipv4")
+    text = R.render_persistent(state, {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "ACCEPT"})
+    lines = text.splitlines()
+    assert lines[:4] == ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT DROP [0:0]"]
+    assert "-A OUTPUT -j AGENTGUARD-EGRESS" in lines and lines[-1] == "COMMIT"
+    # What we persist parses back to exactly the state we enforce.
+    assert S.live_state(text).managed == state
+
+
+def test_transaction_none_when_equal():
+    state = R.desired_state(policy(), RESOLVED, "ipv4")
+    assert R.render_transaction(state, state, 3) is None
+
+
+def test_transaction_from_scratch():
+    want = R.desired_state(policy(scope="host", users=[]), RESOLVED, "ipv4")
+    text = R.render_transaction(S.ManagedState("ACCEPT", (), ()), want, 2)
+    lines = text.splitlines()
+    assert lines[0] == "*filter" and lines[1] == ":OUTPUT DROP" and lines[-1] == "COMMIT"
+    assert "-I OUTPUT 1 -j AGENTGUARD-EGRESS" in lines
+    assert not any(line.startswith("-D") or line.startswith("-X") for line in lines)
+
+
+def test_transaction_removes_obsolete_chain_and_moves_jump():
+    have = S.ManagedState("DROP", ((3, "-j AGENTGUARD-EGRESS"),),
+                          (("AGENTGUARD-EGRESS", ("-j AGENTGUARD-OLD",)), ("AGENTGUARD-OLD", ("-j DROP",))))
+    want = R.desired_state(policy(scope="host", users=[]), RESOLVED, "ipv4")
+    lines = R.render_transaction(have, want, 3).splitlines()
+    assert ":OUTPUT DROP" not in lines  # policy unchanged: not restated, counters kept
+    assert ":AGENTGUARD-OLD - [0:0]" in lines and lines[-2] == "-X AGENTGUARD-OLD"
+    assert lines.index("-D OUTPUT -j AGENTGUARD-EGRESS") < lines.index("-I OUTPUT 1 -j AGENTGUARD-EGRESS")
+
+
+def test_transaction_back_to_absent():
+    have = R.desired_state(policy(), RESOLVED, "ipv4")
+    lines = R.render_transaction(have, S.ManagedState("ACCEPT", (), ()), 0).splitlines()
+    assert "-D OUTPUT -j AGENTGUARD-EGRESS" in lines
+    assert [l for l in lines if l.startswith("-X")] == ["-X AGENTGUARD-ALLOW", "-X AGENTGUARD-DENY", "-X AGENTGUARD-EGRESS"]
+
+
+def test_rollback_transaction_clamps_jump_position():
+    old = S.ManagedState("ACCEPT", ((5, "-j AGENTGUARD-EGRESS"),), (("AGENTGUARD-EGRESS", ()),))
+    lines = R.render_transaction(S.ManagedState("ACCEPT", (), ()), old, 1).splitlines()
+    assert "-I OUTPUT 2 -j AGENTGUARD-EGRESS" in lines
+
+
+def test_sets_update_creates_and_swaps():
+    want = R.desired_sets(policy(), RESOLVED)
+    text, created, changed = R.render_sets_update({}, want)
+    assert created == ["ag4-cdn", "ag6-cdn"] and changed == []
+    assert "create ag4-cdn hash:net family inet hashsize 1024 maxelem 65536" in text.splitlines()
+    have = dict(want)
+    have["ag4-cdn"] = have["ag4-cdn"]._replace(members=("198.18.4.1/32",))
+    text, created, changed = R.render_sets_update(have, want)
+    assert created == [] and changed == ["ag4-cdn"]
+    lines = text.splitlines()
+    assert lines[0].startswith("create agt4-cdn ") and "swap agt4-cdn ag4-cdn" in lines and lines[-1] == "destroy agt4-cdn"
+
+
+def test_sets_persistent_and_maxelem_grows():
+    big = {"ipv4": ["10.%d.%d.0/24" % (i // 256, i % 256) for i in range(40000)], "ipv6": []}
+    sets = R.desired_sets(policy(allow=[dict(name="big", host="big.example.com")]), {"big": big})
+    text = R.render_sets_persistent(sets)
+    assert text.splitlines()[0] == "create ag4-big hash:net family inet hashsize 1024 maxelem 131072"
+    assert len(text.splitlines()) == 40001
+
+
+@given(st.lists(st.ip_addresses(v=4).map(str), min_size=0, max_size=30))
+def test_rendering_is_deterministic_for_any_answer_order(addresses):
+    resolved = {"inference-api": {"ipv4": sorted(set(addresses), key=lambda a: tuple(map(int, a.split(".")))), "ipv6": []},
+                "cdn": {"ipv4": [], "ipv6": []}}
+    shuffled = {"inference-api": {"ipv4": list(reversed(resolved["inference-api"]["ipv4"])), "ipv6": []},
+                "cdn": {"ipv4": [], "ipv6": []}}
+    a = R.desired_state(policy(), resolved, "ipv4")
+    b = R.desired_state(policy(), shuffled, "ipv4")
+    if len(addresses) > R.SET_THRESHOLD:
+        assert R.desired_sets(policy(), resolved) == R.desired_sets(policy(), shuffled)
+    else:
+        assert sorted(dict(a.chains)["AGENTGUARD-ALLOW"]) == sorted(dict(b.chains)["AGENTGUARD-ALLOW"])
