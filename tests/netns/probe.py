@@ -1,0 +1,89 @@
+"""Try connections in parallel and print one JSON result per target (run inside a namespace).
+
+Usage: probe.py [--timeout S] [--repeat N] tcp:HOST:PORT udp-dns:HOST:NAME ...
+Results: "ok" (connected / answered), "timeout", "refused", or "error: ...".
+With --repeat N, each target is tried N times (at most 50 at once) and its result is a
+count per outcome, e.g. {"timeout": 1000}.
+"""
+import json
+import socket
+import sys
+import threading
+
+
+def tcp(host, port, timeout):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, int(port)))
+        data = sock.recv(64)
+        return "ok" if data else "ok-empty"
+    finally:
+        sock.close()
+
+
+def dns(host, name, timeout):
+    import dns.message
+    import dns.query
+    query = dns.message.make_query(name, "A")
+    answer = dns.query.udp(query, host, timeout=timeout)
+    return "ok" if answer.answer else "ok-empty"
+
+
+def run(target, timeout, results):
+    kind, rest = target.split(":", 1)
+    host, arg = rest.rsplit(":", 1)
+    host = host.strip("[]")
+    try:
+        results[target] = tcp(host, arg, timeout) if kind == "tcp" else dns(host, arg, timeout)
+    except socket.timeout:
+        results[target] = "timeout"
+    except ConnectionRefusedError:
+        results[target] = "refused"
+    except Exception as exc:  # noqa: BLE001 - every failure is a result here
+        name = type(exc).__name__
+        results[target] = "timeout" if name in ("Timeout", "TimeoutError") else "error: %s: %s" % (name, exc)
+
+
+def repeat(targets, count, timeout):
+    summary = {}
+    for target in targets:
+        outcomes = {}
+        for first in range(0, count, 50):
+            slots = [{} for _ in range(min(50, count - first))]
+            threads = [threading.Thread(target=run, args=(target, timeout, slot)) for slot in slots]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout * 3)
+            for slot in slots:
+                value = slot.get(target, "no result")
+                outcomes[value] = outcomes.get(value, 0) + 1
+        summary[target] = outcomes
+    return summary
+
+
+def main(argv):
+    timeout = 1.5
+    count = 0
+    while argv[:1] in (["--timeout"], ["--repeat"]):
+        if argv[0] == "--timeout":
+            timeout = float(argv[1])
+        else:
+            count = int(argv[1])
+        argv = argv[2:]
+    if count:
+        print(json.dumps(repeat(argv, count, timeout), sort_keys=True))
+        return
+    results = {}
+    threads = [threading.Thread(target=run, args=(t, timeout, results)) for t in argv]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout * 3)
+    print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

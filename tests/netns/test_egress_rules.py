@@ -1,0 +1,219 @@
+"""egress_rules against real kernels: namespaces, real servers, real connections, real logs."""
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+from .conftest import CDN4, CDN6, V4, V6, ModuleRunner, sh
+
+POLICY = dict(
+    allow=[dict(name="inference-api", host="api.test", ports=[443])],
+    dns_servers=[V4["dns"], V6["dns"]],
+    resolve_timeout=1.0,
+)
+ALLOWED = ["tcp:%s:443" % V4["allowed"], "tcp:[%s]:443" % V6["allowed"]]
+BLOCKED = [
+    "tcp:%s:443" % V4["forbidden"], "tcp:[%s]:443" % V6["forbidden"],      # forbidden host
+    "tcp:%s:80" % V4["allowed"], "tcp:[%s]:80" % V6["allowed"],            # allowed host, wrong port
+    "tcp:%s:8443" % V4["forbidden"], "tcp:[%s]:8443" % V6["forbidden"],
+]
+DNS = ["udp-dns:%s:api.test" % V4["dns"], "udp-dns:[%s]:api.test" % V6["dns"]]
+
+
+def add_foreign_rules(lab):
+    """What an admin, Docker or fail2ban may have: must be there, unchanged, afterwards."""
+    for tool in ("iptables", "ip6tables"):
+        lab.run(tool, "-N", "f2b-sshd")
+        lab.run(tool, "-A", "f2b-sshd", "-j", "RETURN")
+        lab.run(tool, "-I", "INPUT", "-p", "tcp", "--dport", "22", "-j", "f2b-sshd")
+        lab.run(tool, "-N", "DOCKER-USER")
+        lab.run(tool, "-A", "DOCKER-USER", "-j", "RETURN")
+        lab.run(tool, "-A", "FORWARD", "-j", "DOCKER-USER")
+        lab.run(tool, "-A", "OUTPUT", "-p", "udp", "--dport", "123", "-m", "comment", "--comment", "admin ntp", "-j", "ACCEPT")
+    lab.run("ipset", "create", "f2b-blocklist", "hash:ip")
+    lab.run("ipset", "add", "f2b-blocklist", "198.18.9.9")
+
+
+def foreign_lines(save_text):
+    return [l for l in save_text.splitlines() if "AGENTGUARD" not in l and not l.startswith(":OUTPUT")]
+
+
+def snapshot(lab):
+    return (lab.save("ipv4"), lab.save("ipv6"), lab.ipset())
+
+
+def test_apply_four_ways_and_real_connections(lab, egress):
+    add_foreign_rules(lab)
+    before = snapshot(lab)
+    assert set(lab.probe(BLOCKED).values()) == {"ok"}, "control: every forbidden service must be up first"
+
+    check = egress(POLICY, check=True)
+    assert check["changed"] is True
+    assert "-P OUTPUT DROP" in check["changes"]["ipv4"]["added"]
+    assert snapshot(lab) == before, "check mode must not touch the kernel"
+
+    first = egress(POLICY)
+    assert first["changed"] is True
+    assert first["resolved"] == {"inference-api": {"ipv4": [V4["allowed"]], "ipv6": [V6["allowed"]]}}
+    assert "--- before" not in first.get("diff", {}).get("before", "")
+
+    again_check = egress(POLICY, check=True)
+    again = egress(POLICY)
+    assert again_check["changed"] is False and again["changed"] is False
+    assert again["changes"] == {"ipv4": {"added": [], "removed": []}, "ipv6": {"added": [], "removed": []}}
+
+    v4, v6, sets = snapshot(lab)
+    assert foreign_lines(v4) == foreign_lines(before[0]) and foreign_lines(v6) == foreign_lines(before[1])
+    assert sets == before[2]
+    assert v4.splitlines()[1:4] == [":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT DROP [0:0]"] or \
+        ":OUTPUT DROP" in v4
+    assert [l for l in v4.splitlines() if l.startswith("-A OUTPUT")][0] == "-A OUTPUT -j AGENTGUARD-EGRESS"
+
+    # What the role will persist is exactly what the kernel now enforces.
+    for family, text in (("ipv4", v4), ("ipv6", v6)):
+        ours = [l for l in text.splitlines() if "AGENTGUARD" in l]
+        assert [l for l in first["rules"][family].splitlines() if "AGENTGUARD" in l] == ours
+
+    results = lab.probe(ALLOWED + BLOCKED + DNS)
+    assert {t: results[t] for t in ALLOWED + DNS} == {t: "ok" for t in ALLOWED + DNS}
+    assert {t: results[t] for t in BLOCKED} == {t: "timeout" for t in BLOCKED}
+
+
+def test_users_scope_restricts_only_listed_users(lab, egress):
+    egress(dict(POLICY, scope="users", users=["65534"]))
+    nobody = lab.probe(ALLOWED + BLOCKED, uid=65534)
+    root = lab.probe(BLOCKED, uid=0)
+    assert all(nobody[t] == "ok" for t in ALLOWED)
+    assert all(nobody[t] == "timeout" for t in BLOCKED)
+    assert all(root[t] == "ok" for t in BLOCKED), "users outside the scope are untouched"
+    assert ":OUTPUT ACCEPT" in lab.save("ipv4")
+
+
+def test_reject_fails_fast(lab, egress):
+    egress(dict(POLICY, deny_action="reject"))
+    results = lab.probe(BLOCKED, timeout=5)
+    assert set(results.values()) == {"refused"}
+
+
+def test_audit_mode_blocks_nothing(lab, egress):
+    egress(dict(POLICY, mode="audit"))
+    assert set(lab.probe(ALLOWED + BLOCKED).values()) == {"ok"}
+    assert "-A AGENTGUARD-DENY -j RETURN" in lab.save("ipv4")
+
+
+def test_family_not_listed_is_still_locked(lab, egress):
+    egress(dict(POLICY, families=["ipv4"]))
+    results = lab.probe(ALLOWED)
+    assert results[ALLOWED[0]] == "ok" and results[ALLOWED[1]] == "timeout"
+
+
+def test_many_addresses_use_ipsets(lab, egress):
+    policy = dict(POLICY, allow=POLICY["allow"] + [dict(name="cdn", host="cdn.test", ports=[8443])])
+    first = egress(policy)
+    assert first["resolved"]["cdn"] == {"ipv4": CDN4, "ipv6": CDN6}
+    assert egress(policy)["changed"] is False
+    sets = lab.run("ipset", "save").stdout
+    assert sets.count("add ag4-cdn ") == 12 and sets.count("add ag6-cdn ") == 12
+    allow = [l for l in lab.save("ipv4").splitlines() if "agentguard: cdn" in l]
+    assert allow == ['-A AGENTGUARD-ALLOW -p tcp -m set --match-set ag4-cdn dst -m tcp --dport 8443 '
+                     '-m conntrack --ctstate NEW -m comment --comment "agentguard: cdn" -j ACCEPT']
+    results = lab.probe(["tcp:%s:8443" % CDN4[7], "tcp:[%s]:8443" % CDN6[3], "tcp:%s:443" % CDN4[7]])
+    assert results == {"tcp:%s:8443" % CDN4[7]: "ok", "tcp:[%s]:8443" % CDN6[3]: "ok", "tcp:%s:443" % CDN4[7]: "timeout"}
+    # Dropping the destination removes its sets once no rule refers to them.
+    assert egress(POLICY)["changed"] is True
+    assert "ag4-cdn" not in lab.run("ipset", "save").stdout
+
+
+def failing_ip6tables_restore(tmp_path):
+    """A PATH prefix whose ip6tables-restore validates for real but fails every commit."""
+    directory = tmp_path / "fault"
+    directory.mkdir()
+    real = sh("sh", "-c", "command -v ip6tables-restore").stdout.strip()
+    script = directory / "ip6tables-restore"
+    script.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --test ] && exec %s "$@"; done\n'
+                      'echo "ip6tables-restore: injected commit failure" >&2\nexit 4\n' % real)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(directory)
+
+
+@pytest.mark.parametrize("start", ["fresh", "hardened"])
+def test_failure_mid_apply_leaves_host_identical(lab, egress, tmp_path, start):
+    add_foreign_rules(lab)
+    if start == "hardened":
+        egress(POLICY)
+    before = snapshot(lab)
+    # The new policy needs sets and changes both families; IPv6 fails after IPv4 committed.
+    policy = dict(POLICY, allow=POLICY["allow"] + [dict(name="cdn", host="cdn.test", ports=[8443])], deny_action="reject")
+    result = ModuleRunner(lab, failing_ip6tables_restore(tmp_path))(policy, expect_failure=True)
+    assert "injected commit failure" in result["msg"] and "previous rules were restored" in result["msg"]
+    assert snapshot(lab) == before
+
+
+def test_absent_returns_to_original_rules(lab, egress):
+    add_foreign_rules(lab)
+    before = snapshot(lab)
+    egress(dict(POLICY, allow=POLICY["allow"] + [dict(name="cdn", host="cdn.test", ports=[8443])]))
+    assert snapshot(lab) != before
+    removed = egress(dict(state="absent"))
+    assert removed["changed"] is True
+    assert snapshot(lab) == before
+    assert egress(dict(state="absent"))["changed"] is False
+
+
+@pytest.mark.parametrize("params,fragment", [
+    (dict(POLICY, allow=[dict(name="x", host="api.test", ports=[70000])]), "allow[0].ports[0]: 70000 is out of range"),
+    (dict(POLICY, scope="users", users=["no-such-user-here"]), "users[0]: user 'no-such-user-here' does not exist"),
+    (dict(POLICY, allow=[dict(name="x", host="nx.test")]), "cannot resolve nx.test (A) through 198.18.1.53, fd00:a9e:2::53"),
+    (dict(POLICY, log_limit="ten per minute"), "log_limit: 'ten per minute' is not a rate"),
+])
+def test_bad_input_changes_nothing(lab, egress, params, fragment):
+    add_foreign_rules(lab)
+    before = snapshot(lab)
+    result = egress(params, expect_failure=True)
+    assert fragment in result["msg"]
+    assert snapshot(lab) == before
+
+
+@pytest.mark.parametrize("backend,other", [("nft", "legacy"), ("legacy", "nft")])
+def test_rules_land_in_the_backend_in_use(lab, backend_path, backend, other):
+    runner = ModuleRunner(lab, backend_path(backend))
+    assert runner(POLICY)["changed"] is True
+    assert runner(POLICY)["changed"] is False
+    assert "AGENTGUARD-EGRESS" in lab.save("ipv4", "iptables-%s-save" % backend)
+    assert "AGENTGUARD-EGRESS" in lab.save("ipv6", "ip6tables-%s-save" % backend)
+    assert "AGENTGUARD" not in lab.save("ipv4", "iptables-%s-save" % other)
+    results = lab.probe(ALLOWED + BLOCKED[:2])
+    assert [results[t] for t in ALLOWED + BLOCKED[:2]] == ["ok", "ok", "timeout", "timeout"]
+    assert runner(dict(state="absent"))["changed"] is True
+
+
+@pytest.fixture
+def kernel_log():
+    """Kernel LOG lines from a non-initial namespace need nf_log_all_netns=1 (restored afterwards)."""
+    path = "/proc/sys/net/netfilter/nf_log_all_netns"
+    if not os.path.exists(path):
+        pytest.skip("this kernel has no nf_log_all_netns sysctl")
+    with open(path) as handle:
+        old = handle.read().strip()
+    with open(path, "w") as handle:
+        handle.write("1")
+    yield lambda: subprocess.run(["dmesg"], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    with open(path, "w") as handle:
+        handle.write(old)
+
+
+def test_denials_are_logged_with_uid_and_rate_limited(lab, egress, kernel_log):
+    egress(dict(POLICY, log_limit="1/hour", log_burst=5, scope="users", users=["65534"]))
+    port = 20000 + os.getpid() % 10000  # unique per run, so earlier runs' lines do not count
+    lab.run("ip", "link", "set", "lo", "up")
+    targets = ["tcp:%s:%d" % (V4["forbidden"], port)]
+    assert lab.probe(targets, uid=65534, timeout=0.5) == {targets[0]: "timeout"}
+    lines = [l for l in kernel_log().splitlines() if "DPT=%d " % port in l]
+    assert lines and all("[EGRESS-DENIED] " in l and "UID=65534" in l and "DST=%s" % V4["forbidden"] in l for l in lines)
+    # A flood of 1,000 more attempts: every one denied, but the log stays within burst + rate.
+    flood = lab.probe(targets, uid=65534, timeout=0.2, repeat=1000)
+    assert flood == {targets[0]: {"timeout": 1000}}
+    lines = [l for l in kernel_log().splitlines() if "DPT=%d " % port in l]
+    assert 1 <= len(lines) <= 5 + 1, "log not rate-limited: %d lines" % len(lines)
