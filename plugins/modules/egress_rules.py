@@ -29,7 +29,7 @@ description:
     applied is put back, so a failure leaves the host as it was.
   - Rules land in whichever backend the C(iptables) alternatives select (nf_tables or legacy).
 author:
-  - agentguard.hardening developers
+  - agentguard.hardening developers (@agentguard)
 requirements:
   - iptables and ip6tables with C(iptables-save)/C(iptables-restore) (nf_tables or legacy backend)
   - ipset, when a destination resolves to more than 8 addresses of one family
@@ -58,8 +58,8 @@ options:
     suboptions:
       name:
         description:
-          - A label for the destination, unique in the list. It names the rules (comment
-            C(agentguard: <name>)) and the ipsets (C(ag4-<name>), C(ag6-<name>)).
+          - "A label for the destination, unique in the list. It names the rules (comment
+            C(agentguard: <name>)) and the ipsets (C(ag4-<name>), C(ag6-<name>))."
           - 1 to 26 characters; letters, digits, C(_), C(.), C(-); starting with a letter or digit.
         type: str
         required: true
@@ -207,7 +207,11 @@ changes:
   type: dict
   sample:
     ipv4:
-      added: ['-P OUTPUT DROP', '-A AGENTGUARD-ALLOW -d 203.0.113.10/32 -p tcp -m tcp --dport 443 -m conntrack --ctstate NEW -m comment --comment "agentguard: inference-api" -j ACCEPT']
+      added:
+        - "-P OUTPUT DROP"
+        - >-
+          -A AGENTGUARD-ALLOW -d 203.0.113.10/32 -p tcp -m tcp --dport 443 -m conntrack
+          --ctstate NEW -m comment --comment "agentguard: inference-api" -j ACCEPT
       removed: ['-P OUTPUT ACCEPT']
     ipv6:
       added: []

@@ -28,8 +28,8 @@ HOSTS = "\n".join([
 
 
 def sh(*argv, **kw):
-    kw.setdefault("check", True)
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw)
+    check = kw.pop("check", True)
+    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=check, **kw)
 
 
 def require_root():
@@ -171,7 +171,7 @@ class ModuleRunner(object):
             if diff:
                 argv.append("--diff")
             proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                                  env=env, cwd=ROOT, timeout=300)
+                                  env=env, cwd=ROOT, timeout=300, check=False)
             try:
                 output = json.loads(proc.stdout)
                 result = output["plays"][0]["tasks"][0]["hosts"]["localhost"]
@@ -179,8 +179,8 @@ class ModuleRunner(object):
                 raise AssertionError("ansible-playbook output not understood (rc %d):\n%s\n%s"
                                      % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
             failed = bool(result.get("failed"))
-            assert failed == expect_failure, "unexpected %s: %s" % ("failure" if failed else "success",
-                                                                   result.get("msg", result))
+            outcome = "failure" if failed else "success"
+            assert failed == expect_failure, "unexpected %s: %s" % (outcome, result.get("msg", result))
             return result
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

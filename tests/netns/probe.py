@@ -51,7 +51,7 @@ def repeat(targets, count, timeout):
     for target in targets:
         outcomes = {}
         for first in range(0, count, 50):
-            slots = [{} for _ in range(min(50, count - first))]
+            slots = [{} for dummy in range(min(50, count - first))]
             threads = [threading.Thread(target=run, args=(target, timeout, slot)) for slot in slots]
             for thread in threads:
                 thread.start()

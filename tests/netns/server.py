@@ -15,7 +15,7 @@ def serve(port):
     sock.bind(("::", port))
     sock.listen(128)
     while True:
-        conn, _ = sock.accept()
+        conn, dummy = sock.accept()
         try:
             conn.sendall(b"ok\n")
         finally:

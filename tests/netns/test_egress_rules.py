@@ -1,6 +1,5 @@
 """egress_rules against real kernels: namespaces, real servers, real connections, real logs."""
 import os
-import re
 import stat
 import subprocess
 

@@ -76,7 +76,7 @@ def test_a_and_aaaa_sorted_and_deduplicated(dns_server):
 
 
 def test_same_answer_same_result(dns_server):
-    runs = [R.resolve_destinations([dest("api.test")], ["127.0.0.1"], ("ipv4", "ipv6"), port=dns_server) for _ in range(3)]
+    runs = [R.resolve_destinations([dest("api.test")], ["127.0.0.1"], ("ipv4", "ipv6"), port=dns_server) for dummy in range(3)]
     assert runs[0] == runs[1] == runs[2]
 
 

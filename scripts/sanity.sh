@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# ansible-test sanity on the collection. ansible-test needs an
+# ansible_collections/<namespace>/<name> layout, so the tracked files (as they are in the
+# working tree) are copied into one under .cache/sanity.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${SANITY_VENV:-$ROOT/.cache/venv-sanity}
+PY=${SANITY_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+if [ ! -x "$VENV/bin/ansible-test" ]; then
+  "$ROOT/.venv/bin/python" -c 'import sys; print(sys.base_prefix)' >/dev/null
+  "$(readlink -f "$ROOT/.venv/bin/python")" -m venv "$VENV"
+  "$VENV/bin/pip" install -q "$("$ROOT/.venv/bin/pip" freeze | grep '^ansible-core==')"
+fi
+# ansible-test bootstraps pip in its virtualenvs with a script from a host we cannot reach.
+pipver=$("$VENV/bin/python" -c 'import re, ansible_test._internal.python_requirements as r, inspect
+print(re.search(r"pip=.([0-9.]+)", inspect.getsource(r.get_venv_packages)).group(1))' 2>/dev/null || true)
+if [ -n "$pipver" ]; then
+  mkdir -p ~/.ansible/test/cache
+  cp scripts/get_pip_offline.py ~/.ansible/test/cache/get_pip_${pipver//./_}.py
+fi
+DEST=$ROOT/.cache/sanity/ansible_collections/agentguard/hardening
+rm -rf "$DEST" && mkdir -p "$DEST"
+git ls-files -z --cached | tar --null -T - -cf - | tar -C "$DEST" -xf -
+cd "$DEST"
+git init -q && git add -A   # ansible-test uses git to list the collection's files
+export PATH="$VENV/bin:$PATH"
+exec ansible-test sanity --requirements --python "$PY" --color no "$@"
