@@ -1,0 +1,58 @@
+# agentguard.hardening: the two commands that matter are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+PYTEST ?= $(VENV)/bin/python -m pytest
+
+.PHONY: help bootstrap demo test unit netns compat sanity lint build molecule lab-images lab-up lab-down clean
+
+help:
+	@echo "make demo   - build the lab, harden its agent host with playbooks/harden-agent.yml, show the proof"
+	@echo "make test   - every test: unit, namespace integration, ansible-test sanity, ansible-lint, build, Molecule"
+	@echo "parts: make unit | netns | compat | sanity | lint | build | molecule | lab-up | lab-down"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	@bash scripts/demo.sh
+
+test: bootstrap
+	@bash scripts/test.sh
+
+unit: bootstrap
+	$(PYTEST) -q tests/unit
+
+netns: bootstrap
+	$(PYTEST) -q tests/netns
+
+compat: bootstrap
+	@bash scripts/compat.sh
+
+sanity: bootstrap
+	@bash scripts/sanity.sh
+
+lint: bootstrap
+	ansible-lint --profile production
+	antsibull-changelog lint
+
+build: bootstrap
+	@bash scripts/build.sh
+
+molecule: bootstrap
+	@bash scripts/molecule.sh
+
+lab-images: bootstrap
+	@bash lab/images.sh bookworm
+
+lab-up: bootstrap
+	@bash lab/lab.sh up
+
+lab-down:
+	@bash lab/lab.sh down
+
+clean:
+	rm -rf .cache/sanity tests/output agentguard-hardening-*.tar.gz
