@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every test of the project, in order of cost; stops at the first failing stage.
+# `make test` (and .ci/run) call this. Stages can be chosen: scripts/test.sh unit netns ...
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$ROOT"
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(pytest compat sanity lint build molecule)
+declare -a report=()
+run_stage() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    report+=("$(printf '%-9s ok      %4ds' "$name" $((SECONDS - start)))")
+  else
+    report+=("$(printf '%-9s FAILED  %4ds' "$name" $((SECONDS - start)))")
+    printf '%s\n' "=== summary" "${report[@]}"
+    exit 1
+  fi
+}
+for stage in "${stages[@]}"; do
+  case $stage in
+    pytest)   run_stage pytest python -m pytest -p no:cacheprovider tests/unit tests/netns ;;
+    unit)     run_stage unit python -m pytest -q -p no:cacheprovider tests/unit ;;
+    netns)    run_stage netns python -m pytest -q -p no:cacheprovider tests/netns ;;
+    compat)   run_stage compat bash scripts/compat.sh ;;
+    sanity)   run_stage sanity bash scripts/sanity.sh ;;
+    lint)     run_stage lint bash -c 'ansible-lint --profile production && antsibull-changelog lint' ;;
+    build)    run_stage build bash scripts/build.sh ;;
+    molecule) run_stage molecule bash scripts/molecule.sh ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+printf '%s\n' "=== summary" "${report[@]}"
