@@ -41,7 +41,7 @@ remove_root() {
   local root=$1
   [ -d "$root" ] || return 0
   umount_under "$root"
-  if findmnt -rn -o TARGET | grep -qF "$root/"; then die "mounts left under $root, not deleting it"; fi
+  if grep -qF "$root/" <<<"$(findmnt -rn -o TARGET)"; then die "mounts left under $root, not deleting it"; fi
   rm -rf --one-file-system "$root"
 }
 
@@ -144,7 +144,7 @@ EOF
   # 5. Checks before import.
   local p
   for p in "${NOT_PREINSTALLED[@]}"; do
-    if in_root dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    if [ "$(in_root dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = 'install ok installed' ]; then
       die "$suite: $p is pre-installed (pulled in by the base packages)"
     fi
   done

@@ -94,20 +94,18 @@ dns_reload() {
 # ---------------------------------------------------------------- network
 ensure_network() {
   if podman network exists "$LAB_NET"; then
-    local got
-    got=$(podman network inspect --format '{{.Internal}} {{range .Subnets}}{{.Subnet}} {{end}}' "$LAB_NET")
-    case "$got" in
-      "true $LAB_NET4 $LAB_NET6 "|"true $LAB_NET4 $LAB_NET6") ;;
-      *) die "network $LAB_NET exists but is not the lab's (internal subnets: '$got'): run lab/lab.sh down" ;;
-    esac
+    local got want
+    got=$(podman network inspect --format '{{.Internal}} {{.DNSEnabled}} {{range .Subnets}}{{.Subnet}} {{.LeaseRange.StartIP}} {{end}}' "$LAB_NET" 2>/dev/null) || got="no lease ranges"
+    want="true false $LAB_NET4 ${LAB_NET4_RANGE%.*/*}.129 $LAB_NET6 ${LAB_NET6_RANGE%0/*}1 "
+    [ "$got" = "$want" ] || die "network $LAB_NET exists but is not the lab's ('$got', want '$want'): run lab/lab.sh down"
     return 0
   fi
   # --internal: no NAT and no route to the outside. --disable-dns: no aardvark resolver on the gateway,
   # the lab resolver is the only one. Dynamic addresses come from the upper half of the /24 only.
   podman network create --internal --disable-dns --label "$LABEL=network" \
     --subnet "$LAB_NET4" --gateway "$LAB_GW4" --ip-range "$LAB_NET4_RANGE" \
-    --ipv6 --subnet "$LAB_NET6" --gateway "$LAB_GW6" "$LAB_NET" >/dev/null
-  log "network $LAB_NET created (internal, $LAB_NET4 dynamic $LAB_NET4_RANGE, $LAB_NET6)"
+    --ipv6 --subnet "$LAB_NET6" --gateway "$LAB_GW6" --ip-range "$LAB_NET6_RANGE" "$LAB_NET" >/dev/null
+  log "network $LAB_NET created (internal, $LAB_NET4 dynamic $LAB_NET4_RANGE, $LAB_NET6 dynamic $LAB_NET6_RANGE)"
 }
 
 # The lab must not talk to anything but itself. --internal gives the containers no default route and
@@ -190,6 +188,13 @@ run_service() {
   shift 4
   local tls=() mounts=() hash have
   mkdir -p "$LAB_STATE/logs/$name"
+  # Fresh logs per start (wait_ready looks for this start's "ready"); the previous ones become *.1.
+  rotate_log() {
+    local f
+    for f in "$LAB_STATE/logs/$name"/labserver.log "$LAB_STATE/logs/$name"/dnsmasq.log; do
+      [ ! -s "$f" ] || mv -f "$f" "$f.1"
+    done
+  }
   mounts=(-v "$LAB_DIR/services:/lab/services:ro" -v "$LAB_CA:/lab/ca.crt:ro" -v "$LAB_STATE/logs/$name:/var/log/lab")
   [ "$role" != resolver ] || mounts+=(-v "$LAB_STATE/dns:/lab/dns:ro")
   if [ -d "$PKI/$role" ]; then
@@ -200,10 +205,11 @@ run_service() {
            [ -z "${tls[*]}" ] || cat "$PKI/$role/tls.crt"; echo "$*"; } | sha256sum | cut -c1-16)
   have=$(podman inspect --format "{{index .Config.Labels \"$LABEL.config\"}}" "$name" 2>/dev/null || true)
   if [ "$have" = "$hash" ]; then
-    running "$name" || { podman start "$name" >/dev/null; log "$name started"; }
+    running "$name" || { rotate_log; podman start "$name" >/dev/null; log "$name started"; }
     return 0
   fi
   if exists "$name"; then podman rm -f -t 5 "$name" >/dev/null; fi
+  rotate_log
   local cmd=(/lab/services/entrypoint.sh "$role" "${tls[@]}" "$@")
   [ "$role" != sibling ] || cmd=(/bin/sleep infinity)
   podman run -d --name "$name" --hostname "$name" --init \
@@ -245,7 +251,7 @@ check() {  # check [TRIES]: the probes from ag-sibling, retried (bounded) while 
 
 print_addresses() {
   cat <<EOF
-Lab network $LAB_NET (internal, no NAT): $LAB_NET4 (dynamic: $LAB_NET4_RANGE), $LAB_NET6
+Lab network $LAB_NET (internal, no NAT): $LAB_NET4 (dynamic: $LAB_NET4_RANGE), $LAB_NET6 (dynamic: $LAB_NET6_RANGE)
   host (bridge gateway)  $LAB_GW4  $LAB_GW6
   ag-resolver   $LAB_RESOLVER4   $LAB_RESOLVER6   trusted DNS udp+tcp/53 (authoritative), tls/853
   ag-api        $LAB_API4   $LAB_API6   api.openclaw.security: https 443, http 80, udp/443 echo
@@ -315,39 +321,59 @@ agent() {
   podman network exists "$LAB_NET" || die "the lab is down: lab/lab.sh up"
   [ -s "$LAB_CA" ] || die "no lab CA: lab/lab.sh up"
   ensure_image "$suite"
-  local addr=()
-  [ -z "$ip4" ] || addr+=(--ip "$ip4")
-  [ -z "$ip6" ] || addr+=(--ip6 "$ip6")
-  addr+=(--mac-address "$(mac_for "${ip4:-$name}")")
-  hash=$(printf '%s %s %s\n' "$(image_id "$suite")" "$(sha256sum < "$LAB_CA")" "${addr[*]}" | sha256sum | cut -c1-16)
+  hash=$(printf '%s %s %s %s\n' "$(image_id "$suite")" "$(sha256sum < "$LAB_CA")" "$ip4" "$ip6" | sha256sum | cut -c1-16)
   have=$(podman inspect --format "{{index .Config.Labels \"$LABEL.config\"}}" "$name" 2>/dev/null || true)
   if [ "$have" != "$hash" ]; then
     if exists "$name"; then podman rm -f -t 10 "$name" >/dev/null; log "$name: old container removed"; fi
-    # SYSLOG: dmesg (kernel LOG lines) inside the host. systemd >= 256 (trixie) refuses cgroup v1 unless
-    # forced; in a container it reads that switch from its own command line.
-    local init=(/sbin/init)
-    [ "$suite" != trixie ] || init+=(SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1)
-    podman run -d --name "$name" --hostname "$name" \
-      --label "$LABEL=agent" --label "$LABEL.config=$hash" --label "$LABEL.suite=$suite" \
-      --network "$LAB_NET" "${addr[@]}" --dns "$LAB_RESOLVER4" --dns "$LAB_RESOLVER6" --dns-search . \
-      --cap-add NET_ADMIN --cap-add SYSLOG \
-      "$LAB_IMAGE_REPO:$suite" "${init[@]}" >/dev/null
+    # Without fixed addresses: pick a pair ourselves, 198.18.0.N and fd00:a9e:1::1:N (N = 130..254, from the
+    # name, next one if taken). Podman's IPAM keeps allocating IPv6 below the network's --ip-range when the
+    # network was once created without one (its allocation state outlives `podman network rm`).
+    local n tries=0 out
+    n=$(( 130 + 0x$(printf '%s' "$name" | sha256sum | cut -c1-4) % 125 ))
+    while :; do
+      local a4=${ip4:-198.18.0.$n} a6=${ip6:-fd00:a9e:1::1:$n}
+      # /sbin/init: podman's systemd mode (tmpfs /run, /tmp, cgroup mounts, SIGRTMIN+3 to stop).
+      # SYSLOG: dmesg (kernel LOG lines) inside the host. NET_ADMIN: iptables, ip6tables, ipset.
+      if out=$(podman run -d --name "$name" --hostname "$name" \
+          --label "$LABEL=agent" --label "$LABEL.config=$hash" --label "$LABEL.suite=$suite" \
+          --network "$LAB_NET" --ip "$a4" --ip6 "$a6" --mac-address "$(mac_for "$a4")" \
+          --dns "$LAB_RESOLVER4" --dns "$LAB_RESOLVER6" --dns-search . \
+          --cap-add NET_ADMIN --cap-add SYSLOG \
+          "$LAB_IMAGE_REPO:$suite" /sbin/init 2>&1); then
+        break
+      fi
+      podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+      tries=$((tries + 1))
+      if [ -n "$ip4" ] || [ "$tries" -ge 10 ] || ! grep -q 'already allocated' <<<"$out"; then
+        die "$name: podman run failed: $out"
+      fi
+      n=$(( n >= 254 ? 130 : n + 1 ))
+    done
     log "$name: created from $LAB_IMAGE_REPO:$suite"
   elif ! running "$name"; then
     podman start "$name" >/dev/null
   fi
   local state
-  state=$(timeout 90 podman exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
-  case "$state" in
-    running|degraded) ;;
-    *) podman logs --tail 30 "$name" >&2 || true; die "$name: systemd did not come up (state '$state')" ;;
-  esac
+  state=$(wait_systemd "$name" 90) \
+    || { podman logs --tail 30 "$name" >&2 || true; die "$name: systemd did not come up in 90 s (state '$state')"; }
   [ "$state" = running ] || log "$name: systemd is degraded: $(podman exec "$name" systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
   podman cp "$LAB_CA" "$name:/usr/local/share/ca-certificates/agentguard-lab-ca.crt"
   podman exec "$name" update-ca-certificates >/dev/null 2>&1
-  podman exec "$name" sh -c 'install -d -m 700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys' \
+  podman exec -i "$name" sh -c 'install -d -m 700 /root/.ssh && cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys' \
     < "$LAB_STATE/ssh/id_ed25519.pub"
   log "$name ready in $((SECONDS - t0)) s: systemd $state, $(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}' "$name"), resolver $LAB_RESOLVER4 / $LAB_RESOLVER6, lab CA trusted"
+}
+
+wait_systemd() {  # wait_systemd NAME SECONDS: print the state once it is running or degraded
+  local deadline=$((SECONDS + $2)) state=
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    # Right after start the bus may not be up yet: is-system-running then fails at once.
+    state=$(timeout 10 podman exec "$1" systemctl is-system-running 2>/dev/null) || true
+    case "$state" in running|degraded) echo "$state"; return 0 ;; esac
+    sleep 0.5
+  done
+  echo "$state"
+  return 1
 }
 
 agent_rm() {
@@ -364,7 +390,7 @@ selftest() {  # a throwaway test host proves what the role's tests rely on
     || { podman rm -f -t 5 "$name" >/dev/null; die "selftest on $suite FAILED"; }
   log "selftest: restart (systemd reboot) keeps the saved rules"
   podman restart -t 20 "$name" >/dev/null
-  timeout 90 podman exec "$name" systemctl is-system-running --wait >/dev/null || true
+  wait_systemd "$name" 90 >/dev/null || die "selftest on $suite: systemd did not come back after restart"
   local out
   out=$(podman exec "$name" sh -c 'iptables-save; ip6tables-save; ipset list -n' 2>&1)
   for want in 'agentguard-selftest' 'agentguard_selftest'; do

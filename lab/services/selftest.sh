@@ -48,7 +48,8 @@ for mode in nft legacy; do
     blocked $fam http://api.openclaw.security/ agent || fail "$mode v$fam: owner match did not block user agent"
     found=
     for _ in $(seq 1 20); do
-      dmesg 2>/dev/null | grep -q "AGSELFTEST-$mode-v$fam" && { found=1; break; }
+      # (not `dmesg | grep -q`: under pipefail an early grep exit fails the pipeline with SIGPIPE)
+      grep -q "AGSELFTEST-$mode-v$fam" <<<"$(dmesg 2>/dev/null)" && { found=1; break; }
       sleep 0.2
     done
     [ -n "$found" ] || fail "$mode v$fam: no LOG line in dmesg (host sysctl net.netfilter.nf_log_all_netns=1? CAP_SYSLOG?)"
