@@ -80,6 +80,7 @@ build_suite() {
 Acquire::Languages "none";
 APT::Sandbox::User "root";
 EOF
+  # shellcheck disable=SC2016  # the script below runs in the chroot, its variables expand there
   timeout 300 chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C \
     DEBIAN_FRONTEND=noninteractive HOME=/root REPO_PKGS="${REPO_PKGS[*]}" SUITE="$suite" \
     /bin/bash -euo pipefail -c '
@@ -144,6 +145,7 @@ EOF
   # 5. Checks before import.
   local p
   for p in "${NOT_PREINSTALLED[@]}"; do
+    # shellcheck disable=SC2016  # ${Status} is dpkg-query's format, not a shell variable
     if [ "$(in_root dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = 'install ok installed' ]; then
       die "$suite: $p is pre-installed (pulled in by the base packages)"
     fi

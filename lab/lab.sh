@@ -18,7 +18,6 @@ SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 # shellcheck source=lab/env.sh
 . "$(dirname "$SCRIPT")/env.sh"
 
-SERVICES=(ag-resolver ag-api ag-rates ag-forbidden ag-sibling)
 LABEL=org.agentguard.lab
 NF_SYSCTL=net.netfilter.nf_log_all_netns
 

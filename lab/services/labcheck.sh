@@ -25,6 +25,7 @@ expect() {
     *) bad "$desc: wanted '$want', got '$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-160)'" ;;
   esac
 }
+# shellcheck disable=SC2317  # udp_echo and tls_probe are called through expect
 udp_echo() {  # udp_echo ADDR PORT: one datagram out, the echo back (2 s timeout)
   timeout 5 python3 -c '
 import socket, sys
@@ -34,6 +35,7 @@ s.settimeout(2)
 s.sendto(b"labcheck", addr[4])
 print(s.recv(2048).decode(errors="replace"))' "$1" "$2" 2>&1
 }
+# shellcheck disable=SC2317
 tls_probe() {  # tls_probe HOST:PORT NAME: TLS handshake verified against the lab CA
   timeout 6 openssl s_client -brief -connect "$1" -servername "$2" -verify_hostname "$2" \
     -CAfile "$CA" -verify_return_error < /dev/null 2>&1

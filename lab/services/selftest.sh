@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Run inside a fresh lab test host by `lab/lab.sh selftest` (bash -euo pipefail, as root).
 # Proves what the role's tests rely on: the offline apt repository, the lab resolver and CA,
 # iptables-nft AND iptables-legacy, ip6tables, ipset, owner matches, LOG lines in dmesg, and it
