@@ -114,7 +114,9 @@ ensure_network() {
 # drops everything routed into or out of the lab bridge and every new connection from the lab to the
 # host itself (ICMP stays, for IPv6 neighbour discovery).
 # Runtime iptables rules in chains of our own; lab.sh down removes them.
-GUARD=AGENTGUARD-LAB
+# Not "AGENTGUARD-*": that prefix belongs to the egress_rules module, which owns every such chain.
+GUARD=AGLAB-GUARD
+OLD_GUARD=AGENTGUARD-LAB  # the name before; removed where an older lab left it
 guard() {  # guard add|del
   local br ipt icmp
   if [ "$1" = add ]; then
@@ -126,12 +128,14 @@ guard() {  # guard add|del
   for ipt in iptables ip6tables; do
     command -v "$ipt" >/dev/null || die "$ipt missing on the host: run scripts/bootstrap.sh"
     icmp=icmp; [ "$ipt" = iptables ] || icmp=ipv6-icmp
-    local i
-    for i in 1 2 3 4 5; do  # remove our jumps (bounded)
-      "$ipt" -w -D FORWARD -j "$GUARD-FWD" 2>/dev/null || "$ipt" -w -D INPUT -i "$br" -j "$GUARD-IN" 2>/dev/null || break
+    local i g
+    for g in "$OLD_GUARD" "$GUARD"; do
+      for i in 1 2 3 4 5; do  # remove our jumps (bounded)
+        "$ipt" -w -D FORWARD -j "$g-FWD" 2>/dev/null || "$ipt" -w -D INPUT -i "$br" -j "$g-IN" 2>/dev/null || break
+      done
+      "$ipt" -w -F "$g-FWD" 2>/dev/null && "$ipt" -w -X "$g-FWD"
+      "$ipt" -w -F "$g-IN" 2>/dev/null && "$ipt" -w -X "$g-IN"
     done
-    "$ipt" -w -F "$GUARD-FWD" 2>/dev/null && "$ipt" -w -X "$GUARD-FWD"
-    "$ipt" -w -F "$GUARD-IN" 2>/dev/null && "$ipt" -w -X "$GUARD-IN"
     [ "$1" = add ] || continue
     "$ipt" -w -N "$GUARD-FWD"
     "$ipt" -w -A "$GUARD-FWD" -i "$br" -o "$br" -j RETURN -m comment --comment "agentguard lab: inside the lab"

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Probe every lab service over IPv4 and IPv6 from an UNFIREWALLED host (ag-sibling):
 #   podman exec ag-sibling /lab/services/labcheck.sh [-q]
 # Proves that each service, allowed or forbidden, is up, so that a "blocked" result on a test

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Small, bounded lab server: TCP, TLS and UDP listeners from command-line flags (stdlib only).
 
     labserver.py --name api --cert api.crt --key api.key \
@@ -81,7 +81,7 @@ class Server:
         self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self.body = ("agentguard-lab %s ok\n" % args.name).encode()
         self.ssl = None
-        if any(proto == "tls" for proto, _, _ in args.listen):
+        if any(listen[0] == "tls" for listen in args.listen):
             if not (args.cert and args.key):
                 sys.exit("labserver: a tls listener needs --cert and --key")
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -112,7 +112,7 @@ class Server:
                     writer.write(("HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                                   "Connection: close\r\nX-Agentguard-Lab: %s\r\n\r\n"
                                   % (status, len(self.body), self.args.name)).encode() + self.body)
-                    what = "%r -> %s" % (first, status.split(" ")[0])
+                    what = "%r -> %s" % (first, status.split(" ", maxsplit=1)[0])
                 await asyncio.wait_for(writer.drain(), IO_TIMEOUT)
             except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
                 what = "error %s: %s" % (type(exc).__name__, str(exc)[:120])
