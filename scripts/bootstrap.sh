@@ -22,7 +22,7 @@ fi
 pick_python() {
   local cand
   for cand in "${AGENTGUARD_PYTHON:-}" \
-      $(ls -d "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.1[2-9]* 2>/dev/null | sort -V -r | sed 's|$|/bin/python3|') \
+      $(printf '%s\n' "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.1[2-9]*/bin/python3 | sort -V -r) \
       python3.13 python3.12 python3; do
     [ -n "$cand" ] || continue
     if command -v "$cand" >/dev/null 2>&1 || [ -x "$cand" ]; then echo "$cand"; return; fi

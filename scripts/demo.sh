@@ -32,7 +32,7 @@ expect_blocked() {  # expect_blocked DESCRIPTION COMMAND... (as the agent; AS=ro
   local what=$1; shift
   if "as_${AS:-agent}" timeout 4 "$@" >/dev/null 2>&1; then line OPEN "$what (expected to be blocked)"; failures=$((failures + 1)); else line blocked "$what"; fi
 }
-tcp() { echo nc -z -w 2 "$@"; }
+expect_tcp_blocked() { expect_blocked "$1" nc -z -w 2 "$2" "$3"; }  # DESCRIPTION HOST PORT
 
 echo
 echo "=== what the agent (uid 1000 on $AGENT) can reach now"
@@ -41,16 +41,16 @@ expect_ok "HTTPS to api.openclaw.security over IPv4 (lab CA, via the trusted res
 expect_ok "HTTPS to api.openclaw.security over IPv6" curl -6 -sSf --max-time 5 https://api.openclaw.security/
 expect_blocked "HTTPS to exfil.attacker.lab by name, IPv4" curl -4 -sS --max-time 3 -k https://exfil.attacker.lab/
 expect_blocked "HTTPS to exfil.attacker.lab by name, IPv6" curl -6 -sS --max-time 3 -k https://exfil.attacker.lab/
-expect_blocked "TCP 443 to the forbidden address $LAB_FORBIDDEN4" $(tcp "$LAB_FORBIDDEN4" 443)
-expect_blocked "TCP 443 to the forbidden address $LAB_FORBIDDEN6" $(tcp "$LAB_FORBIDDEN6" 443)
-expect_blocked "plain HTTP (80) to the allowed API, IPv4" $(tcp "$LAB_API4" 80)
-expect_blocked "plain HTTP (80) to the allowed API, IPv6" $(tcp "$LAB_API6" 80)
+expect_tcp_blocked "TCP 443 to the forbidden address $LAB_FORBIDDEN4" "$LAB_FORBIDDEN4" 443
+expect_tcp_blocked "TCP 443 to the forbidden address $LAB_FORBIDDEN6" "$LAB_FORBIDDEN6" 443
+expect_tcp_blocked "plain HTTP (80) to the allowed API, IPv4" "$LAB_API4" 80
+expect_tcp_blocked "plain HTTP (80) to the allowed API, IPv6" "$LAB_API6" 80
 expect_blocked "UDP 443 (QUIC) to the allowed API" sh -c "echo x | nc -u -w 2 $LAB_API4 443 | grep -q ."
 expect_blocked "DNS to the rogue resolver $LAB_FORBIDDEN4 (UDP)" dig +time=2 +tries=1 @"$LAB_FORBIDDEN4" example.org
 expect_blocked "DNS to the rogue resolver $LAB_FORBIDDEN6 (TCP)" dig +tcp +time=2 +tries=1 @"$LAB_FORBIDDEN6" example.org
-expect_blocked "DNS-over-TLS (853) to the trusted resolver" $(tcp "$LAB_RESOLVER4" 853)
-expect_blocked "SMTP (25) to the forbidden host" $(tcp "$LAB_FORBIDDEN4" 25)
-expect_blocked "SSH (22) to the forbidden host, IPv6" $(tcp "$LAB_FORBIDDEN6" 22)
+expect_tcp_blocked "DNS-over-TLS (853) to the trusted resolver" "$LAB_RESOLVER4" 853
+expect_tcp_blocked "SMTP (25) to the forbidden host" "$LAB_FORBIDDEN4" 25
+expect_tcp_blocked "SSH (22) to the forbidden host, IPv6" "$LAB_FORBIDDEN6" 22
 # ping needs CAP_NET_RAW, which the agent user lacks anyway: root shows the firewall blocks it.
 AS=root expect_blocked "ICMP echo to the forbidden host (as root: host scope covers every user)" ping -c 1 -W 2 "$LAB_FORBIDDEN4"
 

@@ -17,7 +17,7 @@ pipver=$("$VENV/bin/python" -c 'import re, ansible_test._internal.python_require
 print(re.search(r"pip=.([0-9.]+)", inspect.getsource(r.get_venv_packages)).group(1))' 2>/dev/null || true)
 if [ -n "$pipver" ]; then
   mkdir -p ~/.ansible/test/cache
-  cp scripts/get_pip_offline.py ~/.ansible/test/cache/get_pip_${pipver//./_}.py
+  cp scripts/get_pip_offline.py ~/.ansible/test/cache/"get_pip_${pipver//./_}.py"
 fi
 DEST=$ROOT/.cache/sanity/ansible_collections/agentguard/hardening
 rm -rf "$DEST" && mkdir -p "$DEST"
@@ -29,7 +29,7 @@ ansible-test sanity --requirements --python "$PY" --color no "$@"
 # Modules run on the targets' Python (Debian 11: 3.9): compile them with every older Python we have.
 for old in 3.9 3.10 3.11 3.12; do
   [ "$old" != "$PY" ] || continue
-  bin=$(ls -d "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/"$old".*/bin 2>/dev/null | sort -V | tail -n 1)
+  bin=$(printf '%s\n' "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/"$old".*/bin | sort -V | tail -n 1)
   if [ -n "$bin" ] && [ -x "$bin/python$old" ]; then
     PATH="$PATH:$bin" ansible-test sanity --test compile --python "$old" --color no
   fi
