@@ -31,6 +31,6 @@ for old in 3.9 3.10 3.11 3.12; do
   [ "$old" != "$PY" ] || continue
   bin=$(printf '%s\n' "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/"$old".*/bin | sort -V | tail -n 1)
   if [ -n "$bin" ] && [ -x "$bin/python$old" ]; then
-    PATH="$PATH:$bin" ansible-test sanity --test compile --python "$old" --color no
+    PATH="$bin:$PATH" ansible-test sanity --test compile --python "$old" --color no
   fi
 done
