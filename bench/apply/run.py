@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Apply cost: one agentguard.hardening.egress_rules task against an ansible.builtin.iptables loop.
+
+Both sides build the same effective ruleset (chains, loopback, replies, DNS to one resolver,
+N allowed IPv4 and N allowed IPv6 addresses on 443, rate-limited LOG, DROP, jump, OUTPUT policy)
+in a fresh network namespace, through ansible-playbook with a local connection whose Python runs
+inside the namespace. Per N, each repetition runs both sides in alternating order and measures
+three runs each: first apply (fresh namespace), idempotent re-run, check-mode run. Reported
+figures are medians of the task time (the JSON callback's task durations, so ansible-playbook's
+start-up cost is excluded) and their ratio.
+
+Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--out FILE]
+"""
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NETNS_PYTHON = os.path.join(ROOT, "tests", "netns", "netns-python")
+PY = sys.executable
+DNS4, DNS6 = "198.18.0.53", "fd00:a9e:1::53"
+LOG_PREFIX = "[EGRESS-DENIED] "
+
+
+def addresses(n):
+    v4 = [str(ipaddress.ip_address("198.18.16.0") + i + 1) for i in range(n)]
+    v6 = [str(ipaddress.ip_address("fd00:a9e:16::") + i + 1) for i in range(n)]
+    return v4, v6
+
+
+def ours_play(n):
+    v4, v6 = addresses(n)
+    allow = [{"name": "d%05d-4" % i, "host": a} for i, a in enumerate(v4)]
+    allow += [{"name": "d%05d-6" % i, "host": a} for i, a in enumerate(v6)]
+    return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "Egress allowlist (agentguard.hardening.egress_rules)",
+        "agentguard.hardening.egress_rules": {"allow": allow, "dns_servers": [DNS4, DNS6]},
+    }]}]
+
+
+def loop_items(n):
+    """The same ruleset as ansible.builtin.iptables parameters, one item per rule."""
+    v4, v6 = addresses(n)
+    items = []
+    for version, family_addresses, dns, tag in (("ipv4", v4, DNS4, "4"), ("ipv6", v6, DNS6, "6")):
+        def rule(**kw):
+            kw.setdefault("ip_version", version)
+            items.append(kw)
+        for chain in ("AGENTGUARD-EGRESS", "AGENTGUARD-ALLOW", "AGENTGUARD-DENY"):
+            rule(chain=chain, chain_management=True)
+        rule(chain="AGENTGUARD-ALLOW", out_interface="lo", jump="ACCEPT")
+        rule(chain="AGENTGUARD-ALLOW", ctstate=["RELATED", "ESTABLISHED"], jump="ACCEPT")
+        if tag == "6":
+            for icmp_type in ("133", "135", "136"):
+                rule(chain="AGENTGUARD-ALLOW", protocol="ipv6-icmp", icmp_type=icmp_type, jump="ACCEPT",
+                     comment="agentguard: neighbour discovery")
+        for proto in ("udp", "tcp"):
+            rule(chain="AGENTGUARD-ALLOW", destination=dns, protocol=proto, destination_port="53",
+                 ctstate=["NEW"], comment="agentguard: dns", jump="ACCEPT")
+        for index, address in enumerate(family_addresses):
+            rule(chain="AGENTGUARD-ALLOW", destination=address, protocol="tcp", destination_port="443",
+                 ctstate=["NEW"], comment="agentguard: d%05d-%s" % (index, tag), jump="ACCEPT")
+        rule(chain="AGENTGUARD-ALLOW", jump="AGENTGUARD-DENY")
+        rule(chain="AGENTGUARD-DENY", limit="10/min", limit_burst="20", jump="LOG", log_prefix=LOG_PREFIX)
+        rule(chain="AGENTGUARD-DENY", jump="DROP")
+        rule(chain="AGENTGUARD-EGRESS", jump="AGENTGUARD-ALLOW")
+        rule(chain="OUTPUT", jump="AGENTGUARD-EGRESS", action="insert", rule_num="1")
+        rule(chain="OUTPUT", policy="DROP")
+    return items
+
+
+def loop_play(n):
+    return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "Egress allowlist (ansible.builtin.iptables loop)",
+        "ansible.builtin.iptables": "{{ item }}",
+        "loop": loop_items(n),
+        "loop_control": {"label": "{{ item.chain }} {{ item.destination | default(item.jump | default(item.policy | default(''))) }}"},
+    }]}]
+
+
+def task_seconds(output):
+    total = 0.0
+    for play in output["plays"]:
+        for task in play["tasks"]:
+            d = task["task"]["duration"]
+            start = datetime.datetime.fromisoformat(d["start"].replace("Z", "+00:00"))
+            end = datetime.datetime.fromisoformat(d["end"].replace("Z", "+00:00"))
+            total += (end - start).total_seconds()
+    return total
+
+
+def run_play(playfile, netns, check=False):
+    env = dict(os.environ, AGENTGUARD_NETNS=netns, AGENTGUARD_NETNS_PYTHON=PY,
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    env["PATH"] = os.path.dirname(PY) + os.pathsep + env["PATH"]
+    argv = [os.path.join(os.path.dirname(PY), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", "ansible_python_interpreter=" + NETNS_PYTHON, playfile] + (["--check"] if check else [])
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          env=env, cwd=ROOT, timeout=3600, check=False)
+    output = json.loads(proc.stdout)
+    stats = output["stats"]["localhost"]
+    if stats.get("failures") or stats.get("unreachable"):
+        raise RuntimeError("play failed: %s" % proc.stdout[-2000:])
+    return task_seconds(output), stats.get("changed", 0)
+
+
+def netns(name, action):
+    subprocess.run(["ip", "netns", action, name], check=action == "add")
+    if action == "add":
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+
+
+def measure(side, playfile, n, rep):
+    name = "agbench-%s-%d-%d" % (side, n, rep)
+    netns(name, "add")
+    try:
+        first, changed_first = run_play(playfile, name)
+        idem, changed_idem = run_play(playfile, name)
+        check, changed_check = run_play(playfile, name, check=True)
+        save = subprocess.run(["ip", "netns", "exec", name, "iptables-save", "-t", "filter"], stdout=subprocess.PIPE,
+                              universal_newlines=True, check=True).stdout
+    finally:
+        netns(name, "del")
+    assert changed_first and not changed_idem and not changed_check, (side, changed_first, changed_idem, changed_check)
+    rules = sum(1 for line in save.splitlines() if line.startswith("-A "))
+    return {"first": first, "idempotent": idem, "check": check, "rules_v4": rules}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "apply.json"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/apply needs root (network namespaces)")
+    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sizes": {}}
+    workdir = tempfile.mkdtemp(prefix="agbench-")
+    for n in [int(s) for s in args.sizes.split(",")]:
+        plays = {}
+        for side, builder in (("ours", ours_play), ("loop", loop_play)):
+            plays[side] = os.path.join(workdir, "%s-%d.yml" % (side, n))
+            with open(plays[side], "w") as handle:
+                json.dump(builder(n), handle)  # JSON is YAML
+        runs = {"ours": [], "loop": []}
+        for rep in range(args.reps):
+            order = ("ours", "loop") if rep % 2 == 0 else ("loop", "ours")
+            for side in order:
+                runs[side].append(measure(side, plays[side], n, rep))
+                print("N=%d rep %d %s: %s" % (n, rep + 1, side, runs[side][-1]), file=sys.stderr, flush=True)
+        summary = {}
+        for kind in ("first", "idempotent", "check"):
+            ours = statistics.median(r[kind] for r in runs["ours"])
+            loop = statistics.median(r[kind] for r in runs["loop"])
+            summary[kind] = {"ours_s": round(ours, 3), "loop_s": round(loop, 3), "ratio": round(loop / ours, 1)}
+        summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"]}
+        results["sizes"][str(n)] = {"summary": summary, "runs": runs}
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=1)
+    print(table(results))
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+    ver = subprocess.run([os.path.join(os.path.dirname(PY), "ansible"), "--version"], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=False).stdout.splitlines()[0]
+    ipt = subprocess.run(["iptables", "--version"], stdout=subprocess.PIPE, universal_newlines=True, check=False).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 1048576, 1), "kernel": os.uname().release,
+            "ansible": ver, "iptables": ipt}
+
+
+def table(results):
+    lines = ["| N (per family) | run | egress_rules (s) | iptables loop (s) | loop / ours |", "|---|---|---|---|---|"]
+    for n, data in results["sizes"].items():
+        for kind in ("first", "idempotent", "check"):
+            s = data["summary"][kind]
+            lines.append("| %s | %s | %.2f | %.2f | %.1fx |" % (n, kind, s["ours_s"], s["loop_s"], s["ratio"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
