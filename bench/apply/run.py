@@ -135,7 +135,7 @@ def measure(side, playfile, n, rep):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "apply.json"))

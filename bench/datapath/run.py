@@ -112,7 +112,7 @@ def rate(seconds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)

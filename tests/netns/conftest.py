@@ -144,15 +144,15 @@ class ModuleRunner(object):
         self.lab = lab
         self.path_prefix = path_prefix
 
-    def __call__(self, args, check=False, diff=True, expect_failure=False):
+    def __call__(self, args, check=False, diff=True, expect_failure=False, module="agentguard.hardening.egress_rules"):
         workdir = tempfile.mkdtemp(prefix="agit-play-")
         try:
             with open(os.path.join(workdir, "args.json"), "w") as handle:
                 json.dump({"egress_args": args}, handle)
             with open(os.path.join(workdir, "play.yml"), "w") as handle:
                 handle.write("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
-                             "    - name: Apply the egress allowlist\n"
-                             "      agentguard.hardening.egress_rules: \"{{ egress_args }}\"\n")
+                             "    - name: Run the module under test\n"
+                             "      %s: \"{{ egress_args }}\"\n" % module)
             env = dict(os.environ)
             env.update({
                 "AGENTGUARD_NETNS": self.lab.host, "AGENTGUARD_NETNS_PYTHON": PYTHON,

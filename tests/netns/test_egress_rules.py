@@ -216,3 +216,11 @@ def test_denials_are_logged_with_uid_and_rate_limited(lab, egress, kernel_log):
     assert flood == {targets[0]: {"timeout": 1000}}
     lines = [l for l in kernel_log().splitlines() if "DPT=%d " % port in l]
     assert 1 <= len(lines) <= 5 + 1, "log not rate-limited: %d lines" % len(lines)
+
+    # egress_denials finds them as structured records of this host only, with uid, destination and port.
+    report = egress(dict(source="dmesg", since="10m"), module="agentguard.hardening.egress_denials", diff=False)
+    mine = [d for d in report["denials"] if d["dpt"] == port]
+    assert len(mine) == 1 and mine[0]["count"] == len(lines)
+    assert mine[0]["dst"] == V4["forbidden"] and mine[0]["uid"] == 65534 and mine[0]["protocol"] == "tcp"
+    assert mine[0]["sources"] == [V4["host"]] and mine[0]["first"] <= mine[0]["last"]
+    assert report["changed"] is False and report["source"] == "dmesg"

@@ -1,0 +1,221 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Parse denied-egress kernel log lines into records and aggregate them.
+
+Private to agentguard.hardening. Reads the text of any of the places the kernel's LOG
+lines end up: `dmesg` (raw or --time-format iso), syslog files such as
+/var/log/kern.log (RFC 3339 or traditional timestamps), and `journalctl -o json`.
+A line that carries the prefix but cannot be understood is counted, never fatal.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import ipaddress
+import json
+import re
+
+UTC = datetime.timezone.utc
+ISO_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)?\s+(.*)$")
+TRADITIONAL_RE = re.compile(r"^([A-Z][a-z]{2})\s+(\d{1,2}) (\d\d:\d\d:\d\d)\s+(.*)$")
+MONOTONIC_RE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
+SYSLOG_HOST_RE = re.compile(r"^(\S+) kernel: (.*)$")
+MONTHS = dict((m, i) for i, m in enumerate(
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1))
+RELATIVE_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+NUMERIC = ("SPT", "DPT", "UID", "GID", "TYPE", "CODE", "LEN")
+
+
+def _tz(text):
+    if not text or text == "Z":
+        return UTC
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    return datetime.timezone(sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:4])))
+
+
+def _iso(seconds_text, fraction, tz):
+    stamp = datetime.datetime.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S")
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    return stamp.replace(microsecond=micro, tzinfo=_tz(tz))
+
+
+def split_line(line, boot_time=None, now=None):
+    """Return (timestamp or None, message) for one log line in any supported layout."""
+    line = line.rstrip("\n")
+    if line.startswith("{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return None, line
+        message = entry.get("MESSAGE", "")
+        if isinstance(message, list):  # journald stores non-UTF-8 messages as byte arrays
+            message = bytes(message).decode("utf-8", "replace")
+        stamp = entry.get("__REALTIME_TIMESTAMP")
+        when = datetime.datetime.fromtimestamp(int(stamp) / 1e6, UTC) if stamp else None
+        return when, message
+    when = None
+    try:
+        match = ISO_RE.match(line)
+        if match:
+            when = _iso(match.group(1), match.group(2), match.group(3))
+            line = match.group(4)
+        else:
+            match = TRADITIONAL_RE.match(line)
+            if match and match.group(1) in MONTHS:
+                now = now or datetime.datetime.now(UTC)
+                when = datetime.datetime.strptime("%d %d %s %s" % (now.year, MONTHS[match.group(1)], match.group(2),
+                                                                   match.group(3)), "%Y %m %d %H:%M:%S").replace(tzinfo=UTC)
+                if when > now + datetime.timedelta(days=1):  # a December line read in January
+                    when = when.replace(year=now.year - 1)
+                line = match.group(4)
+    except ValueError:  # a timestamp-shaped prefix that is not a date: keep the line, without time
+        when = None
+    host = SYSLOG_HOST_RE.match(line)
+    if host:
+        line = host.group(2)
+    mono = MONOTONIC_RE.match(line)
+    if mono:
+        if when is None and boot_time is not None:
+            when = boot_time + datetime.timedelta(seconds=float(mono.group(1)))
+        line = mono.group(2)
+    return when, line
+
+
+def parse_fields(text):
+    """key=value fields and bare flags (DF, SYN, ...) of a netfilter LOG message."""
+    fields = {}
+    flags = []
+    for token in text.split():
+        if "=" in token:
+            key, value = token.split("=", 1)
+            if key not in fields:  # the second LEN= is the transport length; keep the IP one
+                fields[key] = value
+        else:
+            flags.append(token)
+    return fields, flags
+
+
+def parse_record(message, prefix):
+    """A record dict for a message starting with prefix; None if the line is not ours;
+    raises ValueError when it is ours but unusable."""
+    index = message.find(prefix)
+    if index < 0:
+        return None
+    fields, flags = parse_fields(message[index + len(prefix):])
+    for key in ("SRC", "DST", "PROTO"):
+        if not fields.get(key):
+            raise ValueError("no %s= field" % key)
+    src = ipaddress.ip_address(fields["SRC"])
+    dst = ipaddress.ip_address(fields["DST"])
+    record = {
+        "family": "ipv%d" % src.version,
+        "src": str(src),
+        "dst": str(dst),
+        "protocol": fields["PROTO"].lower(),
+        "out": fields.get("OUT", ""),
+    }
+    for key in NUMERIC:
+        if key in fields:
+            if not fields[key].isdigit():
+                raise ValueError("%s=%s is not a number" % (key, fields[key]))
+            record[key.lower()] = int(fields[key])
+    record.setdefault("dpt", None)
+    record.setdefault("uid", None)
+    record["flags"] = [f for f in flags if f.isupper() and f.isalpha()]
+    return record
+
+
+def parse_since(text, now=None):
+    """An aware datetime from "2026-11-25T10:00:00Z", "2026-11-25", or a relative "24h", "7d", "30m"."""
+    if text is None or text == "":
+        return None
+    now = now or datetime.datetime.now(UTC)
+    match = RELATIVE_RE.match(str(text))
+    if match:
+        return now - datetime.timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[match.group(2)])
+    text = str(text).strip()
+    if re.match(r"^\d{4}-\d\d-\d\d$", text):
+        text += "T00:00:00Z"
+    match = re.match(r"^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)?$", text)
+    try:
+        if not match:
+            raise ValueError()
+        return _iso(match.group(1) + "T" + match.group(2), match.group(3), match.group(4))
+    except ValueError:
+        raise ValueError("since: %r is not a time; use ISO 8601 (2026-11-25T10:00:00Z) or a duration like 24h, 7d, 30m" % text)
+
+
+def collect(lines, prefix, since=None, local_addresses=None, boot_time=None, now=None):
+    """Parse lines; return (records, stats). Records older than since, from other hosts'
+    addresses (when local_addresses is given), malformed or foreign lines are counted in stats."""
+    stats = {"lines": 0, "matched": 0, "malformed": 0, "other_hosts": 0, "older": 0, "no_time": 0}
+    records = []
+    seen = set()
+    for line in lines:
+        stats["lines"] += 1
+        when, message = split_line(line, boot_time, now)
+        try:
+            record = parse_record(message, prefix)
+        except ValueError:
+            stats["malformed"] += 1
+            continue
+        if record is None:
+            continue
+        if local_addresses is not None and record["src"] not in local_addresses:
+            stats["other_hosts"] += 1
+            continue
+        if when is None:
+            stats["no_time"] += 1
+        elif since is not None and when < since:
+            stats["older"] += 1
+            continue
+        record["time"] = when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+        # The same kernel line can reach two sources (journal and kern.log): count it once.
+        key = (record["time"], message)
+        if key in seen:
+            continue
+        seen.add(key)
+        stats["matched"] += 1
+        records.append(record)
+    return records, stats
+
+
+def aggregate(records):
+    """Group by destination, port, protocol and uid with counts and first/last seen, busiest first."""
+    groups = {}
+    for record in records:
+        key = (record["dst"], record["dpt"], record["protocol"], record["uid"])
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {
+                "dst": record["dst"], "dpt": record["dpt"], "protocol": record["protocol"], "uid": record["uid"],
+                "family": record["family"], "count": 0, "first": None, "last": None, "sources": [],
+            }
+        group["count"] += 1
+        if record["src"] not in group["sources"]:
+            group["sources"].append(record["src"])
+        if record["time"]:
+            group["first"] = min(filter(None, [group["first"], record["time"]]))
+            group["last"] = max(filter(None, [group["last"], record["time"]]))
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["dst"], g["dpt"] or 0, g["protocol"], g["uid"] or -1))
+
+
+def timeline(records, bucket_seconds):
+    """Denials per time bucket: [{"start": iso, "count": n}], in time order."""
+    counts = {}
+    for record in records:
+        if not record["time"]:
+            continue
+        stamp = datetime.datetime.strptime(record["time"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        epoch = int((stamp - datetime.datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+        start = epoch - epoch % bucket_seconds
+        counts[start] = counts.get(start, 0) + 1
+    return [{"start": datetime.datetime.fromtimestamp(s, UTC).isoformat().replace("+00:00", "Z"), "count": counts[s]}
+            for s in sorted(counts)]

@@ -1,0 +1,262 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: egress_denials
+short_description: Read the host's denied-egress log lines as structured, aggregated records
+version_added: 0.1.0
+description:
+  - Reads the kernel log lines written by the deny rules of M(agentguard.hardening.egress_rules)
+    (prefix O(prefix)) from the journal, a syslog file such as C(/var/log/kern.log), or the kernel
+    ring buffer, and returns them as records aggregated by destination, port, protocol and uid,
+    with counts and first/last timestamps, plus a timeline for charts.
+  - Lines that carry the prefix but cannot be parsed, and lines of other hosts (a container host's
+    ring buffer also holds its containers' lines), are skipped and counted, never fatal.
+  - It only reads; check mode returns the same result.
+author:
+  - agentguard.hardening developers (@agentguard)
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads, so check mode returns the same records.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  idempotent:
+    support: full
+    description: Never changes the host.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hosts.
+options:
+  prefix:
+    description: The log prefix of the deny rules (O(agentguard.hardening.egress_rules#module:log_prefix)).
+    type: str
+    default: "[EGRESS-DENIED] "
+  source:
+    description:
+      - Where to read. V(auto) tries the journal, then O(path), then the kernel ring buffer,
+        and uses the first that holds at least one line with the prefix.
+      - V(journal) reads C(journalctl -k -o json); V(file) reads O(path); V(dmesg) reads the kernel
+        ring buffer (C(dmesg --time-format iso)), which only holds recent lines.
+    type: str
+    choices: [auto, journal, file, dmesg]
+    default: auto
+  path:
+    description: The syslog file holding kernel messages, for O(source=file) and O(source=auto).
+    type: path
+    default: /var/log/kern.log
+  since:
+    description:
+      - Only records at or after this time, as ISO 8601 (C(2026-11-25T10:00:00Z), C(2026-11-25)) or a
+        duration back from now (C(30m), C(24h), C(7d)).
+    type: str
+  local_only:
+    description:
+      - Keep only records whose source address is one of this host's addresses. Leave it on, since on a
+        container host the kernel log also holds the containers' lines.
+    type: bool
+    default: true
+  bucket_seconds:
+    description: Width of the timeline's buckets, in seconds.
+    type: int
+    default: 300
+  max_records:
+    description: How many of the newest raw records to return in RV(records) (the aggregates count all).
+    type: int
+    default: 200
+"""
+
+EXAMPLES = r"""
+- name: Denied egress of the last day
+  agentguard.hardening.egress_denials:
+    since: 24h
+  register: denials
+
+- name: Show who tried to reach what
+  ansible.builtin.debug:
+    msg: "{{ item.count }} x uid {{ item.uid }} -> {{ item.dst }}:{{ item.dpt }}/{{ item.protocol }}"
+  loop: "{{ denials.denials }}"
+"""
+
+RETURN = r"""
+denials:
+  description:
+    - Aggregated records, busiest first. C(uid) is null for packets the kernel logged without an owner
+      (not sent by a local process); C(user) is the uid's name on this host, when it has one.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {dst: 198.18.0.66, dpt: 443, protocol: tcp, uid: 1000, user: agent, family: ipv4, count: 12,
+       first: "2026-11-25T05:04:19.534774Z", last: "2026-11-25T05:09:02.100000Z", sources: [198.18.0.20]}
+records:
+  description: The newest raw records (at most O(max_records)), oldest first.
+  returned: always
+  type: list
+  elements: dict
+timeline:
+  description: Denials per O(bucket_seconds) bucket, in time order.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{start: "2026-11-25T05:00:00Z", count: 7}]
+total:
+  description: Number of denied attempts found (after filtering).
+  returned: always
+  type: int
+source:
+  description: Where the lines were read (V(journal), the file's path, V(dmesg), or V(none)).
+  returned: always
+  type: str
+stats:
+  description: Lines read, matched, and the ones not returned and why (malformed, other_hosts, older, no_time).
+  returned: always
+  type: dict
+  sample: {lines: 40, matched: 12, malformed: 0, other_hosts: 3, older: 25, no_time: 0}
+"""
+
+import datetime
+import json
+import os
+import pwd
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agentguard.hardening.plugins.module_utils._denials import (
+    UTC,
+    aggregate,
+    collect,
+    parse_since,
+    timeline,
+)
+
+
+def local_addresses(module):
+    """This host's addresses (canonical text), from `ip -j addr`."""
+    ip = module.get_bin_path("ip")
+    if ip is None:
+        return None
+    rc, out, err = module.run_command([ip, "-j", "addr", "show"], environ_update={"LC_ALL": "C"})
+    if rc != 0:
+        return None
+    import ipaddress
+    found = set()
+    for link in json.loads(out or "[]"):
+        for info in link.get("addr_info", []):
+            try:
+                found.add(str(ipaddress.ip_address(info["local"])))
+            except (KeyError, ValueError):
+                continue
+    return found
+
+
+def user_name(uid):
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def boot_time():
+    with open("/proc/stat") as handle:
+        for line in handle:
+            if line.startswith("btime "):
+                return datetime.datetime.fromtimestamp(int(line.split()[1]), UTC)
+    return None
+
+
+def read_source(module, source, since):
+    """Return (label, lines) for one source, or (label, None) if it cannot be read."""
+    if source == "journal":
+        journalctl = module.get_bin_path("journalctl")
+        if journalctl is None:
+            return "journal", None
+        argv = [journalctl, "-k", "-o", "json", "--no-pager", "-q"]
+        if since is not None:
+            argv += ["--since", since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")]
+        rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
+        return "journal", out.splitlines() if rc == 0 else None
+    if source == "file":
+        path = module.params["path"]
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            return path, None
+        with open(path, errors="replace") as handle:
+            return path, handle.read().splitlines()
+    dmesg = module.get_bin_path("dmesg")
+    if dmesg is None:
+        return "dmesg", None
+    rc, out, err = module.run_command([dmesg, "--time-format", "iso"], environ_update={"LC_ALL": "C"})
+    if rc != 0:
+        rc, out, err = module.run_command([dmesg], environ_update={"LC_ALL": "C"})
+    return "dmesg", out.splitlines() if rc == 0 else None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            prefix=dict(type="str", default="[EGRESS-DENIED] "),
+            source=dict(type="str", choices=["auto", "journal", "file", "dmesg"], default="auto"),
+            path=dict(type="path", default="/var/log/kern.log"),
+            since=dict(type="str"),
+            local_only=dict(type="bool", default=True),
+            bucket_seconds=dict(type="int", default=300),
+            max_records=dict(type="int", default=200),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if not params["prefix"]:
+        module.fail_json(msg="prefix: '' must be the non-empty log prefix of the deny rules")
+    if params["bucket_seconds"] < 1 or params["max_records"] < 0:
+        module.fail_json(msg="bucket_seconds must be at least 1 and max_records at least 0 (got %s, %s)"
+                         % (params["bucket_seconds"], params["max_records"]))
+    try:
+        since = parse_since(params["since"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    local = local_addresses(module) if params["local_only"] else None
+    if params["local_only"] and local is None:
+        module.warn("cannot list this host's addresses (no `ip`); records of every host are returned")
+
+    order = ["journal", "file", "dmesg"] if params["source"] == "auto" else [params["source"]]
+    label, records, stats = "none", [], {"lines": 0, "matched": 0, "malformed": 0, "other_hosts": 0, "older": 0, "no_time": 0}
+    unreadable = []
+    for source in order:
+        where, lines = read_source(module, source, since)
+        if lines is None:
+            unreadable.append(where)
+            continue
+        found, found_stats = collect(lines, params["prefix"], since=since, local_addresses=local, boot_time=boot_time())
+        if params["source"] != "auto" or found_stats["matched"] or found_stats["older"] or found_stats["other_hosts"]:
+            label, records, stats = where, found, found_stats
+            break
+    if params["source"] != "auto" and label == "none":
+        module.fail_json(msg="cannot read %s" % ", ".join(unreadable))
+
+    records.sort(key=lambda r: r["time"] or "")
+    groups = aggregate(records)
+    for group in groups:
+        group["user"] = user_name(group["uid"])
+    module.exit_json(
+        changed=False,
+        denials=groups,
+        records=records[-params["max_records"]:] if params["max_records"] else [],
+        timeline=timeline(records, params["bucket_seconds"]),
+        total=len(records),
+        source=label,
+        stats=stats,
+    )
+
+
+if __name__ == "__main__":
+    main()
