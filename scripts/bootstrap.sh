@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 APT_PACKAGES=(iptables ipset iproute2 procps kmod util-linux debootstrap podman runc catatonit shellcheck
-  uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base python3-venv unzip git make)
+  uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base python3-venv python3-dnspython
+  unzip git make)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -55,4 +56,5 @@ fi
 # Make this checkout importable as agentguard.hardening for playbooks, Molecule and ansible-test.
 mkdir -p "$COLL/ansible_collections/agentguard"
 ln -sfn "$ROOT" "$COLL/ansible_collections/agentguard/hardening"
-echo "bootstrap: ok ($("$VENV/bin/ansible" --version | head -1))"
+version=$("$VENV/bin/ansible" --version)
+echo "bootstrap: ok (${version%%$'\n'*})"

@@ -26,11 +26,16 @@ def state_lines(state):
 
 
 def set_lines(sets):
+    """Sets as ipset commands. A set with a timeout is filled by the filtering resolver:
+    its members follow DNS, so they are not state to compare or report."""
     lines = []
     for name in sorted(sets):
         ipset = sets[name]
-        lines.append("ipset create %s %s family %s" % (name, ipset.settype, ipset.family))
-        lines.extend("ipset add %s %s" % (name, member) for member in ipset.members)
+        timeout = ipset.options.get("timeout")
+        suffix = " timeout %s" % timeout if timeout else ""
+        lines.append("ipset create %s %s family %s%s" % (name, ipset.settype, ipset.family, suffix))
+        if not timeout:
+            lines.extend("ipset add %s %s" % (name, member) for member in ipset.members)
     return lines
 
 

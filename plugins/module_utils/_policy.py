@@ -44,15 +44,20 @@ MAX_BURST = 10000
 MAX_LOG_PREFIX = 29
 USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 
-Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol"])
+Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains"])
+Destination.__new__.__defaults__ = (False,)
 """kind is "name", "ipv4" or "ipv6"; for addresses host is the canonical network string."""
 
 User = namedtuple("User", ["name", "uid"])
 
 Policy = namedtuple("Policy", [
     "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
-    "mode", "scope", "users", "families", "state",
+    "mode", "scope", "users", "families", "state", "dns_mode", "resolver", "dns_set_timeout", "resolvers",
 ])
+DNS_MODES = ("pinned", "filtering")
+# In filtering mode the resolver adds answers to the sets with this lifetime at least.
+MIN_SET_TIMEOUT = 10
+MAX_SET_TIMEOUT = 2147483
 
 
 class PolicyError(Exception):
@@ -217,9 +222,16 @@ def _destination(entry, index, errors):
     if not isinstance(entry, dict):
         errors.append("%s: %s is not a mapping with name, host, ports and protocol" % (where, _repr(entry)))
         return None
-    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol"})
+    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol", "subdomains"})
     if unknown:
-        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol" % (where, ", ".join(unknown)))
+        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol, subdomains"
+                      % (where, ", ".join(unknown)))
+    subdomains = entry.get("subdomains", False)
+    if subdomains is None:
+        subdomains = False
+    if not isinstance(subdomains, bool):
+        errors.append("%s.subdomains: %s is not a boolean" % (where, _repr(subdomains)))
+        subdomains = False
     name = entry.get("name")
     ok = True
     if not isinstance(name, str) or not LABEL_RE.match(name):
@@ -257,7 +269,10 @@ def _destination(entry, index, errors):
             specs.append(spec)
     if not ok:
         return None
-    return Destination(name, host, kind, tuple(specs), protocol)
+    if subdomains and kind != "name":
+        errors.append("%s.subdomains: true only applies to a DNS name, not %s" % (where, _repr(entry.get("host"))))
+        return None
+    return Destination(name, host, kind, tuple(specs), protocol, subdomains)
 
 
 def build_policy(params, lookup_user):
@@ -330,7 +345,23 @@ def build_policy(params, lookup_user):
         errors.append("users: %s is only used with scope=users (scope is 'host', which restricts every user)"
                       % _repr(params.get("users")))
 
+    dns_mode = check(_choice, params.get("dns_mode") or "pinned", DNS_MODES, "dns_mode")
+    dns_set_timeout = check(_int_in, params.get("dns_set_timeout", 300), MIN_SET_TIMEOUT, MAX_SET_TIMEOUT, "dns_set_timeout")
+    resolver = None
+    if dns_mode == "filtering" and state == "present":
+        resolver_users, resolver_errors = parse_users([params.get("dns_resolver_user") or "dnsmasq"], lookup_user,
+                                                      where="dns_resolver_user")
+        errors.extend(e.replace("dns_resolver_user[0]", "dns_resolver_user") for e in resolver_errors)
+        resolver = resolver_users[0] if resolver_users else None
+    resolvers = []
+    for index, server in enumerate(params.get("resolvers") or []):
+        address = check(parse_address, server, "resolvers[%d]" % index)
+        if address is not None and address not in resolvers:
+            resolvers.append(address)
+    if not resolvers:
+        resolvers = list(dns_servers)
+
     if errors:
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
-                  mode, scope, tuple(users), families, state)
+                  mode, scope, tuple(users), families, state, dns_mode, resolver, dns_set_timeout, tuple(resolvers))

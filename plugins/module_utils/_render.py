@@ -61,16 +61,28 @@ def _family_of(text):
     return "ipv%d" % ipaddress.ip_network(text, strict=False).version
 
 
+def is_dynamic(policy, dest):
+    """In filtering mode the resolver fills a name's sets as it answers: they follow DNS."""
+    return policy.dns_mode == "filtering" and dest.kind == "name"
+
+
 def desired_sets(policy, resolved):
-    """The ipsets the policy needs: {name: IpSet}."""
+    """The ipsets the policy needs: {name: IpSet}.
+
+    Dynamic sets (filtering mode) carry a default timeout; their members are only a seed
+    from this run's resolution, and are not compared afterwards.
+    """
     sets = {}
     if policy.state != "present":
         return sets
     for dest in policy.allow:
         for family in policy.families:
             addresses = resolved.get(dest.name, {}).get(family, [])
-            if len(addresses) > SET_THRESHOLD:
-                name = set_name(family, dest.name)
+            name = set_name(family, dest.name)
+            if is_dynamic(policy, dest):
+                sets[name] = IpSet(name, "hash:net", SET_FAMILY[family], {"timeout": str(policy.dns_set_timeout)},
+                                   tuple(sort_networks(addresses)))
+            elif len(addresses) > SET_THRESHOLD:
                 sets[name] = IpSet(name, "hash:net", SET_FAMILY[family], {}, tuple(sort_networks(addresses)))
     return sets
 
@@ -90,8 +102,14 @@ def _allow_rules(policy, resolved, family, sets):
         if _family_of(server) != family:
             continue
         for protocol in ("udp", "tcp"):
-            rules.append("-d %s %s -m conntrack --ctstate NEW %s -j ACCEPT"
-                         % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
+            if policy.dns_mode == "filtering":
+                # Only the local filtering resolver may ask upstream; everyone else asks it over lo.
+                rules.append("-d %s %s -m owner --uid-owner %d -m conntrack --ctstate NEW %s -j ACCEPT"
+                             % (_addr(server, family), _dport(protocol, 53), policy.resolver.uid,
+                                _comment("dns via " + policy.resolver.name)))
+            else:
+                rules.append("-d %s %s -m conntrack --ctstate NEW %s -j ACCEPT"
+                             % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
     for dest in policy.allow:
         addresses = resolved.get(dest.name, {}).get(family, [])
         name = set_name(family, dest.name)
@@ -196,7 +214,10 @@ def _maxelem(count):
 
 
 def _create(name, ipset, count):
-    return "create %s hash:net family %s hashsize 1024 maxelem %d" % (name, ipset.family, _maxelem(count))
+    text = "create %s hash:net family %s hashsize 1024 maxelem %d" % (name, ipset.family, _maxelem(count))
+    if ipset.options.get("timeout"):
+        text += " timeout %s" % ipset.options["timeout"]
+    return text
 
 
 def render_sets_persistent(sets):
@@ -210,8 +231,11 @@ def render_sets_persistent(sets):
 
 
 def sets_equal(current, desired):
-    return (current.settype == desired.settype and current.family == desired.family
-            and tuple(current.members) == tuple(desired.members))
+    """Same type, family and timeout; members too, unless the set is dynamic (has a timeout)."""
+    if (current.settype, current.family, current.options.get("timeout")) != \
+            (desired.settype, desired.family, desired.options.get("timeout")):
+        return False
+    return bool(desired.options.get("timeout")) or tuple(current.members) == tuple(desired.members)
 
 
 def temp_set_name(name):

@@ -79,6 +79,12 @@ options:
         type: str
         choices: [tcp, udp]
         default: tcp
+      subdomains:
+        description:
+          - With O(dns_mode=filtering), whether names below O(allow[].host) resolve too. Only
+            meaningful for names; the module itself records it for the resolver's configuration.
+        type: bool
+        default: false
   dns_servers:
     description:
       - IPv4 or IPv6 addresses of the trusted resolvers. They are the only DNS destinations the host
@@ -147,6 +153,39 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  dns_mode:
+    description:
+      - V(pinned) opens DNS to O(dns_servers) for every restricted process and pins each name to the
+        addresses it resolved to during this run.
+      - V(filtering) is for a host whose only resolver is a local filtering resolver (dnsmasq, run by the
+        role C(agentguard.hardening.egress)) that answers allowlisted names only and adds their addresses to
+        the sets C(ag4-<name>)/C(ag6-<name>), which have a timeout of O(dns_set_timeout). Only
+        O(dns_resolver_user) may then send DNS to O(dns_servers); everyone else asks the local resolver over
+        loopback. This run's resolution seeds the sets, so a destination works before its first lookup.
+    type: str
+    choices: [pinned, filtering]
+    default: pinned
+  dns_resolver_user:
+    description: With O(dns_mode=filtering), the user the local resolver runs as; it must exist.
+    type: str
+    default: dnsmasq
+  dns_set_timeout:
+    description:
+      - With O(dns_mode=filtering), seconds an address stays in a destination's set after the resolver's
+        last answer that carried it (10 to 2147483). Configure the resolver never to hand out or cache
+        an answer longer than this (the role sets dnsmasq's C(max-ttl) and C(max-cache-ttl) to it), so an
+        address stays allowed for as long as any client may use the answer, and a short TTL never cuts a
+        connection (established connections pass by conntrack anyway).
+    type: int
+    default: 300
+  resolvers:
+    description:
+      - The servers this module asks to resolve O(allow). Defaults to O(dns_servers). With
+        O(dns_mode=filtering) pass the local resolver (V(127.0.0.1)), since only its user may reach the upstream
+        servers, and asking it also fills the sets.
+    type: list
+    elements: str
+    default: []
   resolve_timeout:
     description: Seconds to wait for one DNS answer from one resolver.
     type: float
@@ -279,6 +318,7 @@ ARGUMENT_SPEC = dict(
         host=dict(type="str", required=True),
         ports=dict(type="list", elements="raw", default=[443]),
         protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
+        subdomains=dict(type="bool", default=False),
     )),
     dns_servers=dict(type="list", elements="str", default=[]),
     log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
@@ -290,6 +330,10 @@ ARGUMENT_SPEC = dict(
     users=dict(type="list", elements="str", default=[]),
     families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
     state=dict(type="str", choices=["present", "absent"], default="present"),
+    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
+    dns_resolver_user=dict(type="str", default="dnsmasq"),
+    dns_set_timeout=dict(type="int", default=300),
+    resolvers=dict(type="list", elements="str", default=[]),
     resolve_timeout=dict(type="float", default=3.0),
     resolve_retries=dict(type="int", default=2),
 )
@@ -316,13 +360,19 @@ def main():
         module.warn("this kernel has no IPv6; only IPv4 is managed")
 
     def run(argv, data=None):
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"})
+        # Never let run_command fail the module itself: a command that dies before reading its
+        # input (EPIPE) must still reach apply_plan's rollback.
+        try:
+            return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
+                                      handle_exceptions=False)
+        except (OSError, IOError) as exc:
+            return 1, "", "could not run or feed %s: %s" % (argv[0], exc)
 
     nf = Netfilter(run, lambda name, required: module.get_bin_path(name, required=required))
     resolved = {}
     try:
         if policy.state == "present":
-            resolved = resolve_destinations(policy.allow, policy.dns_servers, policy.families,
+            resolved = resolve_destinations(policy.allow, policy.resolvers, policy.families,
                                             timeout=module.params["resolve_timeout"],
                                             retries=module.params["resolve_retries"])
         live, live_sets = read_live(nf, families)

@@ -7,6 +7,7 @@ Layout (all addresses are the lab's own, inside namespaces the tests create and 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import time
 
 import pytest
 
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PYTHON = sys.executable
@@ -60,14 +62,14 @@ class Lab(object):
             sh("ip", "-n", self.peer, "addr", "add", addr + "/64", "dev", "agp0", "nodad")
         for ns, dev in ((self.host, "agh0"), (self.peer, "agp0")):
             sh("ip", "-n", ns, "link", "set", dev, "up")
-        hosts = os.path.join(self.tmp, "hosts")
-        with open(hosts, "w") as handle:
+        self.hosts = os.path.join(self.tmp, "hosts")
+        with open(self.hosts, "w") as handle:
             handle.write(HOSTS)
-        dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-        self.spawn(self.peer, [dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=",
-                               "--user=root", "--no-resolv", "--no-hosts", "--addn-hosts=" + hosts,
-                               "--listen-address=%s,%s" % (V4["dns"], V6["dns"]), "--bind-interfaces",
-                               "--local=/test/", "--log-facility=-"])
+        self.upstream_log = os.path.join(self.tmp, "upstream.log")
+        self.upstream = self.spawn(self.peer, [
+            DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=", "--user=root", "--no-resolv",
+            "--no-hosts", "--addn-hosts=" + self.hosts, "--listen-address=%s,%s" % (V4["dns"], V6["dns"]),
+            "--bind-interfaces", "--local=/test/", "--log-queries", "--log-facility=" + self.upstream_log])
         self.spawn(self.peer, [PYTHON, os.path.join(HERE, "server.py"), "443", "80", "8443"], ready=True)
         self.wait_ready()
         return self
@@ -78,6 +80,38 @@ class Lab(object):
         if ready:
             assert proc.stdout.readline().strip() == "ready"
         self.procs.append(proc)
+        return proc
+
+    def move_name(self, name, addresses):
+        """Point `name` at other addresses on the upstream resolver (as a CDN rotation would)."""
+        lines = [l for l in HOSTS.splitlines() if not l.endswith(" " + name)]
+        lines += ["%s %s" % (a, name) for a in addresses]
+        with open(self.hosts, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        self.upstream.send_signal(signal.SIGHUP)  # dnsmasq re-reads --addn-hosts
+        time.sleep(0.3)
+
+    def upstream_queries(self):
+        with open(self.upstream_log) as handle:
+            return [l for l in handle if "query[" in l]
+
+    def start_filtering_resolver(self, names, set_timeout):
+        """dnsmasq on the host's loopback, as user nobody: allowlisted names only, answers fill the sets."""
+        conf = os.path.join(self.tmp, "filtering.conf")
+        lines = ["listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts", "address=/#/",
+                 "max-ttl=%d" % set_timeout, "max-cache-ttl=%d" % set_timeout, "log-queries"]
+        for label, name in names:
+            lines += ["server=/%s/%s" % (name, server) for server in (V4["dns"], V6["dns"])]
+            lines += ["address=/*.%s/" % name, "ipset=/%s/ag4-%s,ag6-%s" % (name, label, label)]
+        with open(conf, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        self.spawn(self.host, [DNSMASQ, "--keep-in-foreground", "--conf-file=" + conf, "--pid-file=", "--user=nobody",
+                               "--log-facility=" + os.path.join(self.tmp, "filtering.log")])
+        deadline = time.monotonic() + 10
+        while self.probe(["udp-dns:127.0.0.1:" + names[0][1]], timeout=0.5) != {"udp-dns:127.0.0.1:" + names[0][1]: "ok"}:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the filtering resolver did not start")
+            time.sleep(0.2)
 
     def wait_ready(self):
         deadline = time.monotonic() + 15

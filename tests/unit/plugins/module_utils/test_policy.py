@@ -131,9 +131,9 @@ def test_valid_policy_is_normalised():
         log_limit="5/s", scope="users", users=["agent", "1000", "0"],
     )
     policy = P.build_policy(params, lookup)
-    assert policy.allow[0] == P.Destination("api", "api.openclaw.security", "name", ("443", "8000:8010"), "tcp")
-    assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp")
-    assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp")
+    assert policy.allow[0] == P.Destination("api", "api.openclaw.security", "name", ("443", "8000:8010"), "tcp", False)
+    assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp", False)
+    assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp", False)
     assert policy.dns_servers == ("1.1.1.1", "2606:4700:4700::1111")
     assert policy.log_limit == "5/sec"
     assert [u.uid for u in policy.users] == [0, 1000]

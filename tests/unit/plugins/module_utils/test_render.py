@@ -174,3 +174,58 @@ def test_rendering_is_deterministic_for_any_answer_order(addresses):
         assert R.desired_sets(policy(), resolved) == R.desired_sets(policy(), shuffled)
     else:
         assert sorted(dict(a.chains)["AGENTGUARD-ALLOW"]) == sorted(dict(b.chains)["AGENTGUARD-ALLOW"])
+
+
+def filtering(**over):
+    params = dict(allow=[dict(name="inference-api", host="api.openclaw.security"), dict(name="lit", host="198.18.0.77")],
+                  dns_servers=["198.18.0.53", "fd00:a9e:1::53"], dns_mode="filtering", dns_resolver_user="dnsmasq",
+                  dns_set_timeout=120, resolvers=["127.0.0.1"])
+    params.update(over)
+    return P.build_policy(params, lambda name: {"dnsmasq": 108, "agent": 1000}[name])
+
+
+def test_filtering_dns_only_from_the_resolver_user():
+    allow = dict(R.desired_state(filtering(), RESOLVED, "ipv4").chains)["AGENTGUARD-ALLOW"]
+    dns = [r for r in allow if "--dport 53 " in r]
+    assert dns == [
+        '-d 198.18.0.53/32 -p udp -m udp --dport 53 -m owner --uid-owner 108 -m conntrack --ctstate NEW '
+        '-m comment --comment "agentguard: dns via dnsmasq" -j ACCEPT',
+        '-d 198.18.0.53/32 -p tcp -m tcp --dport 53 -m owner --uid-owner 108 -m conntrack --ctstate NEW '
+        '-m comment --comment "agentguard: dns via dnsmasq" -j ACCEPT',
+    ]
+
+
+def test_filtering_names_use_timed_sets_even_for_one_address():
+    policy = filtering()
+    resolved = {"inference-api": {"ipv4": ["198.18.0.10"], "ipv6": []}, "lit": {"ipv4": ["198.18.0.77/32"], "ipv6": []}}
+    sets = R.desired_sets(policy, resolved)
+    assert sorted(sets) == ["ag4-inference-api", "ag6-inference-api"]  # a literal address needs no resolver
+    assert sets["ag4-inference-api"].options == {"timeout": "120"} and sets["ag6-inference-api"].members == ()
+    text = R.render_sets_persistent(sets)
+    assert "create ag4-inference-api hash:net family inet hashsize 1024 maxelem 65536 timeout 120" in text
+    allow = dict(R.desired_state(policy, resolved, "ipv4", sets).chains)["AGENTGUARD-ALLOW"]
+    assert any("--match-set ag4-inference-api dst" in r for r in allow)
+    assert any(r.startswith("-d 198.18.0.77/32 ") for r in allow)
+
+
+def test_dynamic_set_members_are_not_drift():
+    want = R.desired_sets(filtering(), RESOLVED)["ag4-inference-api"]
+    learned = want._replace(members=("198.18.0.10/32", "198.18.0.99/32"), options={"timeout": "120", "maxelem": "65536"})
+    assert R.sets_equal(learned, want)
+    assert not R.sets_equal(learned._replace(options={"timeout": "300"}), want)
+    text, created, changed = R.render_sets_update({"ag4-inference-api": learned}, {"ag4-inference-api": want})
+    assert (text, created, changed) == ("", [], [])
+
+
+@pytest.mark.parametrize("over,fragment", [
+    (dict(dns_resolver_user="nosuchuser"), "dns_resolver_user: user 'nosuchuser' does not exist"),
+    (dict(dns_set_timeout=5), "dns_set_timeout: 5 is out of range (10 to 2147483)"),
+    (dict(dns_mode="recursive"), "dns_mode: 'recursive' is not one of pinned, filtering"),
+    (dict(resolvers=["localhost"]), "resolvers[0]: 'localhost' is not an IP address"),
+    (dict(allow=[dict(name="x", host="a.example", subdomains="yes")]), "allow[0].subdomains: 'yes' is not a boolean"),
+    (dict(allow=[dict(name="x", host="10.0.0.0/8", subdomains=True)]), "allow[0].subdomains: true only applies to a DNS name"),
+])
+def test_filtering_options_are_validated(over, fragment):
+    with pytest.raises(P.PolicyError) as info:
+        filtering(**over)
+    assert any(fragment in e for e in info.value.errors), info.value.errors
