@@ -129,7 +129,7 @@ def parse_log_line(text, prefix):
         return None
     fields, transport = {}, False
     for token in text[len(prefix):].split():
-        key, _, value = token.partition("=")
+        key, _sep, value = token.partition("=")
         if key == "PROTO":
             transport = True
         if transport and key in ("ID", "TYPE", "CODE", "SEQ"):

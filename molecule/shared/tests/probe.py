@@ -197,7 +197,7 @@ def probe_flood(probe, res):
     socks, sports, errors = [], [], {}
     poller = select.poll()
     try:
-        for _ in range(probe["count"]):
+        for _attempt in range(probe["count"]):
             sock = socket.socket(FAMILIES[probe["family"]], socket.SOCK_STREAM)
             sock.setblocking(False)
             socks.append(sock)

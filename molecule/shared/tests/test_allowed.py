@@ -56,7 +56,7 @@ def test_every_allowed_destination_connects(target, family):
         except ValueError:
             pass  # a name: resolved by the host's (trusted) resolver
         for port in dest.get("ports", [443]):
-            port = int(str(port).split("-")[0])
+            port = int(str(port).split("-", maxsplit=1)[0])
             probes.append({"id": "%s:%d" % (dest["name"], port), "kind": "tcp", "family": family,
                            "host": host, "port": port, "timeout": 2.0})
     assert probes, "egress_allow has no TCP destination to probe"

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import DGRAM_TIMEOUT, denial_lines, dmesg_mark
+from conftest import denial_lines, dmesg_mark
 
 FILES = {4: "/etc/iptables/rules.v4", 6: "/etc/iptables/rules.v6"}
 SETS_FILE = "/etc/iptables/ipsets"
