@@ -105,7 +105,11 @@ for s in "${scenarios[@]}"; do
     fail_now
   fi
   if [ "$s" = default ]; then
-    if [ "$rc" -eq 0 ]; then negative_control; fi
+    if [ "$rc" -eq 0 ]; then
+      negative_control
+    else
+      row negative-control FAILED 0 "not run: default failed"
+    fi
     timeout 300 molecule destroy -s default >> "$log" 2>&1 || true
   fi
 done

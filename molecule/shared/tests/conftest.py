@@ -152,6 +152,14 @@ def live_log_limit(target, family):
     return int(match.group(1)) / PER_SECOND[match.group(2)], int(match.group(3))
 
 
+BUDGET_WAITS = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in BUDGET_WAITS:
+        terminalreporter.write_line("log budget: " + line)
+
+
 def wait_for_log_budget(target, needed, families=(4, 6)):
     """Wait until the LOG rule's token bucket of each family provably holds `needed` tokens.
 
@@ -183,6 +191,7 @@ def wait_for_log_budget(target, needed, families=(4, 6)):
             waits.append((needed_family - tokens) / rate + 0.5)
     if max(waits) > 0:
         time.sleep(max(waits))
+        BUDGET_WAITS.append("%s: waited %.1f s for %d LOG tokens" % (target.name, max(waits), needed))
     return max(waits)
 
 
