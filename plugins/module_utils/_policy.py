@@ -153,7 +153,27 @@ def parse_log_limit(value, where="log_limit"):
         raise ValueError("%s: %s must allow at least one line per period" % (where, _repr(value)))
     if count / float(UNIT_SECONDS[unit]) > MAX_LIMIT_PER_SECOND:
         raise ValueError("%s: %s is faster than the kernel's maximum of %d/second" % (where, _repr(value), MAX_LIMIT_PER_SECOND))
-    return "%d/%s" % (count, unit)
+    return iptables_rate(count, UNIT_SECONDS[unit])
+
+
+# xt_limit stores a rate as a period in 1/10000 s and iptables-save prints it back in the unit
+# that divides it best ("60/minute" is saved as "1/sec"): render it that way, or a rule written
+# in another unit would never compare equal to the live one.
+XT_LIMIT_SCALE = 10000
+PRINT_UNITS = (("day", 86400), ("hour", 3600), ("min", 60), ("sec", 1))
+
+
+def iptables_rate(count, seconds):
+    """The rate as libxt_limit prints it, for `count` per `seconds`."""
+    period = XT_LIMIT_SCALE * seconds // count
+    chosen = 0
+    for index in range(1, len(PRINT_UNITS)):
+        mult = XT_LIMIT_SCALE * PRINT_UNITS[index][1]
+        if period > mult or mult // period < mult % period:
+            break
+        chosen = index
+    name, unit_seconds = PRINT_UNITS[chosen]
+    return "%d/%s" % (XT_LIMIT_SCALE * unit_seconds // period, name)
 
 
 def parse_log_prefix(value, where="log_prefix"):

@@ -273,3 +273,22 @@ def test_filtering_resolver_follows_dns_and_closes_tunnels(lab, egress, kernel_l
     while lab.probe([ALLOWED[0]], uid=agent, timeout=0.5)[ALLOWED[0]] == "ok":
         assert time.monotonic() < deadline, "the old address is still open after its timeout"
         time.sleep(1)
+
+
+def test_log_limit_is_rendered_as_iptables_prints_it(tmp_path):
+    """Every rate must come back from iptables-save exactly as we render it, or runs never converge."""
+    from .conftest import require_root
+    require_root()
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import parse_log_limit
+    rates = ["%d/%s" % (n, unit) for unit in ("second", "minute", "hour", "day")
+             for n in (1, 2, 3, 7, 10, 24, 59, 60, 61, 90, 120, 1000, 3600) if not (unit == "second" and n > 1000)]
+    ns = "agit-rate-%d" % os.getpid()
+    sh("ip", "netns", "add", ns)
+    try:
+        for rate in rates:
+            sh("ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-m", "limit", "--limit", rate, "-j", "ACCEPT")
+        saved = [l.split("--limit ")[1].split()[0] for l in sh("ip", "netns", "exec", ns, "iptables-save").stdout.splitlines()
+                 if "--limit " in l]
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+    assert saved == [parse_log_limit(rate) for rate in rates]

@@ -147,6 +147,9 @@ def test_absent_needs_no_resolver():
 
 @pytest.mark.parametrize("text,canonical", [
     ("10/minute", "10/min"), ("1/s", "1/sec"), ("3/hour", "3/hour"), ("7/d", "7/day"), (" 2 / Minute ", "2/min"),
+    # iptables-save prints these in another unit (checked against iptables 1.8.9):
+    ("60/minute", "1/sec"), ("120/hour", "2/min"), ("24/day", "1/hour"), ("3600/hour", "1/sec"),
+    ("90/minute", "90/min"), ("7/minute", "7/min"), ("10000/second", "10000/sec"),
 ])
 def test_log_limit_canonical(text, canonical):
     assert P.parse_log_limit(text) == canonical
