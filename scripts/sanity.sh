@@ -6,12 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${SANITY_VENV:-$ROOT/.cache/venv-sanity}
-PY=${SANITY_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+# A virtualenv of its own: ansible-test installs its sanity requirements next to ansible-core.
 if [ ! -x "$VENV/bin/ansible-test" ]; then
-  "$ROOT/.venv/bin/python" -c 'import sys; print(sys.base_prefix)' >/dev/null
   "$(readlink -f "$ROOT/.venv/bin/python")" -m venv "$VENV"
   "$VENV/bin/pip" install -q "$("$ROOT/.venv/bin/pip" freeze | grep '^ansible-core==')"
 fi
+PY=${SANITY_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
 # ansible-test bootstraps pip in its virtualenvs with a script from a host we cannot reach.
 pipver=$("$VENV/bin/python" -c 'import re, ansible_test._internal.python_requirements as r, inspect
 print(re.search(r"pip=.([0-9.]+)", inspect.getsource(r.get_venv_packages)).group(1))' 2>/dev/null || true)
