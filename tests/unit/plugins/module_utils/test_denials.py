@@ -99,7 +99,7 @@ def test_the_same_line_from_two_sources_counts_once():
 
 
 def test_aggregate_counts_and_first_last():
-    records, stats = D.collect(lines("kern-rfc3339.log") * 1 + lines("kern-traditional.log"), PREFIX,
+    records, stats = D.collect(lines("kern-rfc3339.log") + lines("kern-traditional.log"), PREFIX,
                                now=datetime.datetime(2026, 11, 25, 6, 0, tzinfo=UTC))
     groups = D.aggregate(records)
     top = groups[0]
