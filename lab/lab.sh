@@ -26,6 +26,29 @@ die() { log "ERROR: $*"; exit 1; }
 exists() { podman container exists "$1"; }
 running() { [ "$(podman inspect --format '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
 
+# Podman keeps its "running" records under /run/libpod, and /run is not a tmpfs on these machines: on a
+# machine restored from a snapshot, or after the processes of a session were killed, podman still
+# reports containers as running whose processes are gone, and every exec fails with "cannot exec in a
+# stopped container". Remove such containers so that they are created again.
+reap_stale() {
+  local name pid mnt host_mnt i
+  host_mnt=$(stat -L -c %i /proc/self/ns/mnt)
+  for name in $(podman ps --format '{{.Names}}' 2>/dev/null); do
+    pid=$(podman inspect --format '{{.State.Pid}}' "$name" 2>/dev/null || echo 0)
+    # alive = the PID lives in a mount namespace of its own (a reused PID would not; a zombie has none)
+    mnt=""
+    [ "${pid:-0}" -le 0 ] || mnt=$(stat -L -c %i "/proc/$pid/ns/mnt" 2>/dev/null || true)
+    if [ -n "$mnt" ] && [ "$mnt" != "$host_mnt" ]; then continue; fi
+    log "$name: podman says running but its process is gone; removing the stale container"
+    # the first removal of a stale container can stop half-way ("Stopping"): bounded retries
+    for i in 1 2 3; do
+      exists "$name" || break
+      podman rm -f -t 0 "$name" >/dev/null 2>&1 || sleep "$i"
+    done
+    ! exists "$name" || die "$name: cannot remove the stale container (podman rm -f $name)"
+  done
+}
+
 # ---------------------------------------------------------------- PKI (lab CA + server certs)
 PKI=$LAB_STATE/pki
 leaf() {  # leaf DIR SAN: key + certificate signed by the lab CA, remade when SAN, CA or expiry say so
@@ -404,6 +427,9 @@ selftest() {  # a throwaway test host proves what the role's tests rely on
 }
 
 [ "$(id -u)" = 0 ] || die "run as root"
+case "${1:-}" in
+  up|status|check|agent|selftest) reap_stale ;;
+esac
 case "${1:-}" in
   up) up ;;
   down) down ;;
