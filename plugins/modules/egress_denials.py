@@ -19,6 +19,11 @@ description:
     with counts and first/last timestamps, plus a timeline for charts.
   - Lines that carry the prefix but cannot be parsed, and lines of other hosts (a container host's
     ring buffer also holds its containers' lines), are skipped and counted, never fatal.
+  - With the filtering resolver of O(agentguard.hardening.egress_rules#module:dns_mode=filtering)
+    (dnsmasq with C(log-queries=extra), the unit O(dns_unit)), also reads the resolver's query log and
+    returns the names it refused (answered NXDOMAIN from its own configuration, never asked upstream) in
+    RV(refused_names): the name an attacker tried is often the most telling evidence. Allowed,
+    forwarded and cached queries are not returned.
   - It only reads; check mode returns the same result.
 author:
   - agentguard.hardening developers (@agentguard)
@@ -73,6 +78,33 @@ options:
     description: How many of the newest raw records to return in RV(records) (the aggregates count all).
     type: int
     default: 200
+  dns_source:
+    description:
+      - Where to read the filtering resolver's query log (dnsmasq, C(log-queries=extra) or C(log-queries)).
+      - V(auto) reads the journal of O(dns_unit) when that unit exists or has journal entries, and
+        nothing otherwise (hosts in pinned DNS mode). V(journal) reads C(journalctl -u) O(dns_unit);
+        V(file) reads O(dns_path), a syslog file or dnsmasq's own C(log-facility) file; V(none) skips it.
+      - Only lines of the program C(dnsmasq) are read; other programs' lines are counted as foreign.
+    type: str
+    choices: [auto, journal, file, none]
+    default: auto
+  dns_unit:
+    description: The systemd unit of the filtering resolver, for O(dns_source=journal) and O(dns_source=auto).
+    type: str
+    default: agentguard-dns.service
+  dns_path:
+    description:
+      - The file holding the resolver's log lines, for O(dns_source=file). On hosts with rsyslog,
+        C(/var/log/syslog) (Debian 12) or C(/var/log/daemon.log) (Debian 11).
+      - Traditional timestamps without a zone (C(Nov 25 07:23:59)) are read as UTC.
+    type: path
+    default: /var/log/syslog
+  dns_max_names:
+    description:
+      - How many aggregated refused names to return in RV(refused_names), busiest first
+        (RV(refused_total) and RV(refused_distinct) count all). A DNS tunnel makes a new name per query.
+    type: int
+    default: 200
 """
 
 EXAMPLES = r"""
@@ -122,6 +154,39 @@ stats:
   returned: always
   type: dict
   sample: {lines: 40, matched: 12, malformed: 0, other_hosts: 3, older: 25, no_time: 0}
+refused_names:
+  description:
+    - Names the filtering resolver refused, aggregated by name, query type and client, busiest first
+      (at most O(dns_max_names)). C(qtype) is as dnsmasq names it (V(A), V(AAAA), V(TXT), V(HTTPS); dnsmasq
+      2.85 writes unknown types as C(type=65), read here as V(HTTPS)); null when the query's own line was
+      not read (outside the window). C(client) is the address that asked, on this host usually
+      V(127.0.0.1) or V(::1); the resolver log has no uid.
+    - The names are the attacker's data: escape them before showing them anywhere.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {name: exfil.attacker.test, qtype: TXT, client: 127.0.0.1, count: 3,
+       first: "2026-11-25T07:25:01.583888Z", last: "2026-11-25T07:29:12.004120Z"}
+refused_total:
+  description: Number of refused queries found (after filtering).
+  returned: always
+  type: int
+refused_distinct:
+  description: Number of distinct (name, query type, client) groups before O(dns_max_names) applied.
+  returned: always
+  type: int
+dns_source:
+  description: Where the resolver's lines were read (V(journal), the file's path, or V(none)).
+  returned: always
+  type: str
+dns_stats:
+  description:
+    - Resolver log lines read, queries seen, refused queries returned, and the lines not used and why
+      (malformed, foreign (other programs), older, no_time).
+  returned: always
+  type: dict
+  sample: {lines: 67, queries: 24, refused: 16, malformed: 0, foreign: 4, older: 0, no_time: 0}
 """
 
 import datetime
@@ -133,7 +198,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.agentguard.hardening.plugins.module_utils._denials import (
     UTC,
     aggregate,
+    aggregate_refused,
     collect,
+    collect_refused,
     parse_since,
     timeline,
 )
@@ -201,6 +268,47 @@ def read_source(module, source, since):
     return "dmesg", out.splitlines() if rc == 0 else None
 
 
+def read_dns(module, since):
+    """(label, lines) of the resolver's query log; (label, None) when the requested source cannot be read."""
+    source, unit = module.params["dns_source"], module.params["dns_unit"]
+    if source == "none":
+        return "none", []
+    if source == "file":
+        path = module.params["dns_path"]
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            return path, None
+        with open(path, errors="replace") as handle:
+            return path, handle.read().splitlines()
+    journalctl = module.get_bin_path("journalctl")
+    if journalctl is None:
+        return ("none", []) if source == "auto" else ("journal", None)
+    if source == "auto":
+        systemctl = module.get_bin_path("systemctl")
+        known = False
+        if systemctl is not None:
+            rc, out, err = module.run_command([systemctl, "show", "--property=LoadState", "--value", unit],
+                                              environ_update={"LC_ALL": "C"})
+            known = rc == 0 and out.strip() not in ("", "not-found")
+        if not known:
+            rc, out, err = module.run_command([journalctl, "-u", unit, "-n", "1", "-o", "cat", "--no-pager", "-q"],
+                                              environ_update={"LC_ALL": "C"})
+            known = rc == 0 and bool(out.strip())
+        if not known:
+            return "none", []
+    # Only the fields the parser needs: a query log is large.
+    argv = [journalctl, "-u", unit, "-o", "json", "--output-fields=MESSAGE,SYSLOG_IDENTIFIER,_PID,SYSLOG_PID",
+            "--no-pager", "-q"]
+    if since is not None:
+        argv += ["--since", since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")]
+    rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
+    if rc != 0:
+        if source == "auto":
+            module.warn("cannot read the journal of %s: %s" % (unit, (err or out).strip()))
+            return "none", []
+        return "journal", None
+    return "journal", out.splitlines()
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -211,15 +319,19 @@ def main():
             local_only=dict(type="bool", default=True),
             bucket_seconds=dict(type="int", default=300),
             max_records=dict(type="int", default=200),
+            dns_source=dict(type="str", choices=["auto", "journal", "file", "none"], default="auto"),
+            dns_unit=dict(type="str", default="agentguard-dns.service"),
+            dns_path=dict(type="path", default="/var/log/syslog"),
+            dns_max_names=dict(type="int", default=200),
         ),
         supports_check_mode=True,
     )
     params = module.params
     if not params["prefix"]:
         module.fail_json(msg="prefix: '' must be the non-empty log prefix of the deny rules")
-    if params["bucket_seconds"] < 1 or params["max_records"] < 0:
-        module.fail_json(msg="bucket_seconds must be at least 1 and max_records at least 0 (got %s, %s)"
-                         % (params["bucket_seconds"], params["max_records"]))
+    if params["bucket_seconds"] < 1 or params["max_records"] < 0 or params["dns_max_names"] < 0:
+        module.fail_json(msg="bucket_seconds must be at least 1, max_records and dns_max_names at least 0 (got %s, %s, %s)"
+                         % (params["bucket_seconds"], params["max_records"], params["dns_max_names"]))
     try:
         since = parse_since(params["since"])
     except ValueError as exc:
@@ -243,6 +355,12 @@ def main():
     if params["source"] != "auto" and label == "none":
         module.fail_json(msg="cannot read %s" % ", ".join(unreadable))
 
+    dns_label, dns_lines = read_dns(module, since)
+    if dns_lines is None:
+        module.fail_json(msg="cannot read the resolver's log from %s" % dns_label)
+    refused, dns_stats = collect_refused(dns_lines, since=since)
+    names = aggregate_refused(refused)
+
     records.sort(key=lambda r: r["time"] or "")
     groups = aggregate(records)
     for group in groups:
@@ -255,6 +373,11 @@ def main():
         total=len(records),
         source=label,
         stats=stats,
+        refused_names=names[:params["dns_max_names"]],
+        refused_total=len(refused),
+        refused_distinct=len(names),
+        dns_source=dns_label,
+        dns_stats=dns_stats,
     )
 
 
