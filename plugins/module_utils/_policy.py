@@ -367,6 +367,11 @@ def build_policy(params, lookup_user):
 
     dns_mode = check(_choice, params.get("dns_mode") or "pinned", DNS_MODES, "dns_mode")
     dns_set_timeout = check(_int_in, params.get("dns_set_timeout", 300), MIN_SET_TIMEOUT, MAX_SET_TIMEOUT, "dns_set_timeout")
+    if dns_mode == "pinned":
+        wide = [d.name for d in allow if d.subdomains]
+        if wide:
+            errors.append("allow: %s set subdomains: true, which only dns_mode=filtering can honour "
+                          "(dns_mode is 'pinned')" % ", ".join(_repr(n) for n in wide))
     resolver = None
     if dns_mode == "filtering" and state == "present":
         resolver_users, resolver_errors = parse_users([params.get("dns_resolver_user") or "dnsmasq"], lookup_user,

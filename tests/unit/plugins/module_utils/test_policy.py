@@ -97,6 +97,15 @@ MALFORMED = [
     (base(scope="users", users=["99999999999"]), "users[0]: '99999999999' is not a valid uid"),
     (base(scope="users", users=[]), "users: [] is empty; scope=users needs the users"),
     (base(scope="host", users=["agent"]), "users: ['agent'] is only used with scope=users"),
+    (base(dns_mode="stub"), "dns_mode: 'stub' is not one of pinned, filtering"),
+    (base(allow=[dest(subdomains=True)]), "allow: 'x' set subdomains: true, which only dns_mode=filtering can honour"),
+    (base(allow=[dest(subdomains="yes")], dns_mode="filtering", dns_resolver_user="agent"),
+     "allow[0].subdomains: 'yes' is not a boolean"),
+    (base(allow=[dest(host="198.18.0.10", subdomains=True)], dns_mode="filtering", dns_resolver_user="agent"),
+     "allow[0].subdomains: true only applies to a DNS name, not '198.18.0.10'"),
+    (base(dns_mode="filtering", dns_resolver_user="nosuchuser"), "dns_resolver_user: user 'nosuchuser' does not exist"),
+    (base(dns_mode="filtering", dns_resolver_user="agent", dns_set_timeout=5), "dns_set_timeout: 5 is out of range"),
+    (base(dns_mode="filtering", dns_resolver_user="agent", resolvers=["localhost"]), "resolvers[0]: 'localhost' is not an IP address"),
 ]
 
 
