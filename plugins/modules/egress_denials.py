@@ -22,7 +22,7 @@ description:
   - With the filtering resolver of O(agentguard.hardening.egress_rules#module:dns_mode=filtering)
     (dnsmasq with C(log-queries=extra), the unit O(dns_unit)), also reads the resolver's query log and
     returns the names it refused (answered NXDOMAIN from its own configuration, never asked upstream) in
-    RV(refused_names): the name an attacker tried is often the most telling evidence. Allowed,
+    RV(refused_names), since the name an attacker tried is often the most telling evidence. Allowed,
     forwarded and cached queries are not returned.
   - It only reads; check mode returns the same result.
 author:
@@ -161,7 +161,7 @@ refused_names:
       2.85 writes unknown types as C(type=65), read here as V(HTTPS)); null when the query's own line was
       not read (outside the window). C(client) is the address that asked, on this host usually
       V(127.0.0.1) or V(::1); the resolver log has no uid.
-    - The names are the attacker's data: escape them before showing them anywhere.
+    - The names are the attacker's data, so escape them before showing them anywhere.
   returned: always
   type: list
   elements: dict
