@@ -18,7 +18,7 @@ cd "$ROOT" || exit 2
 # shellcheck source=lab/env.sh
 . lab/env.sh
 
-ALL=(default users-scope audit-mode backends platforms persistence rollback)
+ALL=(default users-scope audit-mode backends platforms persistence rollback filtering-dns)
 SUITES=(bookworm bullseye trixie)   # images the scenarios use (lab/images.sh caches them)
 SCENARIO_TIMEOUT=${SCENARIO_TIMEOUT:-900}
 FAIL_FAST=${FAIL_FAST:-0}

@@ -231,6 +231,23 @@ class Target:
         return self.policy["egress_mode"] == "enforce"
 
     @property
+    def filtering(self):
+        """egress_dns_mode=filtering: the host's only resolver is the local one (loopback)."""
+        return self.policy.get("egress_dns_mode") == "filtering"
+
+    def resolver(self, family):
+        """The address the host's processes send DNS to, in this family."""
+        return ("127.0.0.1" if family == 4 else "::1") if self.filtering else lab_addr("resolver", family)
+
+    def refuses_name(self, probe):
+        """In filtering mode a probe by a name outside the allowlist never gets an address, so it
+        sends nothing (and logs nothing): the local resolver answers NXDOMAIN."""
+        host = probe.get("host", "")
+        allowed = {str(d["host"]).lower().rstrip(".") for d in self.policy["egress_allow"]}
+        return (self.filtering and self.enforce and probe["kind"] != "resolve"
+                and not re.search(r"^[0-9.]+$|:", host) and host.lower().rstrip(".") not in allowed)
+
+    @property
     def probe_user(self):
         """The user whose egress the policy restricts (the AI agent's account)."""
         if self.policy["egress_scope"] == "users":

@@ -11,8 +11,9 @@ attempt can be found in dmesg:
                  "port": 443, "timeout": 0.9}, ...]}
 
 kinds: tcp (connect), udp (one datagram, wait for a reply), dns-udp / dns-tcp (one query for
-`qname`, wait for the answer), icmp (one echo request), resolve (getaddrinfo through the host's
-resolver), flood (`count` TCP connects at once, then wait `timeout`).
+`qname` of type `qtype`, by default A or AAAA by family; wait for the answer), icmp (one echo
+request), resolve (getaddrinfo through the host's resolver), flood (`count` TCP connects at once,
+then wait `timeout`).
 Each result: {"id", "ok" (the service answered), "outcome", "sport", "daddr", "detail", "elapsed"}.
 """
 import concurrent.futures
@@ -71,6 +72,12 @@ def _dns_query(qname, qtype):
     return qid, struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack(">HH", qtype, 1)
 
 
+def _qtype(probe):
+    """The query type: probe["qtype"] (A, AAAA, TXT, ...), else A for IPv4 and AAAA for IPv6."""
+    types = {"A": 1, "NS": 2, "CNAME": 5, "MX": 15, "TXT": 16, "AAAA": 28, "ANY": 255}
+    return types[probe["qtype"]] if probe.get("qtype") else (28 if probe["family"] == 6 else 1)
+
+
 def _dns_answer(qid, data):
     if len(data) < 12:
         return None
@@ -87,7 +94,7 @@ def probe_datagram(probe, res):
     qid = None
     payload = b"agentguard verify " + probe["id"].encode()
     if probe["kind"] == "dns-udp":
-        qid, payload = _dns_query(probe.get("qname", "api.openclaw.security"), 28 if probe["family"] == 6 else 1)
+        qid, payload = _dns_query(probe.get("qname", "api.openclaw.security"), _qtype(probe))
     sock = socket.socket(FAMILIES[probe["family"]], socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
@@ -117,7 +124,7 @@ def probe_datagram(probe, res):
 def probe_dns_tcp(probe, res):
     addr = _addr(probe, socket.SOCK_STREAM)
     res["daddr"] = addr[0]
-    qid, query = _dns_query(probe.get("qname", "api.openclaw.security"), 28 if probe["family"] == 6 else 1)
+    qid, query = _dns_query(probe.get("qname", "api.openclaw.security"), _qtype(probe))
     sock = socket.socket(FAMILIES[probe["family"]], socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
