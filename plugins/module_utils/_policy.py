@@ -367,7 +367,7 @@ def build_policy(params, lookup_user):
 
     dns_mode = check(_choice, params.get("dns_mode") or "pinned", DNS_MODES, "dns_mode")
     dns_set_timeout = check(_int_in, params.get("dns_set_timeout", 300), MIN_SET_TIMEOUT, MAX_SET_TIMEOUT, "dns_set_timeout")
-    if dns_mode == "pinned":
+    if dns_mode == "pinned" and state == "present":
         wide = [d.name for d in allow if d.subdomains]
         if wide:
             errors.append("allow: %s set subdomains: true, which only dns_mode=filtering can honour "
