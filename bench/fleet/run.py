@@ -5,12 +5,20 @@ M systemd test hosts (lab containers from lab/lab.sh, reached over SSH on the la
 real fleet is) are hardened with playbooks/harden-agent.yml and the lab policy. Measured, as
 wall time of the whole ansible run: the first run (fresh hosts), then REPS rounds that each run
 the idempotent hardening and the ping floor in alternating order. Medians and the ratio.
+Both sides use the same inventory, SSH options (pipelining, ControlPersist, ServerAliveInterval)
+and forks. The full output of every run, with per-task times under --profile, goes to
+bench/results/fleet-logs/<stamp>/; bench/fleet/profile.py summarises it.
 
-Usage (root): .venv/bin/python bench/fleet/run.py [--hosts 20] [--reps 5]
+The hosts share the machine's CPUs with the controller, so the lab charges every module run on a
+host to the same cores the controller needs: a real fleet's hosts bring their own.
+
+Usage (root): .venv/bin/python bench/fleet/run.py [--hosts 20] [--reps 5] [--profile]
+              [--ssh-keepalive 1] [--rollback-timeout 300] [--first-only] [--keep] [-v...]
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,10 +34,16 @@ def sh(*argv, **kw):
                           universal_newlines=True, **kw)
 
 
+PROFILE = False
+
+
 def env():
     e = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_PIPELINING="true",
              ANSIBLE_FORKS="25", CONTAINERS_CONF=os.path.join(ROOT, "lab", "containers.conf"),
              ANSIBLE_HOST_KEY_CHECKING="false")
+    if PROFILE:
+        e["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
+        e["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "all"
     e["PATH"] = VENV_BIN + os.pathsep + e["PATH"]
     return e
 
@@ -48,12 +62,18 @@ def start_hosts(count):
     return addresses
 
 
-def inventory(addresses, workdir):
+def inventory(addresses, workdir, keepalive):
     key = os.path.join(ROOT, "lab", ".state", "ssh", "id_ed25519")
+    ssh_args = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    if keepalive:
+        # See conntrack-pickup.sh: on a host where nothing used connection tracking before, the first
+        # apply drops the SSH session's own packets until the controller sends one; a keepalive from
+        # the controller revives it within about a second.
+        ssh_args += " -o ServerAliveInterval=%d -o ServerAliveCountMax=30" % keepalive
     hosts = dict((name, {"ansible_host": ip}) for name, ip in addresses.items())
     inv = {"all": {"children": {"agents": {"hosts": hosts, "vars": {
         "ansible_user": "root", "ansible_ssh_private_key_file": key,
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "ansible_ssh_common_args": ssh_args,
     }}}}}
     path = os.path.join(workdir, "hosts.yml")
     with open(path, "w") as handle:
@@ -63,14 +83,28 @@ def inventory(addresses, workdir):
     return path
 
 
-def timed(argv):
+LOG_DIR = None
+RUN_NO = [0]
+
+
+def timed(argv, label="run"):
     start = time.monotonic()
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                           env=env(), cwd=ROOT, check=False)
     elapsed = time.monotonic() - start
+    if LOG_DIR:
+        RUN_NO[0] += 1
+        with open(os.path.join(LOG_DIR, "%02d-%s.log" % (RUN_NO[0], label)), "w") as handle:
+            handle.write("# %s\n# %.1f s, rc %d, loadavg after: %s\n" % (" ".join(argv), elapsed, proc.returncode, loadavg()))
+            handle.write(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError("%s failed:\n%s" % (" ".join(argv), proc.stdout[-3000:]))
     return elapsed, proc.stdout
+
+
+def loadavg():
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
 
 
 def recap_changed(output):
@@ -79,45 +113,72 @@ def recap_changed(output):
 
 
 def main():
+    global PROFILE, LOG_DIR
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rollback-timeout", type=int, default=300,
+                        help="egress_rollback_timeout for the runs (default 300 s)")
+    parser.add_argument("--ssh-keepalive", type=int, default=1, metavar="SECONDS",
+                        help="ssh ServerAliveInterval for both sides (default 1; 0: none, which reproduces the "
+                             "hang of the first apply described in docs/benchmarks.md)")
     parser.add_argument("--keep", action="store_true", help="leave the hosts running")
+    parser.add_argument("--profile", action="store_true", help="time every task (ansible.posix.profile_tasks)")
+    parser.add_argument("-v", dest="verbose", action="count", default=0, help="pass -v.. to ansible-playbook")
+    parser.add_argument("--first-only", action="store_true", help="stop after the first run (debugging)")
+    parser.add_argument("--log-dir", default=os.path.join(ROOT, "bench", "results", "fleet-logs"),
+                        help="full output of every ansible run goes here")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fleet.json"))
     args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/fleet needs root (podman lab)")
+    PROFILE = args.profile
+    LOG_DIR = os.path.join(args.log_dir, time.strftime("%Y%m%dT%H%M%S"))
+    os.makedirs(LOG_DIR)
+    load_start = loadavg()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     workdir = tempfile.mkdtemp(prefix="agfleet-")
     addresses = start_hosts(args.hosts)
-    inv = inventory(addresses, workdir)
+    inv = inventory(addresses, workdir, args.ssh_keepalive)
     # One batch (serial is a play keyword: extra vars only): this measures the work, not the rollout's pacing.
     # A whole fleet in one batch on a small controller needs more than the default 60 s between
     # arming the on-host rollback and disarming it over a fresh connection.
-    play = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inv,
-            "-e", '{"egress_serial": ["100%"], "egress_rollback_timeout": 300}',
-            os.path.join(ROOT, "playbooks", "harden-agent.yml")]
+    extra = json.dumps({"egress_serial": ["100%"], "egress_rollback_timeout": args.rollback_timeout})
+    verbose = ["-" + "v" * args.verbose] if args.verbose else []
+    play = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inv, "-e", extra] + verbose + [
+        os.path.join(ROOT, "playbooks", "harden-agent.yml")]
     ping = [os.path.join(VENV_BIN, "ansible"), "-i", inv, "agents", "-m", "ansible.builtin.ping"]
+    runs = {"idempotent": [], "ping": []}
     try:
-        timed(ping)  # host keys, ControlMaster sockets: the same warm start for both sides
-        first, output = timed(play)
+        timed(ping, "warmup-ping")  # host keys, ControlMaster sockets: the same warm start for both sides
+        load_first = loadavg()
+        first, output = timed(play, "first")
+        print("first run %.1f s (loadavg %s -> %s)" % (first, load_first, loadavg()), file=sys.stderr, flush=True)
         assert recap_changed(output) > 0
-        runs = {"idempotent": [], "ping": []}
+        if args.first_only:
+            return
         for rep in range(args.reps):
             for side in (("idempotent", "ping") if rep % 2 == 0 else ("ping", "idempotent")):
-                elapsed, output = timed(play if side == "idempotent" else ping)
+                elapsed, output = timed(play if side == "idempotent" else ping, side)
                 if side == "idempotent":
                     assert recap_changed(output) == 0, "the re-run changed something"
                 runs[side].append(elapsed)
                 print("rep %d %-10s %.1f s" % (rep + 1, side, elapsed), file=sys.stderr, flush=True)
     finally:
+        print("logs: %s" % LOG_DIR, file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep:
             for name in addresses:
                 sh("bash", os.path.join(ROOT, "lab", "lab.sh"), "agent-rm", name, check=False)
     med = dict((k, statistics.median(v)) for k, v in runs.items())
-    result = {"hosts": args.hosts, "first_run_s": round(first, 1), "median_s": med, "runs": runs,
+    result = {"hosts": args.hosts, "first_run_s": round(first, 1), "median_s": med, "runs": runs, "started": started,
               "ratio_idempotent_vs_ping": round(med["idempotent"] / med["ping"], 2),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "loadavg_start": load_start, "loadavg_end": loadavg(),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)
+    print("loadavg at start: %s, at end: %s" % (load_start, result["loadavg_end"]))
     print("| M hosts | first run (s) | idempotent run (s) | ansible -m ping (s) | idempotent / ping |")
     print("|---|---|---|---|---|")
     ratio = result["ratio_idempotent_vs_ping"]
