@@ -9,7 +9,11 @@ three runs each: first apply (fresh namespace), idempotent re-run, check-mode ru
 figures are medians of the task time (the JSON callback's task durations, so ansible-playbook's
 start-up cost is excluded) and their ratio.
 
-Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--out FILE]
+Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE]
+
+--loop-reps K measures the loop side in the first K repetitions only (still alternating with ours
+there) and ours in all of them: at N = 1,000 one loop repetition (three runs) takes about half an
+hour on a small machine. The table then says how many runs each median is of.
 """
 import argparse
 import datetime
@@ -138,12 +142,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--loop-reps", type=int, default=None,
+                        help="measure the iptables loop in the first K repetitions only (default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "apply.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/apply needs root (network namespaces)")
     results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sizes": {}}
     workdir = tempfile.mkdtemp(prefix="agbench-")
+    loop_reps = args.reps if args.loop_reps is None else min(args.loop_reps, args.reps)
+
+    def save():
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=1)
+
     for n in [int(s) for s in args.sizes.split(",")]:
         plays = {}
         for side, builder in (("ours", ours_play), ("loop", loop_play)):
@@ -151,22 +164,32 @@ def main():
             with open(plays[side], "w") as handle:
                 json.dump(builder(n), handle)  # JSON is YAML
         runs = {"ours": [], "loop": []}
+        entry = results["sizes"][str(n)] = {"runs": runs, "loadavg_start": loadavg()}
         for rep in range(args.reps):
             order = ("ours", "loop") if rep % 2 == 0 else ("loop", "ours")
             for side in order:
+                if side == "loop" and rep >= loop_reps:
+                    continue
                 runs[side].append(measure(side, plays[side], n, rep))
+                runs[side][-1]["loadavg_after"] = loadavg()
                 print("N=%d rep %d %s: %s" % (n, rep + 1, side, runs[side][-1]), file=sys.stderr, flush=True)
+                save()
+        entry["loadavg_end"] = loadavg()
         summary = {}
         for kind in ("first", "idempotent", "check"):
             ours = statistics.median(r[kind] for r in runs["ours"])
             loop = statistics.median(r[kind] for r in runs["loop"])
             summary[kind] = {"ours_s": round(ours, 3), "loop_s": round(loop, 3), "ratio": round(loop / ours, 1)}
         summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"]}
-        results["sizes"][str(n)] = {"summary": summary, "runs": runs}
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
+        summary["reps"] = {"ours": len(runs["ours"]), "loop": len(runs["loop"])}
+        entry["summary"] = summary
+        save()
     print(table(results))
+
+
+def loadavg():
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
 
 
 def machine():
@@ -180,12 +203,17 @@ def machine():
 
 
 def table(results):
-    lines = ["| N (per family) | run | egress_rules (s) | iptables loop (s) | loop / ours |", "|---|---|---|---|---|"]
+    lines = ["| N (per family) | run | egress_rules (s) | iptables loop (s) | loop / ours | runs (ours/loop) |",
+             "|---|---|---|---|---|---|"]
     for n, data in results["sizes"].items():
+        reps = data["summary"].get("reps", {})
         for kind in ("first", "idempotent", "check"):
             s = data["summary"][kind]
-            lines.append("| %s | %s | %.2f | %.2f | %.1fx |" % (n, kind, s["ours_s"], s["loop_s"], s["ratio"]))
-    return "\n".join(lines)
+            lines.append("| %s | %s | %.2f | %.2f | %.1fx | %s/%s |" % (n, kind, s["ours_s"], s["loop_s"], s["ratio"],
+                                                                      reps.get("ours", "?"), reps.get("loop", "?")))
+    loads = ["N=%s: loadavg %s at start, %s at end" % (n, d.get("loadavg_start"), d.get("loadavg_end"))
+             for n, d in results["sizes"].items()]
+    return "\n".join(lines + [""] + loads)
 
 
 if __name__ == "__main__":
