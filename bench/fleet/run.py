@@ -13,7 +13,7 @@ The hosts share the machine's CPUs with the controller, so the lab charges every
 host to the same cores the controller needs: a real fleet's hosts bring their own.
 
 Usage (root): .venv/bin/python bench/fleet/run.py [--hosts 20] [--reps 5] [--profile]
-              [--ssh-keepalive 1] [--rollback-timeout 300] [--first-only] [--keep] [-v...]
+              [--ssh-keepalive 0] [--rollback-timeout 60] [--first-only] [--keep] [-v...]
 """
 import argparse
 import json
@@ -67,8 +67,8 @@ def inventory(addresses, workdir, keepalive):
     ssh_args = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
     if keepalive:
         # See conntrack-pickup.sh: on a host where nothing used connection tracking before, the first
-        # apply drops the SSH session's own packets until the controller sends one; a keepalive from
-        # the controller revives it within about a second.
+        # enforcing apply drops the SSH session's own packets until the controller sends one; a
+        # keepalive from the controller revives the session within about a second.
         ssh_args += " -o ServerAliveInterval=%d -o ServerAliveCountMax=30" % keepalive
     hosts = dict((name, {"ansible_host": ip}) for name, ip in addresses.items())
     inv = {"all": {"children": {"agents": {"hosts": hosts, "vars": {
@@ -117,11 +117,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--rollback-timeout", type=int, default=300,
-                        help="egress_rollback_timeout for the runs (default 300 s)")
-    parser.add_argument("--ssh-keepalive", type=int, default=1, metavar="SECONDS",
-                        help="ssh ServerAliveInterval for both sides (default 1; 0: none, which reproduces the "
-                             "hang of the first apply described in docs/benchmarks.md)")
+    parser.add_argument("--rollback-timeout", type=int, default=60,
+                        help="egress_rollback_timeout for the runs (default 60 s, the role's default)")
+    parser.add_argument("--ssh-keepalive", type=int, default=0, metavar="SECONDS",
+                        help="ssh ServerAliveInterval for both sides (default 0: none). 1 works around the hang "
+                             "of the first apply described in docs/benchmarks.md on a role without its fix")
     parser.add_argument("--keep", action="store_true", help="leave the hosts running")
     parser.add_argument("--profile", action="store_true", help="time every task (ansible.posix.profile_tasks)")
     parser.add_argument("-v", dest="verbose", action="count", default=0, help="pass -v.. to ansible-playbook")
@@ -141,8 +141,6 @@ def main():
     addresses = start_hosts(args.hosts)
     inv = inventory(addresses, workdir, args.ssh_keepalive)
     # One batch (serial is a play keyword: extra vars only): this measures the work, not the rollout's pacing.
-    # A whole fleet in one batch on a small controller needs more than the default 60 s between
-    # arming the on-host rollback and disarming it over a fresh connection.
     extra = json.dumps({"egress_serial": ["100%"], "egress_rollback_timeout": args.rollback_timeout})
     verbose = ["-" + "v" * args.verbose] if args.verbose else []
     play = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inv, "-e", extra] + verbose + [
