@@ -209,8 +209,8 @@ def table(results):
         reps = data["summary"].get("reps", {})
         for kind in ("first", "idempotent", "check"):
             s = data["summary"][kind]
-            lines.append("| %s | %s | %.2f | %.2f | %.1fx | %s/%s |" % (n, kind, s["ours_s"], s["loop_s"], s["ratio"],
-                                                                      reps.get("ours", "?"), reps.get("loop", "?")))
+            lines.append("| %s | %s | %.2f | %.2f | %.1fx | %s/%s |" % (
+                n, kind, s["ours_s"], s["loop_s"], s["ratio"], reps.get("ours", "?"), reps.get("loop", "?")))
     loads = ["N=%s: loadavg %s at start, %s at end" % (n, d.get("loadavg_start"), d.get("loadavg_end"))
              for n, d in results["sizes"].items()]
     return "\n".join(lines + [""] + loads)

@@ -46,20 +46,20 @@ def main():
     runs = [r for r in runs if r[0]]
     if not runs:
         raise SystemExit("no profiled %s runs in %s (run.py --profile)" % (args.kind, args.logdir))
-    names = set(n for tasks, _ in runs for n in tasks)
-    med = dict((n, statistics.median(tasks.get(n, 0.0) for tasks, _ in runs)) for n in names)
-    total = statistics.median(t for _, t in runs)
+    names = set(n for tasks, _wall in runs for n in tasks)
+    med = dict((n, statistics.median(tasks.get(n, 0.0) for tasks, _wall in runs)) for n in names)
+    total = statistics.median(wall for _tasks, wall in runs)
     print("%d %s runs, median wall time %.1f s, median sum of task times %.1f s, %d tasks"
-          % (len(runs), args.kind, total, statistics.median(sum(t.values()) for t, _ in runs), len(names)))
+          % (len(runs), args.kind, total, statistics.median(sum(t.values()) for t, _wall in runs), len(names)))
     print("| task | median (s) | share |")
     print("|---|---|---|")
     for name in sorted(names, key=lambda n: -med[n])[:args.top]:
-        print("| %s | %.1f | %.0f %% |" % (name.replace("agentguard.hardening.egress : ", ""), med[name],
-                                          100 * med[name] / total))
+        print("| %s | %.1f | %.0f %% |" % (
+            name.replace("agentguard.hardening.egress : ", ""), med[name], 100 * med[name] / total))
     rest = sorted(names, key=lambda n: -med[n])[args.top:]
     if rest:
-        print("| %d other tasks | %.1f | %.0f %% |" % (len(rest), sum(med[n] for n in rest),
-                                                  100 * sum(med[n] for n in rest) / total))
+        print("| %d other tasks | %.1f | %.0f %% |" % (
+            len(rest), sum(med[n] for n in rest), 100 * sum(med[n] for n in rest) / total))
 
 
 if __name__ == "__main__":
