@@ -36,8 +36,12 @@ jumps: tuple of (index, spec): OUTPUT rules whose target is one of our chains,
 chains: tuple of (chain, (spec, ...)) sorted by chain name.
 """
 
-Live = namedtuple("Live", ["managed", "policies", "foreign_output_rules"])
-"""managed: ManagedState; policies: {builtin chain: policy}; foreign_output_rules: count."""
+Live = namedtuple("Live", ["managed", "policies", "foreign_output_rules", "tracking"])
+"""managed: ManagedState; policies: {builtin chain: policy}; foreign_output_rules: count;
+tracking: whether a rule of the filter table (ours or not) needs connection tracking."""
+
+# Matches that make the kernel track connections in the rule's network namespace and family.
+TRACKING_MATCHES = ("conntrack", "state")
 
 IpSet = namedtuple("IpSet", ["name", "settype", "family", "options", "members"])
 """members: tuple of canonical network strings, sorted."""
@@ -113,7 +117,7 @@ def live_state(save_text):
     table = tables.get("filter")
     if table is None:
         # Legacy backend with the filter table never loaded: everything is ACCEPT and empty.
-        return Live(ManagedState("ACCEPT", (), ()), dict((c, "ACCEPT") for c in BUILTIN_FILTER_CHAINS), 0)
+        return Live(ManagedState("ACCEPT", (), ()), dict((c, "ACCEPT") for c in BUILTIN_FILTER_CHAINS), 0, False)
     policies = dict((name, policy) for name, policy in table.chains if name in BUILTIN_FILTER_CHAINS)
     for chain in BUILTIN_FILTER_CHAINS:
         policies.setdefault(chain, "ACCEPT")
@@ -136,7 +140,18 @@ def live_state(save_text):
         tuple(jumps),
         tuple((name, tuple(chains[name])) for name in sorted(chains)),
     )
-    return Live(managed, policies, foreign)
+    tracking = any(uses_tracking(spec) for chain, spec in table.rules)
+    return Live(managed, policies, foreign, tracking)
+
+
+def uses_tracking(spec):
+    """Whether a rule spec loads a match that needs connection tracking (-m conntrack, -m state).
+
+    Tracking starts in a namespace only once such a rule exists. A connection opened before is
+    picked up by its next packet with state NEW, so the caller must not enforce a policy on it yet.
+    """
+    words = spec.split()
+    return any(words[i] == "-m" and words[i + 1] in TRACKING_MATCHES for i in range(len(words) - 1))
 
 
 def canonical_member(text):

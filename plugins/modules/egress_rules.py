@@ -279,6 +279,19 @@ sets:
   returned: always
   type: str
   sample: "create ag4-cdn hash:net family inet hashsize 1024 maxelem 65536\nadd ag4-cdn 203.0.113.0/24\n"
+tracking:
+  description:
+    - Per managed family, whether a rule of the live filter table already needed connection tracking
+      before this run (C(-m conntrack) or C(-m state), the module's own rules or anyone's).
+    - When V(false), the kernel starts tracking only with the new rules, and a connection opened before
+      (such as Ansible's control connection) is picked up by its next packet with state NEW. If the host
+      sends that packet, an enforced policy drops it. The role therefore applies the policy in audit mode
+      first when any family says V(false).
+  returned: always
+  type: dict
+  sample:
+    ipv4: false
+    ipv6: false
 families:
   description: The families that were managed (ipv6 is absent only on a kernel without IPv6).
   returned: always
@@ -392,6 +405,7 @@ def main():
         resolved=resolved,
         rules=dict((f, plan.rules.get(f, "")) for f in FAMILIES),
         sets=plan.sets_payload,
+        tracking=dict((f, plan.live[f].tracking) for f in families),
         families=families,
     )
     if module._diff:

@@ -1,12 +1,13 @@
 """egress_rules against real kernels: namespaces, real servers, real connections, real logs."""
 import os
+import select
 import stat
 import subprocess
 import time
 
 import pytest
 
-from .conftest import CDN4, CDN6, V4, V6, ModuleRunner, sh
+from .conftest import CDN4, CDN6, PYTHON, V4, V6, ModuleRunner, sh
 
 POLICY = dict(
     allow=[dict(name="inference-api", host="api.test", ports=[443])],
@@ -292,3 +293,69 @@ def test_log_limit_is_rendered_as_iptables_prints_it(tmp_path):
     finally:
         sh("ip", "netns", "del", ns, check=False)
     assert saved == [parse_log_limit(rate) for rate in rates]
+
+
+# A TCP session into the host (as Ansible's SSH session is): the host's server answers "<word>\n"
+# for each word fed to it; the peer only listens after its first line, so the host sends first.
+SESSION_SERVER = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); c.recv(100); print("accepted", flush=True)
+for line in sys.stdin:
+    c.sendall(line.encode())
+"""
+SESSION_PEER = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); c.sendall(b"hello\\n")
+c.settimeout(None)
+for line in c.makefile():
+    print("got " + line.strip(), flush=True)
+"""
+
+
+class Session(object):
+    """A connection opened from the peer to a server in the host before the host's rules change."""
+
+    def __init__(self, lab, address, port):
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", lab.host, PYTHON, "-u", "-c", SESSION_SERVER, address, str(port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+        lab.procs.append(self.server)
+        assert self.server.stdout.readline().strip() == "ready"
+        self.peer = lab.spawn(lab.peer, [PYTHON, "-u", "-c", SESSION_PEER, address, str(port)])
+        assert self.server.stdout.readline().strip() == "accepted"
+
+    def host_sends(self, word, timeout=3.0):
+        """The host sends first; True when the peer got it within the timeout."""
+        self.server.stdin.write(word + "\n")
+        self.server.stdin.flush()
+        ready, _, _ = select.select([self.peer.stdout], [], [], timeout)
+        return bool(ready) and self.peer.stdout.readline().strip() == "got " + word
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_tracking_tells_when_an_open_session_needs_audit_mode_first(lab, egress, family):
+    """The role's first-apply order, on a real kernel: the module reports whether tracking runs;
+    when it does not, audit mode first keeps a session opened before the rules alive, and enforcing
+    at once cuts it. The report must be false again after state=absent, although tracked
+    connections outlive the rules (the count of tracked connections is no guide)."""
+    host = V4["host"] if family == "ipv4" else V6["host"]
+    assert egress(POLICY, check=True)["tracking"] == {"ipv4": False, "ipv6": False}
+
+    kept = Session(lab, host, 2201)
+    egress(dict(POLICY, mode="audit"))
+    assert kept.host_sends("after-audit"), "audit mode blocks nothing"
+    egress(POLICY)
+    assert kept.host_sends("after-enforce"), "the session seen in audit mode is ESTABLISHED now"
+    assert egress(POLICY, check=True)["tracking"] == {"ipv4": True, "ipv6": True}
+
+    egress(dict(state="absent"))
+    assert int(lab.run("cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout) > 0
+    assert egress(POLICY, check=True)["tracking"] == {"ipv4": False, "ipv6": False}
+
+    # Control: enforcing at once, as the role did after remove-egress.yml, cuts such a session.
+    cut = Session(lab, host, 2202)
+    egress(POLICY)
+    assert not cut.host_sends("after-enforce"), "the host's first packet is NEW and must be dropped"

@@ -70,6 +70,38 @@ def test_jump_position_counts_foreign_rules():
     assert live.foreign_output_rules == 2
 
 
+@pytest.mark.parametrize("name,tracking", [
+    ("managed-nft.v4", True), ("managed-legacy.v6", True),     # our own --ctstate rules
+    ("foreign-nft.v4", False), ("foreign-legacy.v6", False),   # fail2ban-style rules, no conntrack
+])
+def test_tracking_from_real_save(name, tracking):
+    assert S.live_state(fixture(name)).tracking is tracking
+
+
+def test_empty_save_tracks_nothing():
+    assert S.live_state("").tracking is False
+
+
+@pytest.mark.parametrize("spec,tracking", [
+    ("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", True),
+    ("-p tcp -m state --state NEW -j ACCEPT", True),
+    ("-p tcp -m tcp --dport 22 -m conntrack --ctstate INVALID -j DROP", True),
+    ("-o lo -j ACCEPT", False),
+    ("-p tcp -m tcp --dport 22 -j f2b-sshd", False),
+    ('-m comment --comment "conntrack state" -j ACCEPT', False),   # words, not a match
+    ("-m connlimit --connlimit-above 4 -j DROP", False),          # not counted: audit first is the safe side
+])
+def test_uses_tracking(spec, tracking):
+    assert S.uses_tracking(spec) is tracking
+
+
+def test_foreign_tracking_rule_counts():
+    text = ("*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A INPUT -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n")
+    live = S.live_state(text)
+    assert live.tracking is True and live.managed.chains == ()
+
+
 @pytest.mark.parametrize("text,error", [
     ("-A OUTPUT -j ACCEPT\n", "outside a table"),
     ("*filter\n:OUTPUT ACCEPT [0:0]\n", "has no COMMIT"),
