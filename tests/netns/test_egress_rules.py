@@ -331,7 +331,7 @@ class Session(object):
         """The host sends first; True when the peer got it within the timeout."""
         self.server.stdin.write(word + "\n")
         self.server.stdin.flush()
-        ready, _, _ = select.select([self.peer.stdout], [], [], timeout)
+        ready = select.select([self.peer.stdout], [], [], timeout)[0]
         return bool(ready) and self.peer.stdout.readline().strip() == "got " + word
 
 
