@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-APT_PACKAGES=(iptables ipset iproute2 procps kmod util-linux debootstrap podman runc catatonit shellcheck
+APT_PACKAGES=(iptables ipset iproute2 procps kmod util-linux debootstrap podman netavark aardvark-dns runc catatonit shellcheck
   uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base python3-venv python3-dnspython
   unzip git make)
 missing=()
