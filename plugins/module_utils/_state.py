@@ -145,7 +145,7 @@ def live_state(save_text):
 
 
 def uses_tracking(spec):
-    """Whether a rule spec loads a match that needs connection tracking (-m conntrack, -m state).
+    """Whether a rule spec loads a match that needs connection tracking (conntrack, or legacy state).
 
     Tracking starts in a namespace only once such a rule exists. A connection opened before is
     picked up by its next packet with state NEW, so the caller must not enforce a policy on it yet.

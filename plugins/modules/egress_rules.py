@@ -282,7 +282,7 @@ sets:
 tracking:
   description:
     - Per managed family, whether a rule of the live filter table already needed connection tracking
-      before this run (C(-m conntrack) or C(-m state), the module's own rules or anyone's).
+      before this run (a conntrack or state match, the module's own rules or anyone's).
     - When V(false), the kernel starts tracking only with the new rules, and a connection opened before
       (such as Ansible's control connection) is picked up by its next packet with state NEW. If the host
       sends that packet, an enforced policy drops it. The role therefore applies the policy in audit mode
