@@ -1,10 +1,11 @@
 # Run by the role egress on the host (python3 -c), read-only: everything an idempotent run needs to
 # know about the host, in one command instead of a module per question. Prints one JSON document.
 # Argument: JSON {"manager": "dpkg"|"rpm", "packages": [...], "active": [unit...],
-#                 "enabled": [unit...], "paths": [path...]}
+#                 "enabled": [unit...], "paths": [path...], "users": [name...]}
 import hashlib
 import json
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -53,6 +54,19 @@ def describe(path):
     return entry
 
 
+def missing_users(names):
+    # A numeric uid needs no passwd entry (the rules match the uid itself).
+    missing = []
+    for name in names:
+        if str(name).isdigit():
+            continue
+        try:
+            pwd.getpwnam(str(name))
+        except KeyError:
+            missing.append(name)
+    return missing
+
+
 systemd = os.path.isdir("/run/systemd/system")
 paths = dict((p, describe(p)) for p in query.get("paths", []))
 print(json.dumps({
@@ -61,4 +75,5 @@ print(json.dumps({
     "active": unit_states("is-active", query.get("active", [])) if systemd else {},
     "enabled": unit_states("is-enabled", query.get("enabled", [])) if systemd else {},
     "paths": dict((p, e) for p, e in paths.items() if e is not None),
+    "missing_users": missing_users(query.get("users", [])),
 }, sort_keys=True))

@@ -47,3 +47,9 @@ def test_installed_packages_only():
     # bootstrap.sh installs iptables on the test machine (Debian).
     state = host_state({"manager": "dpkg", "packages": ["iptables", "agentguard-no-such-package"], "paths": []})
     assert state["packages"] == ["iptables"]
+
+
+def test_users_missing_on_the_host_are_named():
+    # root exists everywhere, a numeric uid needs no passwd entry.
+    state = host_state({"users": ["root", "agentguard-no-such-user", "4242"], "paths": []})
+    assert state["missing_users"] == ["agentguard-no-such-user"]

@@ -1,0 +1,102 @@
+"""The role refuses bad input before it touches the host, naming the variable and the value.
+
+Runs the role with ansible-playbook against this machine, in check mode and with --tags always
+(the checks, the minimal facts and the read-only host-state command; never an install or a rule),
+so a check that let a bad value through shows as a run that got further, not as a changed host.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BIN = os.path.dirname(sys.executable)
+COLLECTIONS = next(p for p in sys.path if os.path.isdir(os.path.join(p, "ansible_collections", "agentguard", "hardening")))
+PLAY = "- hosts: localhost\n  gather_facts: false\n  roles:\n    - agentguard.hardening.egress\n"
+GOOD = {"egress_allow": [{"name": "inference-api", "host": "api.example.com"}], "egress_dns_servers": ["198.18.0.53"]}
+INPUT_CHECK = "Check the inputs beyond their types"
+
+
+def run_role(tmp_path, **variables):
+    play = tmp_path / "play.yml"
+    play.write_text(PLAY)
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(dict(GOOD, **variables)))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default",
+               ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_CALLBACK_FORMAT_PRETTY="false",
+               ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", PATH=BIN + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", "ansible_python_interpreter=" + sys.executable, "-e", "@" + str(extra),
+                           "--check", "--tags", "always", str(play)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env,
+                          cwd=ROOT, timeout=300, check=False)
+    # The default callback, results as one-line JSON: "TASK [role : name] ***", then the host's line.
+    tasks = []
+    for line in proc.stdout.splitlines():
+        header = re.match(r"^TASK \[(?:[^:\]]+ : )?(.*)\] \*+$", line)
+        if header:
+            tasks.append((header.group(1), {}))
+        elif tasks and line.startswith(("ok: [localhost]", "fatal: [localhost]", "skipping: [localhost]")):
+            status, _, body = line.partition(" => ")
+            result = json.loads(body) if body else {}
+            result["failed"] = status.startswith("fatal")
+            tasks[-1] = (tasks[-1][0], result)
+    assert tasks, proc.stdout + proc.stderr
+    return proc.returncode, tasks
+
+
+BAD = [
+    # (variables, task that must fail, fragments of its message)
+    ({"egress_allow": [{"name": "api", "host": "api.exa mple.com"}]}, INPUT_CHECK,
+     ["egress_allow[0].host", "'api.exa mple.com'"]),
+    ({"egress_allow": [{"name": "api", "host": "198.18.1.1", "ports": [443, 70000]}]}, INPUT_CHECK,
+     ["egress_allow[0].ports[1]", "70000"]),
+    ({"egress_allow": [{"name": "everything", "host": "::/0"}]}, INPUT_CHECK,
+     ["egress_allow[0].host", "'::/0'", "defeats the allowlist"]),
+    ({"egress_dns_servers": ["resolver.example"]}, INPUT_CHECK, ["egress_dns_servers[0]", "'resolver.example'"]),
+    ({"egress_dns_servers": []}, INPUT_CHECK, ["egress_dns_servers", "[] is empty"]),
+    ({"egress_log_limit": "10/fortnight"}, INPUT_CHECK, ["egress_log_limit", "'10/fortnight'"]),
+    ({"egress_scope": "users"}, INPUT_CHECK, ["egress_scope_users", "is empty"]),
+    ({"egress_scope_users": ["agent"]}, INPUT_CHECK, ["egress_scope_users", "['agent']", "scope=users"]),
+    ({"egress_allow": [{"name": "api", "host": "api.example.com", "subdomains": True}]}, INPUT_CHECK,
+     ["egress_allow", "'api'", "subdomains: true", "dns_mode=filtering"]),
+    ({"egress_rollback_timeout": 5}, INPUT_CHECK, ["egress_rollback_timeout is 5"]),
+    ({"egress_dns_set_timeout": 15, "egress_dns_mode": "filtering"}, INPUT_CHECK, ["egress_dns_set_timeout is 15"]),
+    ({"egress_canary_forbidden": ["198.18.0.99"]}, INPUT_CHECK, ["egress_canary_forbidden", "198.18.0.99"]),
+    ({"egress_dns_before_units": ["agent"]}, INPUT_CHECK, ["egress_dns_before_units", "agent"]),
+    # Types and choices: the role's argument specification.
+    ({"egress_mode": "block"}, "Validating arguments", ["egress_mode", "block"]),
+    ({"egress_allow": [{"name": "api"}]}, "Validating arguments", ["host"]),
+]
+
+
+@pytest.mark.parametrize("variables,failing,fragments", BAD, ids=[";".join(sorted(b[0])) + str(i) for i, b in enumerate(BAD)])
+def test_bad_input_fails_before_the_host_is_read(tmp_path, variables, failing, fragments):
+    rc, tasks = run_role(tmp_path, **variables)
+    assert rc != 0
+    name, result = tasks[-1]
+    assert failing in name and result.get("failed"), tasks
+    message = str(result.get("msg")) + str(result.get("argument_errors", ""))
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "Nothing was changed" in message or failing != INPUT_CHECK
+    # Nothing ran after the failed check: not even the read-only facts.
+    assert not any("Gather the facts" in n for n, _ in tasks)
+
+
+def test_several_bad_inputs_are_reported_together(tmp_path):
+    rc, tasks = run_role(tmp_path, egress_allow=[{"name": "api", "host": "0.0.0.0/0"}], egress_rollback_timeout=5)
+    assert rc != 0
+    message = tasks[-1][1]["msg"]
+    assert "egress_allow[0].host: '0.0.0.0/0'" in message and "egress_rollback_timeout is 5" in message
+
+
+def test_good_input_passes_the_checks(tmp_path):
+    rc, tasks = run_role(tmp_path)
+    names = [n for n, _ in tasks]
+    assert rc == 0, tasks
+    assert any(INPUT_CHECK in n for n in names) and any("Read the host's state" in n for n in names)
