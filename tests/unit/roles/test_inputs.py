@@ -1,7 +1,7 @@
 """The role refuses bad input before it touches the host, naming the variable and the value.
 
 Runs the role with ansible-playbook against this machine, in check mode and with --tags always
-(the checks, the minimal facts and the read-only host-state command; never an install or a rule),
+(the checks and the read-only module egress_host_state; never an install or a rule),
 so a check that let a bad value through shows as a run that got further, not as a changed host.
 """
 import json
@@ -84,8 +84,8 @@ def test_bad_input_fails_before_the_host_is_read(tmp_path, variables, failing, f
     for fragment in fragments:
         assert fragment in message, message
     assert "Nothing was changed" in message or failing != INPUT_CHECK
-    # Nothing ran after the failed check: not even the read-only facts.
-    assert not any("Gather the facts" in task[0] for task in tasks)
+    # Nothing ran after the failed check: not even the read-only look at the host.
+    assert not any("Read the host's" in task[0] for task in tasks)
 
 
 def test_several_bad_inputs_are_reported_together(tmp_path):
@@ -99,4 +99,4 @@ def test_good_input_passes_the_checks(tmp_path):
     rc, tasks = run_role(tmp_path)
     names = [task[0] for task in tasks]
     assert rc == 0, tasks
-    assert any(INPUT_CHECK in n for n in names) and any("Read the host's state" in n for n in names)
+    assert any(INPUT_CHECK in n for n in names) and any("Read the host's platform and state" in n for n in names)

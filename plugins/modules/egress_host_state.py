@@ -1,0 +1,183 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: egress_host_state
+short_description: Read, in one call, what the egress role needs to know about a host
+version_added: 0.1.0
+description:
+  - Returns the host's platform (as the distribution facts of M(ansible.builtin.setup) name it, and the
+    Python running the module), whether systemd is PID 1, which of the given packages are installed, the
+    state of the given systemd units, the type, mode, owner and SHA-256 of the given paths, and which of the
+    given users do not exist.
+  - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
+    an unchanged host costs this module and the plan of M(agentguard.hardening.egress_rules).
+  - It only reads; check mode returns the same result.
+author:
+  - agentguard.hardening developers (@agentguard)
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads, so check mode returns the same result.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  idempotent:
+    support: full
+    description: Never changes the host.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hosts with C(dpkg) (Debian family) or C(rpm) (Red Hat family).
+options:
+  packages:
+    description:
+      - Package names to look up in the host's package database (C(dpkg-query) on the Debian family,
+        C(rpm) on the Red Hat family). Names of another family's packages are simply not installed.
+    type: list
+    elements: str
+    default: []
+  active:
+    description: Units to ask C(systemctl is-active) about (only when systemd is PID 1).
+    type: list
+    elements: str
+    default: []
+  enabled:
+    description: Units to ask C(systemctl is-enabled) about (only when systemd is PID 1).
+    type: list
+    elements: str
+    default: []
+  paths:
+    description: Paths to describe, without following a symbolic link. Absent paths are left out of RV(paths).
+    type: list
+    elements: path
+    default: []
+  users:
+    description: User names (or numeric uids, which always count as present) that must exist.
+    type: list
+    elements: str
+    default: []
+"""
+
+EXAMPLES = r"""
+- name: Read what the persistence of the rules depends on
+  agentguard.hardening.egress_host_state:
+    packages: [iptables, ipset, netfilter-persistent]
+    enabled: [netfilter-persistent.service]
+    paths: [/etc/iptables/rules.v4, /etc/iptables/rules.v6, /etc/iptables/ipsets]
+    users: [agent]
+  register: host
+
+- name: Fail when the agent's user is missing
+  ansible.builtin.assert:
+    that: host.missing_users | length == 0
+"""
+
+RETURN = r"""
+platform:
+  description: The host's platform, named as M(ansible.builtin.setup) names it.
+  returned: always
+  type: dict
+  contains:
+    system:
+      description: The kernel's name, as C(ansible_facts.system).
+      type: str
+      sample: Linux
+    distribution:
+      description: As C(ansible_facts.distribution).
+      type: str
+      sample: Debian
+    distribution_major_version:
+      description: As C(ansible_facts.distribution_major_version).
+      type: str
+      sample: "12"
+    os_family:
+      description: As C(ansible_facts.os_family).
+      type: str
+      sample: Debian
+    python:
+      description: The interpreter that ran the module.
+      type: str
+      sample: /usr/bin/python3
+systemd:
+  description: Whether systemd is PID 1 (C(/run/systemd/system) exists).
+  returned: always
+  type: bool
+packages:
+  description: The names among O(packages) that are installed.
+  returned: always
+  type: list
+  elements: str
+  sample: [iptables, ipset]
+active:
+  description: Unit name to the answer of C(systemctl is-active); empty without systemd.
+  returned: always
+  type: dict
+  sample: {"agentguard-dns.service": inactive}
+enabled:
+  description: Unit name to the answer of C(systemctl is-enabled); empty without systemd.
+  returned: always
+  type: dict
+  sample: {"netfilter-persistent.service": enabled}
+paths:
+  description: For each of O(paths) that exists, its C(type) (V(file) or V(other)), C(mode), C(uid), C(gid) and, for a file, C(sha256).
+  returned: always
+  type: dict
+  sample: {"/etc/iptables/rules.v4": {"type": file, "mode": "0600", "uid": 0, "gid": 0, "sha256": "9f86d0..."}}
+missing_users:
+  description: The names in O(users) that have no passwd entry.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+"""
+
+import os
+import platform
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.facts.system.distribution import DistributionFactCollector
+from ansible_collections.agentguard.hardening.plugins.module_utils._host import host_state
+
+ARGUMENT_SPEC = dict(
+    packages=dict(type="list", elements="str", default=[]),
+    active=dict(type="list", elements="str", default=[]),
+    enabled=dict(type="list", elements="str", default=[]),
+    paths=dict(type="list", elements="path", default=[]),
+    users=dict(type="list", elements="str", default=[]),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    env = dict(LC_ALL="C", LANG="C")
+
+    def run(argv):
+        executable = module.get_bin_path(argv[0])
+        if executable is None:
+            return ""
+        # Not check_rc: dpkg-query exits 1 when one of several names is unknown, and still answers.
+        return module.run_command([executable] + argv[1:], environ_update=env)[1]
+
+    distribution = DistributionFactCollector().collect(module=module)
+    facts = {
+        "system": platform.system(),
+        "distribution": distribution.get("distribution", "unknown"),
+        "distribution_major_version": distribution.get("distribution_major_version", "unknown"),
+        "os_family": distribution.get("os_family", "unknown"),
+        "python": sys.executable,
+    }
+    state = host_state(module.params, run, os.path.isdir("/run/systemd/system"), facts["os_family"])
+    module.exit_json(changed=False, platform=facts, **state)
+
+
+if __name__ == "__main__":
+    main()
