@@ -22,16 +22,9 @@ description:
   - It only reads; check mode returns the same result.
 author:
   - agentguard.hardening developers (@agentguard)
+extends_documentation_fragment:
+  - agentguard.hardening.read_only
 attributes:
-  check_mode:
-    support: full
-    description: The module only reads, so check mode returns the same result.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no diff.
-  idempotent:
-    support: full
-    description: Never changes the host.
   platform:
     support: full
     platforms: posix
