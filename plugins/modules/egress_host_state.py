@@ -13,8 +13,8 @@ module: egress_host_state
 short_description: Read, in one call, what the egress role needs to know about a host
 version_added: 0.1.0
 description:
-  - Returns the host's platform (as the distribution facts of M(ansible.builtin.setup) name it, and the
-    Python running the module), whether systemd is PID 1, which of the given packages are installed, the
+  - Returns the host's platform (read from C(/etc/os-release) and named as the distribution facts of
+    M(ansible.builtin.setup) name it, and the Python running the module), whether systemd is PID 1, which of the given packages are installed, the
     state of the given systemd units, the type, mode, owner and SHA-256 of the given paths, and which of the
     given users do not exist.
   - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
@@ -38,12 +38,14 @@ options:
     elements: str
     default: []
   active:
-    description: Units to ask C(systemctl is-active) about (only when systemd is PID 1).
+    description:
+      - Units whose C(systemctl is-active) answer to return (only when systemd is PID 1).
+      - All units of O(active) and O(enabled) are asked in one C(systemctl show) call.
     type: list
     elements: str
     default: []
   enabled:
-    description: Units to ask C(systemctl is-enabled) about (only when systemd is PID 1).
+    description: Units whose C(systemctl is-enabled) answer to return (only when systemd is PID 1).
     type: list
     elements: str
     default: []
@@ -75,7 +77,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 platform:
-  description: The host's platform, named as M(ansible.builtin.setup) names it.
+  description:
+    - The host's platform from C(/etc/os-release) (C(/usr/lib/os-release) if absent), named as
+      M(ansible.builtin.setup) names it for the Debian and Red Hat families; another distribution is named by
+      its os-release C(NAME) and its family found from C(ID_LIKE).
   returned: always
   type: dict
   contains:
@@ -84,11 +89,13 @@ platform:
       type: str
       sample: Linux
     distribution:
-      description: As C(ansible_facts.distribution).
+      description: As C(ansible_facts.distribution) (C(Debian), C(Ubuntu), C(RedHat), C(Rocky), ...).
       type: str
       sample: Debian
     distribution_major_version:
-      description: As C(ansible_facts.distribution_major_version).
+      description:
+        - The major version from os-release's C(VERSION_ID) (Debian without it, as testing: C(/etc/debian_version)),
+          C(unknown) when it is not a number.
       type: str
       sample: "12"
     os_family:
@@ -110,12 +117,14 @@ packages:
   elements: str
   sample: [iptables, ipset]
 active:
-  description: Unit name to the answer of C(systemctl is-active); empty without systemd.
+  description: Unit name to what C(systemctl is-active) answers (its C(ActiveState)); empty without systemd.
   returned: always
   type: dict
   sample: {"agentguard-dns.service": inactive}
 enabled:
-  description: Unit name to the answer of C(systemctl is-enabled); empty without systemd.
+  description:
+    - Unit name to what C(systemctl is-enabled) answers (its C(UnitFileState); V(alias) for an alias,
+      V(not-found) for a unit without a unit file, V(unknown) when systemctl has no answer); empty without systemd.
   returned: always
   type: dict
   sample: {"netfilter-persistent.service": enabled}
@@ -137,8 +146,11 @@ import platform
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.facts.system.distribution import DistributionFactCollector
-from ansible_collections.agentguard.hardening.plugins.module_utils._host import host_state
+from ansible_collections.agentguard.hardening.plugins.module_utils._host import (
+    host_state,
+    parse_os_release,
+    platform_facts,
+)
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),
@@ -147,6 +159,17 @@ ARGUMENT_SPEC = dict(
     paths=dict(type="list", elements="path", default=[]),
     users=dict(type="list", elements="str", default=[]),
 )
+
+
+def _read_first(*paths):
+    """The text of the first readable path ('' if none)."""
+    for path in paths:
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except (IOError, OSError):
+            continue
+    return ""
 
 
 def main():
@@ -160,14 +183,9 @@ def main():
         # Not check_rc: dpkg-query exits 1 when one of several names is unknown, and still answers.
         return module.run_command([executable] + argv[1:], environ_update=env)[1]
 
-    distribution = DistributionFactCollector().collect(module=module)
-    facts = {
-        "system": platform.system(),
-        "distribution": distribution.get("distribution", "unknown"),
-        "distribution_major_version": distribution.get("distribution_major_version", "unknown"),
-        "os_family": distribution.get("os_family", "unknown"),
-        "python": sys.executable,
-    }
+    facts = platform_facts(parse_os_release(_read_first("/etc/os-release", "/usr/lib/os-release")),
+                           _read_first("/etc/debian_version"))
+    facts.update(system=platform.system(), python=sys.executable)
     state = host_state(module.params, run, os.path.isdir("/run/systemd/system"), facts["os_family"])
     module.exit_json(changed=False, platform=facts, **state)
 

@@ -6,6 +6,9 @@ package counted as installed while only its configuration is left would leave th
 import hashlib
 import os
 import subprocess
+import sys
+
+import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _host as H
 
@@ -85,13 +88,139 @@ def test_installed_packages_on_this_machine():
     assert H.installed("dpkg", ["iptables", "agentguard-no-such-package"], run) == ["iptables"]
 
 
-def test_units_are_asked_one_by_one_and_only_with_systemd():
-    answers = {"netfilter-persistent.service": "enabled\n", "iptables.service": ""}
-    run = Runner({"systemctl": lambda argv: answers[argv[2]]})
-    state = H.host_state({"enabled": list(answers), "active": []}, run, True, "Debian")
-    assert state["enabled"] == {"netfilter-persistent.service": "enabled", "iptables.service": "unknown"}
-    assert run.calls == [["systemctl", "is-enabled", u] for u in answers]
-    assert H.host_state({"enabled": list(answers)}, Runner(), False, "Debian")["enabled"] == {}
+SHOW = {
+    "netfilter-persistent.service": "Id=netfilter-persistent.service\nLoadState=loaded\nActiveState=active\n"
+                                    "UnitFileState=enabled\n",
+    "agentguard-dns.service": "Id=agentguard-dns.service\nLoadState=loaded\nActiveState=failed\n"
+                              "UnitFileState=disabled\n",
+    # A unit without a unit file (another platform's): systemctl still answers, with empty UnitFileState.
+    "iptables.service": "Id=iptables.service\nLoadState=not-found\nActiveState=inactive\nUnitFileState=\n",
+    # An alias (Debian's netfilter-persistent is also ipset.service): show answers for its target.
+    "ipset.service": "Id=netfilter-persistent.service\nLoadState=loaded\nActiveState=active\n"
+                     "UnitFileState=enabled\n",
+}
+
+
+def show(argv):
+    assert argv[:3] == ["systemctl", "show", "--property=Id,LoadState,ActiveState,UnitFileState"] and argv[3] == "--"
+    return "\n".join(SHOW[unit] for unit in argv[4:])
+
+
+def test_units_are_asked_in_one_call_and_only_with_systemd():
+    run = Runner({"systemctl": show})
+    query = {"active": ["agentguard-dns.service", "netfilter-persistent.service"],
+             "enabled": ["netfilter-persistent.service", "iptables.service", "ipset.service"]}
+    state = H.host_state(query, run, True, "Debian")
+    assert state["active"] == {"agentguard-dns.service": "failed", "netfilter-persistent.service": "active"}
+    # As is-enabled answers: an alias is "alias", whatever its target's state.
+    assert state["enabled"] == {"netfilter-persistent.service": "enabled", "iptables.service": "not-found",
+                                "ipset.service": "alias"}
+    # One call, each unit once.
+    assert [c[4:] for c in run.calls if c[0] == "systemctl"] == [
+        ["agentguard-dns.service", "netfilter-persistent.service", "iptables.service", "ipset.service"]]
+    no_systemd = H.host_state(query, Runner(), False, "Debian")
+    assert no_systemd["enabled"] == {} and no_systemd["active"] == {}
+
+
+def test_units_are_asked_one_by_one_when_show_cannot_answer():
+    # An invalid name makes systemctl show fail for all; a template cannot be shown: is-active and
+    # is-enabled answer them one by one.
+    def systemctl(argv):
+        if argv[1] == "show":
+            return "" if "bad name" in argv else "\n".join(SHOW[unit] for unit in argv[4:])
+        return {"is-active": "inactive\n", "is-enabled": "static\n" if "@." in argv[2] else ""}[argv[1]]
+    run = Runner({"systemctl": systemctl})
+    states = H.unit_states(["netfilter-persistent.service", "bad name"], run)
+    assert states == {"netfilter-persistent.service": {"active": "inactive", "enabled": "unknown"},
+                      "bad name": {"active": "inactive", "enabled": "unknown"}}
+    assert len(run.calls) == 5
+    run = Runner({"systemctl": systemctl})
+    states = H.unit_states(["getty@.service", "netfilter-persistent.service"], run)
+    assert states == {"getty@.service": {"active": "inactive", "enabled": "static"},
+                      "netfilter-persistent.service": {"active": "active", "enabled": "enabled"}}
+    assert [c[1] for c in run.calls] == ["show", "is-active", "is-enabled"]
+
+
+def test_show_output_parsed_per_unit():
+    text = "Id=a.service\nActiveState=active\nUnitFileState=\n\nId=b.service\nActiveState=inactive\n"
+    assert H.parse_show(text) == [{"Id": "a.service", "ActiveState": "active", "UnitFileState": ""},
+                                  {"Id": "b.service", "ActiveState": "inactive"}]
+    assert H.parse_show("") == []
+
+
+def test_units_on_this_machine_match_is_active_and_is_enabled():
+    # The real systemctl (when this machine runs systemd) must agree with its own is-active/is-enabled.
+    if not os.path.isdir("/run/systemd/system"):
+        pytest.skip("systemd is not PID 1 here; the Molecule scenarios run the module on systemd hosts")
+    def run(argv):
+        return subprocess.run(argv, stdout=subprocess.PIPE, universal_newlines=True, check=False).stdout
+    units = ["systemd-journald.service", "agentguard-no-such.service"]
+    states = H.unit_states(units, run)
+    for unit in units:
+        assert states[unit]["active"] == run(["systemctl", "is-active", unit]).strip()
+        # systemd before 250 prints nothing for a unit without a unit file.
+        assert states[unit]["enabled"] == (run(["systemctl", "is-enabled", unit]).strip() or "not-found")
+
+
+OS_RELEASES = [
+    # (os-release, /etc/debian_version, distribution, major, os_family)
+    ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n',
+     "12.7\n", "Debian", "12", "Debian"),
+    ('PRETTY_NAME="Debian GNU/Linux trixie/sid"\nNAME="Debian GNU/Linux"\nID=debian\n', "trixie/sid\n",
+     "Debian", "unknown", "Debian"),
+    ('NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n', "trixie/sid\n", "Ubuntu", "24", "Debian"),
+    ('NAME="Rocky Linux"\nVERSION_ID="9.4"\nID="rocky"\nID_LIKE="rhel centos fedora"\n', "", "Rocky", "9", "RedHat"),
+    ('NAME="Red Hat Enterprise Linux"\nVERSION_ID="8.10"\nID="rhel"\nID_LIKE="fedora"\n', "", "RedHat", "8", "RedHat"),
+    ('NAME="AlmaLinux"\nVERSION_ID="9.5"\nID="almalinux"\n', "", "AlmaLinux", "9", "RedHat"),
+    ('NAME="Amazon Linux"\nVERSION_ID="2023"\nID="amzn"\nID_LIKE="fedora"\n', "", "Amazon", "2023", "RedHat"),
+    # Unknown to the table: named by NAME, family from ID_LIKE (or its own name).
+    ('NAME="Example OS"\nVERSION_ID=3\nID=exampleos\nID_LIKE="ubuntu debian"\n', "", "Example OS", "3", "Debian"),
+    ('NAME="openSUSE Leap"\nVERSION_ID="15.6"\nID="opensuse-leap"\nID_LIKE="suse opensuse"\n', "",
+     "openSUSE Leap", "15", "openSUSE Leap"),
+    ("", "", "unknown", "unknown", "unknown"),
+]
+
+
+@pytest.mark.parametrize("text,debian_version,distribution,major,family", OS_RELEASES)
+def test_platform_from_os_release(text, debian_version, distribution, major, family):
+    facts = H.platform_facts(H.parse_os_release(text), debian_version)
+    assert facts == {"distribution": distribution, "distribution_major_version": major, "os_family": family}
+
+
+def test_os_release_shell_quoting():
+    text = "# comment\nNAME='It''s'\nPRETTY_NAME=\"A \\\"quoted\\\" name\"\nBROKEN=\"open\n"
+    values = H.parse_os_release(text)
+    assert values["NAME"] == "Its" and values["PRETTY_NAME"] == 'A "quoted" name' and values["BROKEN"] == '"open'
+
+
+def test_platform_of_this_machine_is_what_setup_says():
+    # The test machine is Debian 12 (the CI's); setup's own collector must agree with ours.
+    from ansible.module_utils.facts.system.distribution import DistributionFactCollector
+
+    class Module:
+        @staticmethod
+        def get_bin_path(*args, **kwargs):
+            return None
+
+        @staticmethod
+        def run_command(*args, **kwargs):
+            return 1, "", ""
+    setup = DistributionFactCollector().collect(module=Module())
+    with open("/etc/os-release") as handle:
+        text = handle.read()
+    debian_version = open("/etc/debian_version").read() if os.path.exists("/etc/debian_version") else ""
+    ours = H.platform_facts(H.parse_os_release(text), debian_version)
+    assert ours == dict((k, setup[k]) for k in ("distribution", "distribution_major_version", "os_family"))
+
+
+def test_the_module_does_not_load_the_fact_collectors():
+    # Importing anything under module_utils.facts loads every collector: a third of the module's run.
+    code = ("import sys; import ansible_collections.agentguard.hardening.plugins.modules.egress_host_state; "
+            "print(sorted(m for m in sys.modules if m.startswith('ansible.module_utils.facts')))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, universal_newlines=True, check=True,
+                         env=env).stdout
+    assert out.strip() == "[]"
 
 
 def test_users_missing_on_the_host_are_named():
