@@ -14,18 +14,52 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
+import sys
 import time
 
-try:
-    import dns.exception
-    import dns.name
-    import dns.rdatatype
-    import dns.resolver
-    HAS_DNSPYTHON = True
-    DNSPYTHON_IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - exercised on hosts without dnspython
-    HAS_DNSPYTHON = False
-    DNSPYTHON_IMPORT_ERROR = exc
+# dnspython imports, when they are installed, the HTTP, HTTP/2 and QUIC libraries it needs only for
+# DNS over HTTPS or QUIC: on a Debian host with python3-dnspython's recommended packages that is
+# 0.3 to 0.5 s per run, most of a plan's time, for transports this module never uses (it sends plain
+# DNS to the trusted resolvers). dnspython >= 2.4 decides by package metadata and can be told not to
+# (dns._features.force); before 2.4 it tries the imports and copes with ImportError, so those
+# libraries are hidden while it loads, and only then.
+UNUSED_FEATURES = ("doh", "doq", "trio")
+UNUSED_TRANSPORTS = ("httpx", "httpcore", "h2", "requests", "requests_toolbelt", "aioquic", "trio", "curio")
+_DNSPYTHON = []
+
+
+def load_dnspython():
+    """dnspython's top package, imported on first use without its DoH/DoQ transports; raises ImportError.
+
+    Imported only when a name must be resolved: a policy of literal addresses never loads it.
+    """
+    if _DNSPYTHON:
+        return _DNSPYTHON[0]
+    import dns
+    try:
+        from dns import _features as features
+    except ImportError:  # dnspython < 2.4
+        features = None
+    hidden = []
+    if features is not None and hasattr(features, "force"):
+        for feature in UNUSED_FEATURES:
+            features.force(feature, False)
+    else:
+        hidden = [name for name in UNUSED_TRANSPORTS if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # importing it raises ImportError, which old dnspython expects
+    try:
+        import dns.exception
+        import dns.name
+        import dns.rdatatype
+        import dns.resolver
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    _DNSPYTHON.append(dns)
+    return dns
+
 
 RDTYPES = (("ipv4", "A"), ("ipv6", "AAAA"))
 
@@ -41,6 +75,7 @@ def sort_addresses(addresses):
 
 
 def _resolver(servers, timeout, port):
+    dns = load_dnspython()
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = list(servers)
     resolver.port = port
@@ -55,6 +90,7 @@ def _query(resolver, name, rdtype, retries, sleep):
 
     Retries only what can be transient (timeouts, SERVFAIL/refusals); NXDOMAIN is an answer.
     """
+    dns = load_dnspython()
     qname = dns.name.from_text(name)  # absolute: no search domains
     last = None
     for attempt in range(retries + 1):
@@ -92,9 +128,12 @@ def resolve_destinations(destinations, servers, families, timeout=3.0, retries=2
     """
     result = {}
     names = [d for d in destinations if d.kind == "name"]
-    if names and not HAS_DNSPYTHON:
-        raise ResolveError("resolving %s needs the Python library dnspython on the target (Debian: python3-dnspython): %s"
-                           % (names[0].host, DNSPYTHON_IMPORT_ERROR))
+    if names:
+        try:
+            load_dnspython()
+        except ImportError as exc:
+            raise ResolveError("resolving %s needs the Python library dnspython on the target (Debian: python3-dnspython): %s"
+                               % (names[0].host, exc))
     resolver = _resolver(servers, timeout, port) if names else None
     for dest in destinations:
         entry = {"ipv4": [], "ipv6": []}

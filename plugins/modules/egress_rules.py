@@ -302,6 +302,7 @@ families:
 
 import os
 import pwd
+import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import (
@@ -319,9 +320,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._policy impor
     build_policy,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import (
-    DNSPYTHON_IMPORT_ERROR,
-    HAS_DNSPYTHON,
     ResolveError,
+    load_dnspython,
     resolve_destinations,
 )
 
@@ -363,10 +363,12 @@ def main():
     except PolicyError as exc:
         module.fail_json(msg="invalid options, nothing was changed:\n" + str(exc), errors=exc.errors)
 
-    names = [d.host for d in policy.allow if d.kind == "name"]
-    if policy.state == "present" and names and not HAS_DNSPYTHON:
-        module.fail_json(msg=missing_required_lib("dnspython (Debian: python3-dnspython)"),
-                         exception=str(DNSPYTHON_IMPORT_ERROR))
+    if policy.state == "present" and any(d.kind == "name" for d in policy.allow):
+        try:
+            load_dnspython()
+        except ImportError:
+            module.fail_json(msg=missing_required_lib("dnspython (Debian: python3-dnspython)"),
+                             exception=traceback.format_exc())
 
     families = [f for f in FAMILIES if f == "ipv4" or os.path.exists("/proc/net/if_inet6")]
     if "ipv6" not in families:

@@ -3,6 +3,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -141,3 +142,65 @@ def test_refusing_resolver_fails_fast():
 
 def test_sort_addresses_numeric():
     assert R.sort_addresses(["10.0.0.10", "10.0.0.9", "10.0.0.10"]) == ["10.0.0.9", "10.0.0.10"]
+
+
+# The transports dnspython loads for DNS over HTTPS/QUIC when they are installed. Stand-ins that record
+# their import are installed (with package metadata, which dnspython >= 2.4 checks) in a fresh interpreter.
+def _fake_transports(root, marker):
+    import dns
+    try:
+        from dns import _features
+        names = [req.split(">=")[0] for feature in ("doh", "doq") for req in _features._requirements.get(feature, [])]
+    except ImportError:
+        names = []
+    names = sorted(set(names + ["httpx", "httpcore", "h2", "requests", "requests_toolbelt", "aioquic"]))
+    body = "with open(%r, 'a') as handle:\n    handle.write(__name__ + '\\n')\n" % str(marker)
+    for name in names:
+        package = root / name
+        (package / "_backends").mkdir(parents=True)
+        for init in (package / "__init__.py", package / "_backends" / "__init__.py", package / "_backends" / "sync.py"):
+            init.write_text(body)
+        info = root / ("%s-99.0.0.dist-info" % name)
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 99.0.0\n" % name)
+    return names
+
+
+def _python(code, root):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root)] + [p for p in sys.path if p]))
+    return subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, env=env, check=False)
+
+
+def test_dnspython_loads_without_its_doh_transports(tmp_path, dns_server):
+    marker = tmp_path / "imported"
+    root = tmp_path / "site"
+    root.mkdir()
+    names = _fake_transports(root, marker)
+    # Control: plain dnspython does import them (so the check below can fail).
+    _python("import dns.query, dns.resolver", root)
+    assert marker.exists() and marker.read_text().strip(), "dnspython did not try the stand-in transports"
+    marker.unlink()
+    code = (
+        "import sys\n"
+        "from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P, _resolve as R\n"
+        "d = P.Destination('api', 'api.test', 'name', ('443',), 'tcp')\n"
+        "print(R.resolve_destinations([d], ['127.0.0.1'], ('ipv4',), port=%d))\n"
+        "assert not [m for m in R.UNUSED_TRANSPORTS if sys.modules.get(m, 1) is None], 'left hidden'\n"
+        "import %s\n"  # still importable by anything else in the process
+        "print('later import ok')\n" % (dns_server, names[0]))
+    proc = _python(code, root)
+    assert proc.returncode == 0, proc.stdout
+    assert "'ipv4': ['198.18.0.9', '198.18.0.10']" in proc.stdout and "later import ok" in proc.stdout
+    imported = marker.read_text().split() if marker.exists() else []
+    assert imported == [names[0]], imported  # only the explicit import after loading
+
+
+def test_literal_addresses_never_load_dnspython():
+    code = (
+        "import sys\n"
+        "from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P, _resolve as R\n"
+        "print(R.resolve_destinations([P.Destination('d', '198.18.0.1', 'ipv4', ('443',), 'tcp')], [], ('ipv4',)))\n"
+        "print('dns' in sys.modules)\n")
+    proc = _python(code, "")
+    assert proc.returncode == 0 and proc.stdout.split("\n")[1] == "False", proc.stdout
