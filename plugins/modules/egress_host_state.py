@@ -94,8 +94,8 @@ platform:
       sample: Debian
     distribution_major_version:
       description:
-        - The major version from os-release's C(VERSION_ID) (Debian without it, as testing: C(/etc/debian_version)),
-          C(unknown) when it is not a number.
+        - The major version from os-release's C(VERSION_ID) (on a Debian release without it, such as testing, from
+          C(/etc/debian_version)); V(unknown) when it is not a number.
       type: str
       sample: "12"
     os_family:

@@ -152,6 +152,7 @@ def test_units_on_this_machine_match_is_active_and_is_enabled():
     # The real systemctl (when this machine runs systemd) must agree with its own is-active/is-enabled.
     if not os.path.isdir("/run/systemd/system"):
         pytest.skip("systemd is not PID 1 here; the Molecule scenarios run the module on systemd hosts")
+
     def run(argv):
         return subprocess.run(argv, stdout=subprocess.PIPE, universal_newlines=True, check=False).stdout
     units = ["systemd-journald.service", "agentguard-no-such.service"]
