@@ -12,8 +12,11 @@ start-up cost is excluded) and their ratio.
 Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE]
 
 --loop-reps K measures the loop side in the first K repetitions only (still alternating with ours
-there) and ours in all of them: at N = 1,000 one loop repetition (three runs) takes about half an
-hour on a small machine. The table then says how many runs each median is of.
+there) and ours in all of them: at N = 1,000 one loop repetition (three runs) takes about an hour
+on a small machine. The table then says how many runs each median is of.
+--resume continues the repetitions recorded in --out (each repetition, a pair of both sides in
+alternating order, is kept once complete), so the repetitions of a large N can be measured over
+several sittings; every repetition records its start time and load average.
 """
 import argparse
 import datetime
@@ -145,10 +148,16 @@ def main():
     parser.add_argument("--loop-reps", type=int, default=None,
                         help="measure the iptables loop in the first K repetitions only (default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "apply.json"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the complete repetitions already recorded in --out")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/apply needs root (network namespaces)")
-    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sizes": {}}
+    results = {"machine": machine(), "started": now(), "sizes": {}}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as handle:
+            results = json.load(handle)
+        results.setdefault("resumed", []).append(now())
     workdir = tempfile.mkdtemp(prefix="agbench-")
     loop_reps = args.reps if args.loop_reps is None else min(args.loop_reps, args.reps)
 
@@ -163,15 +172,19 @@ def main():
             plays[side] = os.path.join(workdir, "%s-%d.yml" % (side, n))
             with open(plays[side], "w") as handle:
                 json.dump(builder(n), handle)  # JSON is YAML
-        runs = {"ours": [], "loop": []}
-        entry = results["sizes"][str(n)] = {"runs": runs, "loadavg_start": loadavg()}
-        for rep in range(args.reps):
+        entry = results["sizes"].setdefault(str(n), {"runs": {"ours": [], "loop": []}, "loadavg_start": loadavg()})
+        runs = entry["runs"]
+        done = complete_reps(runs, loop_reps)
+        for side in runs:  # a repetition cut short is measured again, both sides
+            runs[side] = [r for r in runs[side] if r.get("rep", 0) < done]
+        for rep in range(done, args.reps):
             order = ("ours", "loop") if rep % 2 == 0 else ("loop", "ours")
+            started, load = now(), loadavg()
             for side in order:
                 if side == "loop" and rep >= loop_reps:
                     continue
                 runs[side].append(measure(side, plays[side], n, rep))
-                runs[side][-1]["loadavg_after"] = loadavg()
+                runs[side][-1].update(rep=rep, rep_started=started, loadavg_before=load, loadavg_after=loadavg())
                 print("N=%d rep %d %s: %s" % (n, rep + 1, side, runs[side][-1]), file=sys.stderr, flush=True)
                 save()
         entry["loadavg_end"] = loadavg()
@@ -185,6 +198,20 @@ def main():
         entry["summary"] = summary
         save()
     print(table(results))
+
+
+def complete_reps(runs, loop_reps):
+    """How many repetitions from the first are complete: ours measured, and the loop where it runs."""
+    ours = set(r.get("rep", i) for i, r in enumerate(runs["ours"]))
+    loop = set(r.get("rep", i) for i, r in enumerate(runs["loop"]))
+    done = 0
+    while done in ours and (done in loop or done >= loop_reps):
+        done += 1
+    return done
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def loadavg():
