@@ -31,7 +31,10 @@ def test_flood_denied_and_log_rate_limited(target, family):
                                            UID=uid, DPT=port, PROTO="TCP")
              if int(line["SPT"]) in sports]
     allowed = burst + rate * elapsed + 1
-    assert len(sports) == FLOOD
+    # One source port per attempt. Not all distinct: a refused attempt (audit mode) gives its port
+    # back at once, so a later one may get it again; the flood's own random destination port keeps
+    # its LOG lines apart from every other test's anyway.
+    assert len(flood["sports"]) == FLOOD and len(sports) > FLOOD // 2, len(sports)
     if target.enforce:
         # Nothing listens on that port: without the firewall every attempt is refused at once.
         assert flood["connected"] == 0 and flood["errors"] == {} and flood["timeout"] == FLOOD, flood
