@@ -14,9 +14,9 @@ short_description: Read, in one call, what the egress role needs to know about a
 version_added: 0.1.0
 description:
   - Returns the host's platform (read from C(/etc/os-release) and named as the distribution facts of
-    M(ansible.builtin.setup) name it, and the Python running the module), whether systemd is PID 1, which of the given packages are installed, the
-    state of the given systemd units, the type, mode, owner and SHA-256 of the given paths, and which of the
-    given users do not exist.
+    M(ansible.builtin.setup) name it, and the Python running the module), whether systemd is PID 1, which
+    of the given packages are installed, the state of the given systemd units, the type, mode, owner and
+    SHA-256 of the given paths, and which of the given users do not exist.
   - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
     an unchanged host costs this module and the plan of M(agentguard.hardening.egress_rules).
   - It only reads; check mode returns the same result.
@@ -124,7 +124,8 @@ active:
 enabled:
   description:
     - Unit name to what C(systemctl is-enabled) answers (its C(UnitFileState); V(alias) for an alias,
-      V(not-found) for a unit without a unit file, V(unknown) when systemctl has no answer); empty without systemd.
+      V(not-found) for a unit without a unit file, V(unknown) when systemctl has no answer); empty without
+      systemd.
   returned: always
   type: dict
   sample: {"netfilter-persistent.service": enabled}
