@@ -209,7 +209,10 @@ def test_platform_of_this_machine_is_what_setup_says():
     setup = DistributionFactCollector().collect(module=Module())
     with open("/etc/os-release") as handle:
         text = handle.read()
-    debian_version = open("/etc/debian_version").read() if os.path.exists("/etc/debian_version") else ""
+    debian_version = ""
+    if os.path.exists("/etc/debian_version"):
+        with open("/etc/debian_version") as handle:
+            debian_version = handle.read()
     ours = H.platform_facts(H.parse_os_release(text), debian_version)
     assert ours == dict((k, setup[k]) for k in ("distribution", "distribution_major_version", "os_family"))
 

@@ -147,7 +147,6 @@ def test_sort_addresses_numeric():
 # The transports dnspython loads for DNS over HTTPS/QUIC when they are installed. Stand-ins that record
 # their import are installed (with package metadata, which dnspython >= 2.4 checks) in a fresh interpreter.
 def _fake_transports(root, marker):
-    import dns
     try:
         from dns import _features
         names = [req.split(">=")[0] for feature in ("doh", "doq") for req in _features._requirements.get(feature, [])]
