@@ -9,7 +9,8 @@ three runs each: first apply (fresh namespace), idempotent re-run, check-mode ru
 figures are medians of the task time (the JSON callback's task durations, so ansible-playbook's
 start-up cost is excluded) and their ratio.
 
-Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE]
+Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE] [--resume]
+       .venv/bin/python bench/apply/run.py --report --out FILE
 
 --loop-reps K measures the loop side in the first K repetitions only (still alternating with ours
 there) and ours in all of them: at N = 1,000 one loop repetition (three runs) takes about an hour
@@ -17,6 +18,8 @@ on a small machine. The table then says how many runs each median is of.
 --resume continues the repetitions recorded in --out (each repetition, a pair of both sides in
 alternating order, is kept once complete), so the repetitions of a large N can be measured over
 several sittings; every repetition records its start time and load average.
+--report prints the tables of --out (medians of its complete repetitions, then one row per
+repetition with its start, load average and ratios) without measuring, also while a run goes on.
 """
 import argparse
 import datetime
@@ -150,7 +153,13 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "apply.json"))
     parser.add_argument("--resume", action="store_true",
                         help="continue the complete repetitions already recorded in --out")
+    parser.add_argument("--report", action="store_true",
+                        help="print the tables of the results in --out and measure nothing")
     args = parser.parse_args()
+    if args.report:
+        with open(args.out) as handle:
+            print(table(json.load(handle)))
+        return
     if os.geteuid() != 0:
         sys.exit("bench/apply needs root (network namespaces)")
     results = {"machine": machine(), "started": now(), "sizes": {}}
@@ -174,6 +183,9 @@ def main():
                 json.dump(builder(n), handle)  # JSON is YAML
         entry = results["sizes"].setdefault(str(n), {"runs": {"ours": [], "loop": []}, "loadavg_start": loadavg()})
         runs = entry["runs"]
+        # Until this sitting ends, the file's medians are those of its complete repetitions (--report).
+        entry.pop("summary", None)
+        entry.pop("loadavg_end", None)
         done = complete_reps(runs, loop_reps)
         for side in runs:  # a repetition cut short is measured again, both sides
             runs[side] = [r for r in runs[side] if r.get("rep", 0) < done]
@@ -188,16 +200,21 @@ def main():
                 print("N=%d rep %d %s: %s" % (n, rep + 1, side, runs[side][-1]), file=sys.stderr, flush=True)
                 save()
         entry["loadavg_end"] = loadavg()
-        summary = {}
-        for kind in ("first", "idempotent", "check"):
-            ours = statistics.median(r[kind] for r in runs["ours"])
-            loop = statistics.median(r[kind] for r in runs["loop"])
-            summary[kind] = {"ours_s": round(ours, 3), "loop_s": round(loop, 3), "ratio": round(loop / ours, 1)}
-        summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"]}
-        summary["reps"] = {"ours": len(runs["ours"]), "loop": len(runs["loop"])}
-        entry["summary"] = summary
+        entry["summary"] = summarise(runs)
         save()
     print(table(results))
+
+
+def summarise(runs):
+    """Medians of each kind of run on both sides, their ratio, and how many runs they are of."""
+    summary = {}
+    for kind in ("first", "idempotent", "check"):
+        ours = statistics.median(r[kind] for r in runs["ours"])
+        loop = statistics.median(r[kind] for r in runs["loop"])
+        summary[kind] = {"ours_s": round(ours, 3), "loop_s": round(loop, 3), "ratio": round(loop / ours, 1)}
+    summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"]}
+    summary["reps"] = {"ours": len(runs["ours"]), "loop": len(runs["loop"])}
+    return summary
 
 
 def complete_reps(runs, loop_reps):
@@ -233,14 +250,43 @@ def table(results):
     lines = ["| N (per family) | run | egress_rules (s) | iptables loop (s) | loop / ours | runs (ours/loop) |",
              "|---|---|---|---|---|---|"]
     for n, data in results["sizes"].items():
-        reps = data["summary"].get("reps", {})
+        # A results file still being measured has no summary yet: take its complete repetitions.
+        summary = data.get("summary")
+        if not summary:
+            done = complete_reps(data["runs"], float("inf"))
+            summary = summarise({side: [r for i, r in enumerate(runs) if r.get("rep", i) < done]
+                                 for side, runs in data["runs"].items()})
+        reps = summary["reps"]
         for kind in ("first", "idempotent", "check"):
-            s = data["summary"][kind]
+            s = summary[kind]
             lines.append("| %s | %s | %.2f | %.2f | %.1fx | %s/%s |" % (
                 n, kind, s["ours_s"], s["loop_s"], s["ratio"], reps.get("ours", "?"), reps.get("loop", "?")))
-    loads = ["N=%s: loadavg %s at start, %s at end" % (n, d.get("loadavg_start"), d.get("loadavg_end"))
+    loads = ["N=%s: loadavg %s at start, %s at end" % (n, d.get("loadavg_start"), d.get("loadavg_end", "(not finished)"))
              for n, d in results["sizes"].items()]
-    return "\n".join(lines + [""] + loads)
+    return "\n".join(lines + [""] + loads + [""] + rep_table(results))
+
+
+def rep_table(results):
+    """One row per repetition: its start, both sides' runs and ratios, the load around it."""
+    kinds = ("first", "idempotent", "check")
+
+    def times(run):
+        return "/".join("%.2f" % run[k] for k in kinds)
+
+    lines = ["| N | rep | started (UTC) | ours first/idem/check (s) | loop first/idem/check (s) | loop / ours | loadavg before, after |",
+             "|---|---|---|---|---|---|---|"]
+    for n, data in results["sizes"].items():
+        loop = {r.get("rep", i): r for i, r in enumerate(data["runs"]["loop"])}
+        for i, ours in enumerate(data["runs"]["ours"]):
+            rep = ours.get("rep", i)
+            other = loop.get(rep)
+            ratio = "/".join("%.0fx" % (other[k] / ours[k]) for k in kinds) if other else "-"
+            # Even repetitions run ours first, odd ones the loop first (main).
+            last = other if other and rep % 2 == 0 else ours
+            lines.append("| %s | %d | %s | %s | %s | %s | %s, %s |" % (
+                n, rep + 1, ours.get("rep_started", "?").replace("T", " ")[:16], times(ours),
+                times(other) if other else "-", ratio, ours.get("loadavg_before", "?"), last.get("loadavg_after", "?")))
+    return lines
 
 
 if __name__ == "__main__":
