@@ -254,6 +254,9 @@ def table(results):
         summary = data.get("summary")
         if not summary:
             done = complete_reps(data["runs"], float("inf"))
+            if not done:
+                lines.append("| %s | (no complete repetition yet) | | | | |" % n)
+                continue
             summary = summarise({side: [r for i, r in enumerate(runs) if r.get("rep", i) < done]
                                  for side, runs in data["runs"].items()})
         reps = summary["reps"]
