@@ -6,6 +6,8 @@
 #   scripts/molecule.sh default rollback     only these (the negative control runs with `default`)
 #   FAIL_FAST=1 scripts/molecule.sh          stop at the first failure
 #   SCENARIO_TIMEOUT=900 (s, per scenario)   KEEP_LOGS: logs always go to tests/output/molecule/
+#   KEEP_LAB=1 scripts/molecule.sh           leave the lab up afterwards (it is taken down at exit
+#                                            otherwise, unless it was already up when we started)
 #
 # Negative control: `default` runs with --destroy never; its test host then gets an ACCEPT rule at
 # the top of AGENTGUARD-EGRESS (iptables and ip6tables) and `molecule verify` MUST fail, with every
@@ -52,6 +54,16 @@ fail_now() { failed=1; [ "$FAIL_FAST" = 1 ] && finish; return 0; }
 tail_log() { echo "--- last lines of $1"; tail -n 60 "$1"; }
 
 # ------------------------------------------------------------------ lab
+# Tests stop what they start: a lab this run brought up goes down at exit, whatever the outcome,
+# so its servers do not keep running (and loading the machine) after the suite.
+# shellcheck disable=SC2317  # run by the EXIT trap below
+lab_down_at_exit() {
+  say "lab down (KEEP_LAB=1 keeps it)"
+  timeout 300 lab/lab.sh down > "$LOGS/lab-down.log" 2>&1 || tail_log "$LOGS/lab-down.log"
+}
+if [ "${KEEP_LAB:-0}" != 1 ] && ! podman network exists "$LAB_NET" 2>/dev/null; then
+  trap lab_down_at_exit EXIT
+fi
 say "lab up (images cached; lab/lab.sh)"
 t0=$SECONDS
 for suite in "${SUITES[@]}"; do
