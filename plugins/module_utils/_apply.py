@@ -21,8 +21,10 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._diff import 
     family_changes,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import (
+    desired_hooks,
     desired_sets,
     desired_state,
+    render_hook_transaction,
     render_persistent,
     render_sets_destroy,
     render_sets_persistent,
@@ -33,6 +35,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._render impor
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
     SET_PREFIXES,
     TEMP_SET_PREFIXES,
+    LiveHook,
     live_state,
     parse_ipset_save,
 )
@@ -45,7 +48,7 @@ XTABLES_WAIT = "10"
 Plan = namedtuple("Plan", [
     "families", "live", "live_sets", "desired", "desired_sets", "transactions",
     "sets_update", "sets_created", "sets_changed", "sets_obsolete", "changes", "changed",
-    "rules", "sets_payload",
+    "rules", "sets_payload", "desired_hooks",
 ])
 
 
@@ -82,7 +85,8 @@ class Netfilter(object):
         return out
 
     def save(self, family):
-        return self._call([self._bin(SAVE[family], True), "-t", "filter"])
+        # Every table at once: filter, and mangle/nat where the forward path hooks in (HOOKS).
+        return self._call([self._bin(SAVE[family], True)])
 
     def restore(self, family, payload, test=False):
         argv = [self._bin(RESTORE[family], True), "--noflush", "--wait", XTABLES_WAIT]
@@ -120,6 +124,30 @@ def read_live(nf, families):
     return live, live_sets
 
 
+def family_transaction(current, current_hooks, desired, desired_hooks_, foreign_output_rules):
+    """One iptables-restore --noflush payload turning our part of every table from current into
+    desired (filter, then the HOOKS tables), or None when nothing differs.
+
+    current_hooks is {table: LiveHook}; desired_hooks_ is {table: HookState}."""
+    parts = [render_transaction(current, desired, foreign_output_rules)]
+    for table in sorted(desired_hooks_):
+        have = current_hooks[table]
+        parts.append(render_hook_transaction(table, have.managed, desired_hooks_[table], have.foreign_rules))
+    text = "".join(part for part in parts if part)
+    return text or None
+
+
+def _undo_transaction(plan, family):
+    """The payload that puts our part of every table back as plan.live recorded it."""
+    live = plan.live[family]
+    return family_transaction(
+        plan.desired[family],
+        dict((table, LiveHook(state, live.hooks[table].foreign_rules)) for table, state in plan.desired_hooks[family].items()),
+        live.managed,
+        dict((table, hook.managed) for table, hook in live.hooks.items()),
+        live.foreign_output_rules)
+
+
 def make_plan(policy, resolved, families, live, live_sets):
     """Compare and decide: everything check mode reports and apply executes."""
     want_sets = desired_sets(policy, resolved)
@@ -131,19 +159,23 @@ def make_plan(policy, resolved, families, live, live_sets):
     rules = {}
     have_by_family = split_sets(current_sets)
     want_by_family = split_sets(want_sets)
+    hooks = {}
     for family in families:
         desired[family] = desired_state(policy, resolved, family, want_sets)
-        transactions[family] = render_transaction(live[family].managed, desired[family], live[family].foreign_output_rules)
+        hooks[family] = desired_hooks(policy, resolved, family, want_sets)
+        transactions[family] = family_transaction(live[family].managed, live[family].hooks, desired[family],
+                                                  hooks[family], live[family].foreign_output_rules)
         changes[family] = family_changes(live[family].managed, desired[family],
-                                         have_by_family[family], want_by_family[family])
-        rules[family] = render_persistent(desired[family], live[family].policies)
+                                         have_by_family[family], want_by_family[family],
+                                         dict((t, h.managed) for t, h in live[family].hooks.items()), hooks[family])
+        rules[family] = render_persistent(desired[family], live[family].policies, hooks[family])
     sets_update, created, changed_sets = render_sets_update(current_sets, want_sets)
     # Temporary sets left by an interrupted run would block the next swap: remove them first.
     sets_update = render_sets_destroy(n for n in live_sets if n.startswith(TEMP_SET_PREFIXES)) + sets_update
     obsolete = sorted(set(current_sets) - set(want_sets))
     changed = any(t is not None for t in transactions.values()) or bool(sets_update) or bool(obsolete)
     return Plan(families, live, live_sets, desired, want_sets, transactions, sets_update, created,
-                changed_sets, obsolete, changes, changed, rules, render_sets_persistent(want_sets))
+                changed_sets, obsolete, changes, changed, rules, render_sets_persistent(want_sets), hooks)
 
 
 def plan_diff(plan):
@@ -152,8 +184,9 @@ def plan_diff(plan):
     return {
         "before_header": "managed netfilter state (live)",
         "after_header": "managed netfilter state (desired)",
-        "before": diff_text(dict((f, plan.live[f].managed) for f in plan.families), before_sets),
-        "after": diff_text(plan.desired, after_sets),
+        "before": diff_text(dict((f, plan.live[f].managed) for f in plan.families), before_sets,
+                            dict((f, dict((t, h.managed) for t, h in plan.live[f].hooks.items())) for f in plan.families)),
+        "after": diff_text(plan.desired, after_sets, plan.desired_hooks),
     }
 
 
@@ -200,8 +233,7 @@ def apply_plan(nf, plan):
     except CommandError as exc:
         errors = []
         for family in reversed(applied):
-            undo = render_transaction(plan.desired[family], plan.live[family].managed,
-                                      plan.live[family].foreign_output_rules)
+            undo = _undo_transaction(plan, family)
             try:
                 nf.restore(family, undo)
             except CommandError as undo_exc:

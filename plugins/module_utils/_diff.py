@@ -14,6 +14,8 @@ __metaclass__ = type
 
 import difflib
 
+from ansible_collections.agentguard.hardening.plugins.module_utils._state import HOOKS
+
 
 def state_lines(state):
     """A ManagedState as the lines iptables-save would show for it (the diff layout)."""
@@ -22,6 +24,19 @@ def state_lines(state):
     for name, rules in state.chains:
         lines.append("-N %s" % name)
         lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    return lines
+
+
+def hook_lines(hooks):
+    """Our part of the other tables ({table: HookState}), each line prefixed with "-t TABLE"."""
+    lines = []
+    for table in sorted(hooks or {}):
+        state = hooks[table]
+        prefix = "-t %s " % table
+        lines.extend(prefix + "-I %s %d %s" % (HOOKS[table], index + 1, spec) for index, spec in sorted(state.jumps))
+        for name, rules in state.chains:
+            lines.append(prefix + "-N %s" % name)
+            lines.extend(prefix + "-A %s %s" % (name, spec) for spec in rules)
     return lines
 
 
@@ -56,17 +71,18 @@ def change_list(before, after):
     return {"added": added, "removed": removed}
 
 
-def family_changes(current, desired, current_sets, desired_sets):
-    """Changes for one family: its rules and the ipsets of that family."""
-    before = state_lines(current) + set_lines(current_sets)
-    after = state_lines(desired) + set_lines(desired_sets)
+def family_changes(current, desired, current_sets, desired_sets, current_hooks=None, desired_hooks=None):
+    """Changes for one family: its rules (filter, then the other tables) and its ipsets."""
+    before = state_lines(current) + hook_lines(current_hooks) + set_lines(current_sets)
+    after = state_lines(desired) + hook_lines(desired_hooks) + set_lines(desired_sets)
     return change_list(before, after)
 
 
-def diff_text(states, sets_by_family):
+def diff_text(states, sets_by_family, hooks_by_family=None):
     """Text for Ansible's diff: one section per family."""
     chunks = []
     for family in sorted(states):
-        lines = state_lines(states[family]) + set_lines(sets_by_family.get(family, {}))
+        lines = (state_lines(states[family]) + hook_lines((hooks_by_family or {}).get(family))
+                 + set_lines(sets_by_family.get(family, {})))
         chunks.append("# %s\n%s\n" % (family, "\n".join(lines)))
     return "".join(chunks)

@@ -21,7 +21,7 @@ from collections import namedtuple
 FAMILIES = ("ipv4", "ipv6")
 PROTOCOLS = ("tcp", "udp")
 MODES = ("enforce", "audit")
-SCOPES = ("host", "users")
+SCOPES = ("host", "users", "none")
 DENY_ACTIONS = ("drop", "reject")
 
 # Labels become rule comments and ipset names ("ag4-<label>", and "agt4-<label>"
@@ -43,6 +43,9 @@ MAX_BURST = 10000
 # xt_LOG keeps 29 characters of prefix.
 MAX_LOG_PREFIX = 29
 USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+# An interface as iptables matches it: at most 15 characters (IFNAMSIZ - 1), a trailing "+" is a
+# prefix wildcard. Linux refuses "/", ":" and white space in names; iptables reads "!" as negation.
+IFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,14}[A-Za-z0-9_.@+-]$")
 
 Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains"])
 Destination.__new__.__defaults__ = (False,)
@@ -50,9 +53,14 @@ Destination.__new__.__defaults__ = (False,)
 
 User = namedtuple("User", ["name", "uid"])
 
+Network = namedtuple("Network", ["kind", "value"])
+"""A container/VM network of scope_networks: kind "iface" (value: the iptables interface pattern)
+or "ipv4"/"ipv6" (value: the canonical network)."""
+
 Policy = namedtuple("Policy", [
     "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
     "mode", "scope", "users", "families", "state", "dns_mode", "resolver", "dns_set_timeout", "resolvers",
+    "networks",
 ])
 DNS_MODES = ("pinned", "filtering")
 # In filtering mode the resolver adds answers to the sets with this lifetime at least.
@@ -139,6 +147,20 @@ def parse_address(value, where):
         return str(ipaddress.ip_address(value.strip()))
     except ValueError:
         raise ValueError("%s: %s is not an IP address" % (where, _repr(value)))
+
+
+def parse_network(value, where):
+    """Return a Network for an element of scope_networks (interface name or CIDR), or raise ValueError."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("%s: %s is not a network; give an interface name (docker0, br-+) or a CIDR" % (where, _repr(value)))
+    text = value.strip()
+    if "/" in text or ":" in text or re.match(r"^[0-9.]+$", text):
+        kind, canonical = parse_host(text, where)
+        return Network(kind, canonical)
+    if text in ("+", ".", "..") or not IFACE_RE.match(text) or "+" in text[:-1]:
+        raise ValueError("%s: %s is not an interface name (at most 15 letters, digits, '_', '.', '@', '-', "
+                         "and an optional trailing '+' wildcard) nor a CIDR" % (where, _repr(value)))
+    return Network("iface", text)
 
 
 def parse_log_limit(value, where="log_limit"):
@@ -351,6 +373,16 @@ def build_policy(params, lookup_user):
     users, user_errors = parse_users(params.get("users"), lookup_user)
     errors.extend(user_errors)
 
+    networks = []
+    raw_networks = params.get("scope_networks") or []
+    if not isinstance(raw_networks, list):
+        errors.append("scope_networks: %s must be a list of interface names or CIDRs" % _repr(raw_networks))
+        raw_networks = []
+    for index, value in enumerate(raw_networks):
+        network = check(parse_network, value, "scope_networks[%d]" % index)
+        if network is not None and network not in networks:
+            networks.append(network)
+
     if state == "present":
         if mode == "enforce" and not dns_servers and not errors:
             errors.append("dns_servers: [] is empty; enforce mode needs at least one trusted resolver "
@@ -361,8 +393,14 @@ def build_policy(params, lookup_user):
                           % (labels[names[0].name], _repr(names[0].host)))
         if scope == "users" and not users and not user_errors:
             errors.append("users: %s is empty; scope=users needs the users whose egress is restricted" % _repr(params.get("users")))
+        if scope == "none" and not networks and not raw_networks:
+            errors.append("scope: 'none' restricts no local process, so it needs scope_networks (the container "
+                          "networks to restrict); scope_networks is %s" % _repr(params.get("scope_networks") or []))
     if scope == "host" and params.get("users"):
         errors.append("users: %s is only used with scope=users (scope is 'host', which restricts every user)"
+                      % _repr(params.get("users")))
+    if scope == "none" and params.get("users"):
+        errors.append("users: %s is only used with scope=users (scope is 'none', which restricts no local process)"
                       % _repr(params.get("users")))
 
     dns_mode = check(_choice, params.get("dns_mode") or "pinned", DNS_MODES, "dns_mode")
@@ -389,4 +427,5 @@ def build_policy(params, lookup_user):
     if errors:
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
-                  mode, scope, tuple(users), families, state, dns_mode, resolver, dns_set_timeout, tuple(resolvers))
+                  mode, scope, tuple(users), families, state, dns_mode, resolver, dns_set_timeout, tuple(resolvers),
+                  tuple(networks))

@@ -17,7 +17,10 @@ import ipaddress
 
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
     BUILTIN_FILTER_CHAINS,
+    EMPTY_HOOK,
+    HOOKS,
     SET_PREFIXES,
+    HookState,
     IpSet,
     ManagedState,
     sort_networks,
@@ -27,6 +30,16 @@ CHAIN_ENTRY = "AGENTGUARD-EGRESS"
 CHAIN_ALLOW = "AGENTGUARD-ALLOW"
 CHAIN_DENY = "AGENTGUARD-DENY"
 JUMP_SPEC = "-j " + CHAIN_ENTRY
+# Forwarded traffic (mangle table) and, in filtering DNS mode, the DNS redirect (nat table).
+CHAIN_FWD = "AGENTGUARD-FORWARD"
+CHAIN_FWD_ALLOW = "AGENTGUARD-FWD-ALLOW"
+CHAIN_FWD_DENY = "AGENTGUARD-FWD-DENY"
+CHAIN_DNS = "AGENTGUARD-DNS"
+# Every table's builtin chains, for a complete table at boot (policies are always ACCEPT there).
+TABLE_CHAINS = {
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
 
 # Above this many addresses per family, a destination is matched with an ipset
 # (hash:net) so the per-packet cost does not grow with the list.
@@ -147,8 +160,9 @@ def _entry_rules(policy):
 
 
 def desired_state(policy, resolved, family, sets=None):
-    """The ManagedState this family's filter table should have."""
-    if policy.state != "present":
+    """The ManagedState this family's filter table should have (nothing with scope none: no local
+    process is restricted, only forwarded traffic, see desired_hooks)."""
+    if policy.state != "present" or policy.scope == "none":
         return ManagedState("ACCEPT", (), ())
     if sets is None:
         sets = desired_sets(policy, resolved)
@@ -161,8 +175,140 @@ def desired_state(policy, resolved, family, sets=None):
     return ManagedState(policy_verdict, ((0, JUMP_SPEC),), tuple(sorted(chains.items())))
 
 
-def render_persistent(state, policies):
-    """A complete filter table holding only what we manage, for plain iptables-restore at boot.
+def _network_match(network, family, direction):
+    """The match selecting a scope network on the way in ("in": -i/-s) or out ("out": -o/-d), or
+    None when the network is a CIDR of the other family."""
+    if network.kind == "iface":
+        return "%s %s" % ("-i" if direction == "in" else "-o", network.value)
+    if network.kind != family:
+        return None
+    return "%s %s" % ("-s" if direction == "in" else "-d", _addr(network.value, family))
+
+
+def _network_label(network):
+    return "network " + network.value
+
+
+def _fwd_allow_rules(policy, resolved, family, sets):
+    """What a NEW connection from a container network may reach: the local allowlist, with RETURN
+    (the runtime's own FORWARD rules still decide) instead of ACCEPT, and no owner matches
+    (forwarded packets have no local socket)."""
+    rules = ["-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    for network in policy.networks:
+        match = _network_match(network, family, "out")
+        if match:
+            # Between covered networks: both ends are held to this policy when they leave, and the
+            # runtime's isolation rules decide whether they may talk.
+            rules.append("%s %s -j RETURN" % (match, _comment("between covered networks")))
+    if family not in policy.families:
+        rules.append("-j " + CHAIN_FWD_DENY)
+        return rules
+    if policy.dns_mode == "pinned":
+        # In filtering mode DNS from these networks is redirected to the local resolver (nat
+        # PREROUTING) before it is routed: a query that still arrives here goes upstream directly.
+        for server in policy.dns_servers:
+            if _family_of(server) != family:
+                continue
+            for protocol in ("udp", "tcp"):
+                rules.append("-d %s %s -m conntrack --ctstate NEW %s -j RETURN"
+                             % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
+    for dest in policy.allow:
+        addresses = resolved.get(dest.name, {}).get(family, [])
+        name = set_name(family, dest.name)
+        for port in dest.ports:
+            if name in sets:
+                rules.append("-p %s -m set --match-set %s dst -m %s --dport %s -m conntrack --ctstate NEW %s -j RETURN"
+                             % (dest.protocol, name, dest.protocol, port, _comment(dest.name)))
+                continue
+            for address in addresses:
+                rules.append("-d %s %s -m conntrack --ctstate NEW %s -j RETURN"
+                             % (_addr(address, family), _dport(dest.protocol, port), _comment(dest.name)))
+    rules.append("-j " + CHAIN_FWD_DENY)
+    return rules
+
+
+def _fwd_deny_rules(policy):
+    # The same log line as local denials, without --log-uid (a forwarded packet has no local
+    # socket; the source address says which container sent it). REJECT exists in the filter table
+    # only, where runtimes can outrank us: forwarded denials are dropped whatever deny_action says.
+    rules = ["-m limit --limit %s --limit-burst %d -j LOG --log-prefix \"%s\""
+             % (policy.log_limit, policy.log_burst, policy.log_prefix)]
+    rules.append("-j RETURN" if policy.mode == "audit" else "-j DROP")
+    return rules
+
+
+def desired_hooks(policy, resolved, family, sets=None):
+    """{table: HookState} for the tables of HOOKS: the forward path (mangle) when the policy has
+    scope_networks, and the DNS redirect (nat) when it also uses the filtering resolver."""
+    hooks = dict((table, EMPTY_HOOK) for table in HOOKS)
+    if policy.state != "present" or not policy.networks:
+        return hooks
+    if sets is None:
+        sets = desired_sets(policy, resolved)
+    dispatch = []
+    for network in policy.networks:
+        match = _network_match(network, family, "in")
+        if match:
+            # goto: the RETURN at the end of the allow chain goes back to FORWARD itself, so one
+            # packet is judged once even when it matches several networks.
+            dispatch.append("%s %s -g %s" % (match, _comment(_network_label(network)), CHAIN_FWD_ALLOW))
+    chains = {
+        CHAIN_FWD: tuple(dispatch),
+        CHAIN_FWD_ALLOW: tuple(_fwd_allow_rules(policy, resolved, family, sets)),
+        CHAIN_FWD_DENY: tuple(_fwd_deny_rules(policy)),
+    }
+    hooks["mangle"] = HookState(((0, "-j " + CHAIN_FWD),), tuple(sorted(chains.items())))
+    if policy.dns_mode == "filtering":
+        redirect = []
+        for network in policy.networks:
+            match = _network_match(network, family, "in")
+            if not match:
+                continue
+            for protocol in ("udp", "tcp"):
+                redirect.append("%s %s %s -j REDIRECT --to-ports 53"
+                                % (match, _dport(protocol, 53), _comment("dns to the filtering resolver")))
+        hooks["nat"] = HookState(((0, "-j " + CHAIN_DNS),), ((CHAIN_DNS, tuple(redirect)),))
+    return hooks
+
+
+def render_hook_persistent(table, state):
+    """A complete `table` holding only what we manage (None when we manage nothing there)."""
+    if not state.jumps and not state.chains:
+        return None
+    lines = ["*" + table]
+    lines.extend(":%s ACCEPT [0:0]" % chain for chain in TABLE_CHAINS[table])
+    lines.extend(":%s - [0:0]" % name for name, rules in state.chains)
+    lines.extend("-A %s %s" % (HOOKS[table], spec) for index, spec in sorted(state.jumps))
+    for name, rules in state.chains:
+        lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render_hook_transaction(table, current, desired, foreign_rules):
+    """iptables-restore --noflush section turning our part of `table` from `current` into `desired`
+    (None when equal). Like render_transaction: only our chains and jumps are named."""
+    if current == desired:
+        return None
+    hook = HOOKS[table]
+    lines = ["*" + table]
+    desired_names = [name for name, rules in desired.chains]
+    obsolete = [name for name, rules in current.chains if name not in desired_names]
+    lines.extend(":%s - [0:0]" % name for name in desired_names + obsolete)
+    if current.jumps != desired.jumps:
+        lines.extend("-D %s %s" % (hook, spec) for index, spec in current.jumps)
+        for inserted, (index, spec) in enumerate(sorted(desired.jumps)):
+            lines.append("-I %s %d %s" % (hook, min(index, foreign_rules + inserted) + 1, spec))
+    for name, rules in desired.chains:
+        lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    lines.extend("-X %s" % name for name in obsolete)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render_persistent(state, policies, hooks=None):
+    """Complete tables holding only what we manage, for plain iptables-restore at boot: filter,
+    and mangle/nat where we hook into them (hooks: {table: HookState}).
 
     policies gives the live INPUT/FORWARD policies so that booting does not change them.
     """
@@ -175,7 +321,10 @@ def render_persistent(state, policies):
     for name, rules in state.chains:
         lines.extend("-A %s %s" % (name, spec) for spec in rules)
     lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    for table in sorted(hooks or {}):
+        text += render_hook_persistent(table, hooks[table]) or ""
+    return text
 
 
 def render_transaction(current, desired, foreign_output_rules):

@@ -36,9 +36,24 @@ jumps: tuple of (index, spec): OUTPUT rules whose target is one of our chains,
 chains: tuple of (chain, (spec, ...)) sorted by chain name.
 """
 
-Live = namedtuple("Live", ["managed", "policies", "foreign_output_rules", "tracking"])
+Live = namedtuple("Live", ["managed", "policies", "foreign_output_rules", "tracking", "hooks"])
 """managed: ManagedState; policies: {builtin chain: policy}; foreign_output_rules: count;
-tracking: whether a rule of the filter table (ours or not) needs connection tracking."""
+tracking: whether a rule of the filter table (ours or not) needs connection tracking;
+hooks: {table: LiveHook} for the other tables we hook into (HOOKS)."""
+Live.__new__.__defaults__ = ({},)
+
+HookState = namedtuple("HookState", ["jumps", "chains"])
+"""What the module owns in one table besides filter: jumps (index, spec) in the table's hook chain
+(HOOKS[table]) to our chains, and chains ((chain, (spec, ...)), ...) sorted by name."""
+
+LiveHook = namedtuple("LiveHook", ["managed", "foreign_rules"])
+"""managed: HookState; foreign_rules: how many rules of the hook chain are not ours."""
+
+# Forwarded traffic is judged in mangle FORWARD, which runs before every filter-table FORWARD rule
+# (Docker's, netavark's, libvirt's), so no runtime can outrank it; in filtering DNS mode, DNS from
+# the container networks is redirected to the local resolver in nat PREROUTING.
+HOOKS = {"mangle": "FORWARD", "nat": "PREROUTING"}
+EMPTY_HOOK = HookState((), ())
 
 # Matches that make the kernel track connections in the rule's network namespace and family.
 TRACKING_MATCHES = ("conntrack", "state")
@@ -111,16 +126,9 @@ def is_managed_chain(name):
     return name.startswith(CHAIN_PREFIX)
 
 
-def live_state(save_text):
-    """Extract the Live view of the filter table from iptables-save output."""
-    tables = parse_save(save_text)
-    table = tables.get("filter")
-    if table is None:
-        # Legacy backend with the filter table never loaded: everything is ACCEPT and empty.
-        return Live(ManagedState("ACCEPT", (), ()), dict((c, "ACCEPT") for c in BUILTIN_FILTER_CHAINS), 0, False)
-    policies = dict((name, policy) for name, policy in table.chains if name in BUILTIN_FILTER_CHAINS)
-    for chain in BUILTIN_FILTER_CHAINS:
-        policies.setdefault(chain, "ACCEPT")
+def _owned(table, hook):
+    """(jumps, chains, foreign): our jumps in `hook` with their index among all its rules, our chains'
+    rules by chain name, and the number of hook rules that are not ours."""
     chains = dict((name, []) for name, policy in table.chains if is_managed_chain(name))
     jumps = []
     foreign = 0
@@ -128,20 +136,44 @@ def live_state(save_text):
     for chain, spec in table.rules:
         if chain in chains:
             chains[chain].append(spec)
-        elif chain == "OUTPUT":
+        elif chain == hook:
             target = jump_target(spec)
             if target is not None and is_managed_chain(target):
                 jumps.append((index, spec))
             else:
                 foreign += 1
             index += 1
-    managed = ManagedState(
-        policies["OUTPUT"],
-        tuple(jumps),
-        tuple((name, tuple(chains[name])) for name in sorted(chains)),
-    )
+    return tuple(jumps), tuple((name, tuple(chains[name])) for name in sorted(chains)), foreign
+
+
+def live_hooks(tables):
+    """{table: LiveHook} for the tables of HOOKS; a table that is not loaded owns nothing."""
+    hooks = {}
+    for name in sorted(HOOKS):
+        table = tables.get(name)
+        if table is None:
+            hooks[name] = LiveHook(EMPTY_HOOK, 0)
+            continue
+        jumps, chains, foreign = _owned(table, HOOKS[name])
+        hooks[name] = LiveHook(HookState(jumps, chains), foreign)
+    return hooks
+
+
+def live_state(save_text):
+    """Extract the Live view from iptables-save output (the filter table, and the HOOKS tables)."""
+    tables = parse_save(save_text)
+    table = tables.get("filter")
+    hooks = live_hooks(tables)
+    if table is None:
+        # Legacy backend with the filter table never loaded: everything is ACCEPT and empty.
+        return Live(ManagedState("ACCEPT", (), ()), dict((c, "ACCEPT") for c in BUILTIN_FILTER_CHAINS), 0, False, hooks)
+    policies = dict((name, policy) for name, policy in table.chains if name in BUILTIN_FILTER_CHAINS)
+    for chain in BUILTIN_FILTER_CHAINS:
+        policies.setdefault(chain, "ACCEPT")
+    jumps, chains, foreign = _owned(table, "OUTPUT")
+    managed = ManagedState(policies["OUTPUT"], jumps, chains)
     tracking = any(uses_tracking(spec) for chain, spec in table.rules)
-    return Live(managed, policies, foreign, tracking)
+    return Live(managed, policies, foreign, tracking, hooks)
 
 
 def uses_tracking(spec):

@@ -27,6 +27,11 @@ description:
     exact changes, tests every payload with C(iptables-restore --test), then applies each family in
     one C(iptables-restore --noflush --wait) transaction. If a later step fails, what was already
     applied is put back, so a failure leaves the host as it was.
+  - With O(scope_networks), NEW connections FORWARDED from container or VM networks (Docker, podman,
+    libvirt, Kubernetes bridges) are held to the same allowlist. They are judged in the C(mangle)
+    table's C(FORWARD) chain (first rule, a jump to C(AGENTGUARD-FORWARD)), which the kernel runs before
+    every C(filter) table C(FORWARD) rule, so Docker's C(DOCKER-USER) and isolation chains, netavark's
+    chains and their restarts can neither outrank nor remove it.
   - Rules land in whichever backend the C(iptables) alternatives select (nf_tables or legacy).
 author:
   - agentguard.hardening developers (@agentguard)
@@ -127,9 +132,28 @@ options:
     description:
       - V(host) restricts every process and sets the OUTPUT policy to DROP. V(users) restricts only
         the processes of O(users); every other user's traffic is left untouched.
+      - V(none) restricts no local process (the module then manages nothing in the C(filter) table); it
+        needs O(scope_networks), for a host whose own processes are trusted but whose containers are not.
     type: str
-    choices: [host, users]
+    choices: [host, users, none]
     default: host
+  scope_networks:
+    description:
+      - Container and VM networks on this host whose forwarded traffic gets the same allowlist: every NEW
+        connection that enters from one of them may reach only the allowed destinations and, in
+        O(dns_mode=pinned), the trusted resolvers. Replies pass, and so does traffic to another network of
+        this list (the runtime's own isolation rules still decide it). Denials are logged with the same
+        prefix and rate limit, the container's source address standing in for the uid, and are always
+        dropped (C(REJECT) does not exist in the C(mangle) table).
+      - Each element is an interface name, with the iptables wildcard C(+) at its end (V(docker0),
+        V(br-+), V(podman+), V(cni0), V(virbr+)), or an IPv4 or IPv6 network in CIDR notation (it then
+        applies to its family only).
+      - With O(dns_mode=filtering), DNS (UDP and TCP 53) from these networks is redirected to the local
+        filtering resolver (C(nat) table, chain C(AGENTGUARD-DNS)), which must listen on their interfaces.
+      - Traffic from containers to the host itself (C(INPUT)) is not filtered by this module.
+    type: list
+    elements: str
+    default: []
   users:
     description:
       - User names or numeric uids whose egress is restricted, with O(scope=users). Names must exist on
@@ -339,7 +363,8 @@ ARGUMENT_SPEC = dict(
     log_burst=dict(type="int", default=20),
     deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
     mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
-    scope=dict(type="str", choices=["host", "users"], default="host"),
+    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
+    scope_networks=dict(type="list", elements="str", default=[]),
     users=dict(type="list", elements="str", default=[]),
     families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
     state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -373,6 +398,9 @@ def main():
     families = [f for f in FAMILIES if f == "ipv4" or os.path.exists("/proc/net/if_inet6")]
     if "ipv6" not in families:
         module.warn("this kernel has no IPv6; only IPv4 is managed")
+    if policy.state == "present" and policy.networks and policy.deny_action == "reject" and policy.mode == "enforce":
+        module.warn("deny_action=reject applies to local processes only: connections from scope_networks "
+                    "are dropped (REJECT does not exist in the mangle table, where the forward path is judged)")
 
     def run(argv, data=None):
         # Never let run_command fail the module itself: a command that dies before reading its

@@ -192,3 +192,51 @@ def test_host_parser_never_crashes(text):
         assert str(exc).startswith("h: ")
     else:
         assert kind in ("name", "ipv4", "ipv6")
+
+
+BASE = dict(dns_servers=["198.18.0.53"])
+
+
+@pytest.mark.parametrize("value,network", [
+    ("docker0", P.Network("iface", "docker0")),
+    ("br-+", P.Network("iface", "br-+")),
+    ("virbr+", P.Network("iface", "virbr+")),
+    ("abcdefghijklmn+", P.Network("iface", "abcdefghijklmn+")),
+    ("198.19.0.0/24", P.Network("ipv4", "198.19.0.0/24")),
+    (" fd00:d0c::/64 ", P.Network("ipv6", "fd00:d0c::/64")),
+    ("198.19.0.7", P.Network("ipv4", "198.19.0.7/32")),
+])
+def test_scope_networks_accepted(value, network):
+    assert P.build_policy(dict(BASE, scope_networks=[value]), lambda n: 0).networks == (network,)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("abcdefghijklmnop", "scope_networks[0]: 'abcdefghijklmnop' is not an interface name"),
+    ("br+x", "scope_networks[0]: 'br+x' is not an interface name"),
+    ("+", "scope_networks[0]: '+' is not an interface name"),
+    ("eth 0", "scope_networks[0]: 'eth 0' is not an interface name"),
+    ("!docker0", "scope_networks[0]: '!docker0' is not an interface name"),
+    ("198.19.0.1/24", "scope_networks[0]: '198.19.0.1/24' has host bits set; did you mean 198.19.0.0/24?"),
+    ("0.0.0.0/0", "scope_networks[0]: '0.0.0.0/0' allows every address"),
+    ("fd00::zz/64", "scope_networks[0]: 'fd00::zz/64' is not a valid IP address or CIDR"),
+    (7, "scope_networks[0]: 7 is not a network"),
+    ("", "scope_networks[0]: '' is not a network"),
+])
+def test_scope_networks_refused_naming_field_and_value(value, message):
+    with pytest.raises(P.PolicyError) as info:
+        P.build_policy(dict(BASE, scope_networks=[value]), lambda n: 0)
+    assert any(error.startswith(message) for error in info.value.errors), info.value.errors
+
+
+def test_scope_none_needs_networks_and_takes_no_users():
+    with pytest.raises(P.PolicyError) as info:
+        P.build_policy(dict(BASE, scope="none"), lambda n: 0)
+    assert info.value.errors == ["scope: 'none' restricts no local process, so it needs scope_networks (the container "
+                                 "networks to restrict); scope_networks is []"]
+    with pytest.raises(P.PolicyError) as info:
+        P.build_policy(dict(BASE, scope="none", scope_networks=["docker0"], users=["agent"]), lambda n: 0)
+    assert info.value.errors[0].startswith("users: ['agent'] is only used with scope=users (scope is 'none'")
+    policy = P.build_policy(dict(BASE, scope="none", scope_networks=["docker0", "docker0"]), lambda n: 0)
+    assert policy.scope == "none" and policy.networks == (P.Network("iface", "docker0"),)
+    # Removing needs nothing.
+    assert P.build_policy(dict(scope="none", state="absent"), lambda n: 0).state == "absent"
