@@ -394,8 +394,8 @@ def build_policy(params, lookup_user):
         if scope == "users" and not users and not user_errors:
             errors.append("users: %s is empty; scope=users needs the users whose egress is restricted" % _repr(params.get("users")))
         if scope == "none" and not networks and not raw_networks:
-            errors.append("scope: 'none' restricts no local process, so it needs scope_networks (the container "
-                          "networks to restrict); scope_networks is %s" % _repr(params.get("scope_networks") or []))
+            errors.append("scope_networks: %s is empty; scope=none restricts no local process and needs the "
+                          "container networks to restrict" % _repr(params.get("scope_networks") or []))
     if scope == "host" and params.get("users"):
         errors.append("users: %s is only used with scope=users (scope is 'host', which restricts every user)"
                       % _repr(params.get("users")))

@@ -68,7 +68,12 @@ BAD = [
     ({"egress_dns_set_timeout": 15, "egress_dns_mode": "filtering"}, INPUT_CHECK, ["egress_dns_set_timeout is 15"]),
     ({"egress_canary_forbidden": ["198.18.0.99"]}, INPUT_CHECK, ["egress_canary_forbidden", "198.18.0.99"]),
     ({"egress_dns_before_units": ["agent"]}, INPUT_CHECK, ["egress_dns_before_units", "agent"]),
+    ({"egress_scope": "none"}, INPUT_CHECK, ["egress_scope_networks", "[] is empty", "scope=none"]),
+    ({"egress_scope_networks": ["docker0", "br+x"]}, INPUT_CHECK, ["egress_scope_networks[1]", "'br+x'"]),
+    ({"egress_scope_networks": ["198.19.0.1/24"]}, INPUT_CHECK,
+     ["egress_scope_networks[0]", "'198.19.0.1/24'", "198.19.0.0/24"]),
     # Types and choices: the role's argument specification.
+    ({"egress_scope": "everyone"}, "Validating arguments", ["egress_scope", "everyone"]),
     ({"egress_mode": "block"}, "Validating arguments", ["egress_mode", "block"]),
     ({"egress_allow": [{"name": "api"}]}, "Validating arguments", ["host"]),
 ]

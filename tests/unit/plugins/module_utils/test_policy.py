@@ -231,8 +231,8 @@ def test_scope_networks_refused_naming_field_and_value(value, message):
 def test_scope_none_needs_networks_and_takes_no_users():
     with pytest.raises(P.PolicyError) as info:
         P.build_policy(dict(BASE, scope="none"), lambda n: 0)
-    assert info.value.errors == ["scope: 'none' restricts no local process, so it needs scope_networks (the container "
-                                 "networks to restrict); scope_networks is []"]
+    assert info.value.errors == ["scope_networks: [] is empty; scope=none restricts no local process and needs the "
+                                 "container networks to restrict"]
     with pytest.raises(P.PolicyError) as info:
         P.build_policy(dict(BASE, scope="none", scope_networks=["docker0"], users=["agent"]), lambda n: 0)
     assert info.value.errors[0].startswith("users: ['agent'] is only used with scope=users (scope is 'none'")

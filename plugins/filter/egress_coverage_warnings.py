@@ -1,0 +1,78 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: egress_coverage_warnings
+short_description: What a hardened host still leaves open to containers, in words for the playbook summary
+version_added: 0.1.0
+description:
+  - From the result of M(agentguard.hardening.egress_rules) (its RV networks.uncovered) and the
+    C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning per container or VM network
+    that O(scope_networks_var) does not cover and per restricted user who can start containers, each naming
+    what is open and the variable that would close it. Empty when nothing is left open.
+author:
+  - agentguard.hardening developers (@agentguard)
+positional: runtime_access, scope_networks_var
+options:
+  _input:
+    description: The registered result of M(agentguard.hardening.egress_rules) (plan or apply).
+    type: dict
+    required: true
+  runtime_access:
+    description: C(runtime_access) of M(agentguard.hardening.egress_host_state).
+    type: list
+    elements: dict
+    default: []
+  scope_networks_var:
+    description: The name of the variable to suggest.
+    type: str
+    default: egress_scope_networks
+"""
+
+EXAMPLES = r"""
+- name: Warn about what the policy leaves open
+  ansible.builtin.debug:
+    msg: "WARNING: {{ item }}"
+  loop: "{{ egress_result | agentguard.hardening.egress_coverage_warnings(host_state.runtime_access) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: One sentence per open path.
+  type: list
+  elements: str
+"""
+
+
+def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks"):
+    """Warnings for the playbook summary: container/VM networks the policy leaves open (from the
+    module's RV networks.uncovered) and restricted users who can start containers (runtime_access of
+    egress_host_state), each naming what is open and the variable that would close it."""
+    warnings = []
+    networks = (result or {}).get("networks") or {}
+    for entry in networks.get("uncovered") or []:
+        families = entry.get("families") or []
+        warnings.append(
+            "network %s (%s%s, %s) is not covered by %s: containers on it reach every destination%s; add %r to %s"
+            % (entry.get("name"), entry.get("runtime") or "unknown runtime",
+               ", " + ", ".join(entry.get("networks") or []) if entry.get("networks") else "",
+               "/".join(families) if families else "no address",
+               scope_networks_var, " over " + "/".join(families) if families else "",
+               str(entry.get("name")), scope_networks_var))
+    for entry in runtime_access or []:
+        warnings.append(
+            "restricted user %s can reach the %s socket %s (%s): a container it starts is forwarded, not "
+            "matched by uid; use egress_scope host with %s, or take the access away"
+            % (entry.get("user"), entry.get("runtime"), entry.get("socket"), entry.get("via"), scope_networks_var))
+    return warnings
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"egress_coverage_warnings": egress_coverage_warnings}

@@ -1,0 +1,66 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: egress_dns_interfaces
+short_description: The interfaces the filtering resolver listens on for the container networks
+version_added: 0.1.0
+description:
+  - From the role's O(_input) (C(egress_scope_networks)), the interface names in dnsmasq's notation (the
+    iptables wildcard C(+) becomes C(*)). DNS from these networks is redirected to the filtering resolver,
+    which must therefore listen on them. CIDR elements name no interface and are left out (the role's
+    README says to name the interface in filtering mode).
+author:
+  - agentguard.hardening developers (@agentguard)
+options:
+  _input:
+    description: The elements of C(egress_scope_networks).
+    type: list
+    elements: str
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Listen on the container bridges
+  ansible.builtin.debug:
+    msg: "{{ ['docker0', 'br-+', '198.19.0.0/24'] | agentguard.hardening.egress_dns_interfaces }}"  # ['docker0', 'br-*']
+"""
+
+RETURN = r"""
+_value:
+  description: dnsmasq C(interface=) patterns, in the order given, without duplicates.
+  type: list
+  elements: str
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import parse_network
+
+
+def egress_dns_interfaces(networks):
+    if not isinstance(networks, list):
+        raise AnsibleFilterError("egress_dns_interfaces expects the list egress_scope_networks, got %s"
+                                 % type(networks).__name__)
+    result = []
+    for index, value in enumerate(networks):
+        try:
+            network = parse_network(value, "egress_scope_networks[%d]" % index)
+        except ValueError as exc:
+            raise AnsibleFilterError(str(exc))
+        if network.kind != "iface":
+            continue
+        pattern = network.value[:-1] + "*" if network.value.endswith("+") else network.value
+        if pattern not in result:
+            result.append(pattern)
+    return result
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"egress_dns_interfaces": egress_dns_interfaces}

@@ -1,0 +1,45 @@
+"""The role's filters for container networks: the resolver's interfaces and the summary's warnings."""
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.agentguard.hardening.plugins.filter.egress_coverage_warnings import FilterModule as Warnings
+from ansible_collections.agentguard.hardening.plugins.filter.egress_dns_interfaces import FilterModule as Interfaces
+
+interfaces = Interfaces().filters()["egress_dns_interfaces"]
+warnings = Warnings().filters()["egress_coverage_warnings"]
+
+
+def test_interfaces_in_dnsmasq_notation_without_cidrs_or_duplicates():
+    assert interfaces(["docker0", "br-+", "198.19.0.0/24", "fd00:d0c::/64", "docker0", "podman+"]) == \
+        ["docker0", "br-*", "podman*"]
+    assert interfaces([]) == []
+
+
+@pytest.mark.parametrize("value", [["br+x"], ["0.0.0.0/0"], "docker0"])
+def test_interfaces_refuse_what_the_module_refuses(value):
+    with pytest.raises(AnsibleFilterError):
+        interfaces(value)
+
+
+def test_warnings_name_the_network_the_families_and_the_fix():
+    result = {"networks": {"covered": [{"name": "docker0"}], "uncovered": [
+        {"name": "br-0123456789ab", "runtime": "docker", "families": ["ipv4", "ipv6"],
+         "networks": ["198.19.40.0/24", "fd00:d0c:40::/64"]},
+        {"name": "virbr0", "runtime": "libvirt", "families": ["ipv6"], "networks": ["fd00:d0c:50::/64"]},
+    ]}}
+    access = [{"user": "agent", "uid": 1000, "socket": "/run/docker.sock", "runtime": "docker", "via": "group docker"}]
+    got = warnings(result, access)
+    assert got == [
+        "network br-0123456789ab (docker, 198.19.40.0/24, fd00:d0c:40::/64, ipv4/ipv6) is not covered by "
+        "egress_scope_networks: containers on it reach every destination over ipv4/ipv6; add 'br-0123456789ab' "
+        "to egress_scope_networks",
+        "network virbr0 (libvirt, fd00:d0c:50::/64, ipv6) is not covered by egress_scope_networks: containers on "
+        "it reach every destination over ipv6; add 'virbr0' to egress_scope_networks",
+        "restricted user agent can reach the docker socket /run/docker.sock (group docker): a container it starts "
+        "is forwarded, not matched by uid; use egress_scope host with egress_scope_networks, or take the access away",
+    ]
+
+
+def test_no_warnings_when_nothing_is_open():
+    assert warnings({"networks": {"covered": [{"name": "docker0"}], "uncovered": []}}, []) == []
+    assert warnings({}) == [] and warnings(None, None) == []
