@@ -9,6 +9,12 @@ Private to agentguard.hardening. Reads the text of any of the places the kernel'
 lines end up: `dmesg` (raw or --time-format iso), syslog files such as
 /var/log/kern.log (RFC 3339 or traditional timestamps), and `journalctl -o json`.
 A line that carries the prefix but cannot be understood is counted, never fatal.
+
+Two kinds of denial share the prefix. A local one (OUTPUT) has an empty IN= and, with
+--log-uid, the sending socket's UID=/GID=. A forwarded one (FORWARD, traffic routed through this
+host from a container or VM network) has the network's interface in IN= (docker0, a podman
+bridge), the container's address in SRC=, no UID= (no local socket), and with br_netfilter the
+bridge port in PHYSIN=.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -121,12 +127,18 @@ def parse_record(message, prefix):
             raise ValueError("no %s= field" % key)
     src = ipaddress.ip_address(fields["SRC"])
     dst = ipaddress.ip_address(fields["DST"])
+    network = fields.get("IN", "")
     record = {
         "family": "ipv%d" % src.version,
         "src": str(src),
         "dst": str(dst),
         "protocol": fields["PROTO"].lower(),
         "out": fields.get("OUT", ""),
+        "direction": "forward" if network else "output",
+        # Who sent it when it was not a local process: the container's address and its network.
+        "source": str(src) if network else None,
+        "network": network or None,
+        "physin": fields.get("PHYSIN") or None,
     }
     for key in NUMERIC:
         if key in fields:
@@ -134,9 +146,28 @@ def parse_record(message, prefix):
                 raise ValueError("%s=%s is not a number" % (key, fields[key]))
             record[key.lower()] = int(fields[key])
     record.setdefault("dpt", None)
+    if network:  # a routed packet has no local socket: whatever UID= says is not a sender of this host
+        record.pop("gid", None)
+        record["uid"] = None
     record.setdefault("uid", None)
     record["flags"] = [f for f in flags if f.isupper() and f.isalpha()]
+    record["destination_text"] = destination_text(record["dst"], record["dpt"])
     return record
+
+
+def destination_text(address, port):
+    """How a destination is written: 198.18.0.66:443, [fd00::66]:443, or the bare address without a port."""
+    if port is None:
+        return address
+    return ("[%s]:%d" if ":" in address else "%s:%d") % (address, port)
+
+
+def sender_text(group):
+    """Who sent an aggregated denial: "agent (1000)", "(no owner)", or "container 198.18.210.2 on docker0"."""
+    if group.get("direction") == "forward":
+        return "container %s on %s" % (group.get("source"), group.get("network"))
+    uid = group.get("uid")
+    return ("%s (%s)" % (group.get("user") or "", "no owner" if uid is None else uid)).strip()
 
 
 def parse_since(text, now=None):
@@ -159,9 +190,19 @@ def parse_since(text, now=None):
         raise ValueError("since: %r is not a time; use ISO 8601 (2026-11-25T10:00:00Z) or a duration like 24h, 7d, 30m" % text)
 
 
-def collect(lines, prefix, since=None, local_addresses=None, boot_time=None, now=None):
-    """Parse lines; return (records, stats). Records older than since, from other hosts'
-    addresses (when local_addresses is given), malformed or foreign lines are counted in stats."""
+def _is_local(record, local_addresses, local_interfaces):
+    """Whether this host logged the record: a local denial by its source address, a forwarded one
+    (whose source is a container's) by the interface it came in on. None means unknown: keep."""
+    if record["direction"] == "forward":
+        return local_interfaces is None or record["network"] in local_interfaces
+    return local_addresses is None or record["src"] in local_addresses
+
+
+def collect(lines, prefix, since=None, local_addresses=None, boot_time=None, now=None, local_interfaces=None):
+    """Parse lines; return (records, stats). Records older than since, of other hosts (a local
+    denial from an address not in local_addresses, a forwarded one in on an interface not in
+    local_interfaces; either check is skipped when its set is None), malformed or foreign lines
+    are counted in stats."""
     stats = {"lines": 0, "matched": 0, "malformed": 0, "other_hosts": 0, "older": 0, "no_time": 0}
     records = []
     seen = set()
@@ -175,7 +216,7 @@ def collect(lines, prefix, since=None, local_addresses=None, boot_time=None, now
             continue
         if record is None:
             continue
-        if local_addresses is not None and record["src"] not in local_addresses:
+        if not _is_local(record, local_addresses, local_interfaces):
             stats["other_hosts"] += 1
             continue
         if when is None:
@@ -195,15 +236,23 @@ def collect(lines, prefix, since=None, local_addresses=None, boot_time=None, now
 
 
 def aggregate(records):
-    """Group by destination, port, protocol and uid with counts and first/last seen, busiest first."""
+    """Group with counts and first/last seen, busiest first: local denials by destination, port,
+    protocol and uid; forwarded ones by source (the container's address), network, destination,
+    port and protocol (their uid is null)."""
     groups = {}
     for record in records:
-        key = (record["dst"], record["dpt"], record["protocol"], record["uid"])
+        direction = record.get("direction", "output")
+        if direction == "forward":
+            key = (direction, record["source"], record["network"], record["dst"], record["dpt"], record["protocol"])
+        else:
+            key = (direction, record["dst"], record["dpt"], record["protocol"], record["uid"])
         group = groups.get(key)
         if group is None:
             group = groups[key] = {
                 "dst": record["dst"], "dpt": record["dpt"], "protocol": record["protocol"], "uid": record["uid"],
                 "family": record["family"], "count": 0, "first": None, "last": None, "sources": [],
+                "direction": direction, "source": record.get("source"), "network": record.get("network"),
+                "destination_text": destination_text(record["dst"], record["dpt"]),
             }
         group["count"] += 1
         if record["src"] not in group["sources"]:
@@ -211,7 +260,9 @@ def aggregate(records):
         if record["time"]:
             group["first"] = min(filter(None, [group["first"], record["time"]]))
             group["last"] = max(filter(None, [group["last"], record["time"]]))
-    return sorted(groups.values(), key=lambda g: (-g["count"], g["dst"], g["dpt"] or 0, g["protocol"], g["uid"] or -1))
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["dst"], g["dpt"] or 0, g["protocol"], g["direction"],
+                                                  -1 if g["uid"] is None else g["uid"], g["source"] or "",
+                                                  g["network"] or ""))
 
 
 def timeline(records, bucket_seconds):

@@ -17,6 +17,10 @@ description:
     (prefix O(prefix)) from the journal, a syslog file such as C(/var/log/kern.log), or the kernel
     ring buffer, and returns them as records aggregated by destination, port, protocol and uid,
     with counts and first/last timestamps, plus a timeline for charts.
+  - Denials of traffic forwarded from container or VM networks (Docker's C(docker0), podman's bridges),
+    logged by the deny rules of the FORWARD path with the same prefix, are returned too, marked
+    C(direction=forward) and aggregated by the container's address and network instead of a uid
+    (a forwarded packet has no local owner).
   - Lines that carry the prefix but cannot be parsed, and lines of other hosts (a container host's
     ring buffer also holds its containers' lines), are skipped and counted, never fatal.
   - With the filtering resolver of O(agentguard.hardening.egress_rules#module:dns_mode=filtering)
@@ -59,8 +63,9 @@ options:
     type: str
   local_only:
     description:
-      - Keep only records whose source address is one of this host's addresses. Leave it on, since on a
-        container host the kernel log also holds the containers' lines.
+      - Keep only records this host logged, that is a local denial whose source address is one of this host's
+        addresses, a forwarded denial that came in on one of this host's interfaces. Leave it on, since
+        on a container host the kernel log also holds the lines the containers' own rules logged.
     type: bool
     default: true
   bucket_seconds:
@@ -108,26 +113,52 @@ EXAMPLES = r"""
 
 - name: Show who tried to reach what
   ansible.builtin.debug:
-    msg: "{{ item.count }} x uid {{ item.uid }} -> {{ item.dst }}:{{ item.dpt }}/{{ item.protocol }}"
+    msg: "{{ item.count }} x {{ item.sender_text }} -> {{ item.destination_text }}/{{ item.protocol }}"
   loop: "{{ denials.denials }}"
 """
 
 RETURN = r"""
 denials:
   description:
-    - Aggregated records, busiest first. C(uid) is null for packets the kernel logged without an owner
-      (not sent by a local process); C(user) is the uid's name on this host, when it has one.
+    - Aggregated records, busiest first. A local denial (C(direction=output)) is grouped by C(dst),
+      C(dpt), C(protocol) and C(uid); a forwarded one (C(direction=forward)) by C(source), C(network),
+      C(dst), C(dpt) and C(protocol).
+    - C(uid) is null for packets the kernel logged without an owner (not sent by a local process) and
+      always for forwarded ones; C(user) is the uid's name on this host, when it has one.
+    - C(direction) is V(output) (sent by this host) or V(forward) (routed through it from a container or
+      VM network). C(source) is the sending container's address and C(network) the interface it came
+      in on (the C(IN=) of the line, such as V(docker0)); both are null for local denials.
+    - C(destination_text) is the destination as it is written, C(198.18.0.66:443), C([fd00::66]:443), or
+      the bare address when there is no port (ICMP). C(sender_text) says who sent it, the user and uid of
+      a local denial ("agent (1000)", "(no owner)"), C(container <source> on <network>) for a forwarded one.
+    - C(sources) lists the source addresses seen in the group.
   returned: always
   type: list
   elements: dict
   sample:
     - {dst: 198.18.0.66, dpt: 443, protocol: tcp, uid: 1000, user: agent, family: ipv4, count: 12,
-       first: "2026-11-25T05:04:19.534774Z", last: "2026-11-25T05:09:02.100000Z", sources: [198.18.0.20]}
+       first: "2026-11-25T05:04:19.534774Z", last: "2026-11-25T05:09:02.100000Z", sources: [198.18.0.20],
+       direction: output, source: null, network: null, destination_text: "198.18.0.66:443",
+       sender_text: agent (1000)}
+    - {dst: "fd00:d0f::1", dpt: 443, protocol: tcp, uid: null, user: null, family: ipv6, count: 2,
+       first: "2026-11-29T23:37:59.219443Z", last: "2026-11-29T23:38:02.081205Z", sources: ["fd00:d0e::2"],
+       direction: forward, source: "fd00:d0e::2", network: docker0, destination_text: "[fd00:d0f::1]:443",
+       sender_text: "container fd00:d0e::2 on docker0"}
 records:
-  description: The newest raw records (at most O(max_records)), oldest first.
+  description:
+    - The newest raw records (at most O(max_records)), oldest first.
+    - Each has C(time), C(family), C(src), C(dst), C(protocol), C(dpt) (null without a port), C(spt), C(uid)
+      and C(gid) (when logged), C(out) (the interface it was to leave by), C(flags) (such as V(SYN)),
+      C(destination_text), and C(direction), C(source), C(network) as in RV(denials).
+    - C(physin) is the bridge port a forwarded packet came in by (the container's veth, the C(PHYSIN=) of
+      hosts with br_netfilter), null otherwise; it is not part of the grouping.
   returned: always
   type: list
   elements: dict
+  sample:
+    - {time: "2026-11-29T23:38:01.711216Z", family: ipv4, src: 198.18.210.2, dst: 198.18.211.1, protocol: tcp,
+       dpt: 443, spt: 50124, uid: null, out: eth0, flags: [DF, SYN], direction: forward, source: 198.18.210.2,
+       network: docker0, physin: vethd0e2, destination_text: "198.18.211.1:443", len: 60}
 timeline:
   description: Denials per O(bucket_seconds) bucket, in time order.
   returned: always
@@ -135,7 +166,11 @@ timeline:
   elements: dict
   sample: [{start: "2026-11-25T05:00:00Z", count: 7}]
 total:
-  description: Number of denied attempts found (after filtering).
+  description: Number of denied attempts found (after filtering), local and forwarded.
+  returned: always
+  type: int
+forwarded_total:
+  description: How many of RV(total) were forwarded from container or VM networks.
   returned: always
   type: int
 source:
@@ -195,27 +230,30 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._denials impo
     collect,
     collect_refused,
     parse_since,
+    sender_text,
     timeline,
 )
 
 
-def local_addresses(module):
-    """This host's addresses (canonical text), from `ip -j addr`."""
+def local_links(module):
+    """(addresses, interface names) of this host, from `ip -j addr`; (None, None) when unknown."""
     ip = module.get_bin_path("ip")
     if ip is None:
-        return None
+        return None, None
     rc, out, err = module.run_command([ip, "-j", "addr", "show"], environ_update={"LC_ALL": "C"})
     if rc != 0:
-        return None
+        return None, None
     import ipaddress
-    found = set()
+    found, names = set(), set()
     for link in json.loads(out or "[]"):
+        if link.get("ifname"):
+            names.add(link["ifname"])
         for info in link.get("addr_info", []):
             try:
                 found.add(str(ipaddress.ip_address(info["local"])))
             except (KeyError, ValueError):
                 continue
-    return found
+    return found, names
 
 
 def user_name(uid):
@@ -329,7 +367,7 @@ def main():
         since = parse_since(params["since"])
     except ValueError as exc:
         module.fail_json(msg=str(exc))
-    local = local_addresses(module) if params["local_only"] else None
+    local, interfaces = local_links(module) if params["local_only"] else (None, None)
     if params["local_only"] and local is None:
         module.warn("cannot list this host's addresses (no `ip`); records of every host are returned")
 
@@ -341,7 +379,8 @@ def main():
         if lines is None:
             unreadable.append(where)
             continue
-        found, found_stats = collect(lines, params["prefix"], since=since, local_addresses=local, boot_time=boot_time())
+        found, found_stats = collect(lines, params["prefix"], since=since, local_addresses=local, boot_time=boot_time(),
+                                     local_interfaces=interfaces)
         if params["source"] != "auto" or found_stats["matched"] or found_stats["older"] or found_stats["other_hosts"]:
             label, records, stats = where, found, found_stats
             break
@@ -358,12 +397,14 @@ def main():
     groups = aggregate(records)
     for group in groups:
         group["user"] = user_name(group["uid"])
+        group["sender_text"] = sender_text(group)
     module.exit_json(
         changed=False,
         denials=groups,
         records=records[-params["max_records"]:] if params["max_records"] else [],
         timeline=timeline(records, params["bucket_seconds"]),
         total=len(records),
+        forwarded_total=sum(1 for record in records if record["direction"] == "forward"),
         source=label,
         stats=stats,
         refused_names=names[:params["dns_max_names"]],

@@ -9,7 +9,8 @@ users scope). Then the controller runs playbooks/egress-report.yml exactly as an
 against the Molecule inventory, for this host, into a temporary directory, and report.json must hold
 that attempt: this host, that uid, that destination address and port (and that source port, so an
 earlier run's line cannot stand in for it). In audit mode the attempt gets through and is still
-logged, so it must still be in the report. Markdown and HTML must name the port too.
+logged, so it must still be in the report. Markdown and HTML must name the destination with its port
+as written for people (198.18.0.66:4123, [fd00::66]:4123).
 
 In filtering DNS mode the restricted user also asks the host's resolver for a name made up for this
 run; the report must list it among the refused names.
@@ -122,6 +123,8 @@ def test_report_has_the_denied_attempt(target, report_run, family):
     groups = [g for g in host["denials"] if (g["dst"], g["dpt"], g["protocol"], g["uid"]) == (dst, port, "tcp",
                                                                                               report_run.uid)]
     assert len(groups) == 1 and groups[0]["count"] >= 1 and groups[0]["family"] == "ipv%d" % family
+    assert groups[0]["direction"] == "output" and groups[0]["source"] is None and groups[0]["network"] is None
+    assert groups[0]["destination_text"] == ("[%s]:%d" if family == 6 else "%s:%d") % (dst, port)
     if report_run.uid == 0 or not target.probe_user.isdigit():
         assert groups[0]["user"] == ("root" if report_run.uid == 0 else target.probe_user)
 
@@ -134,8 +137,9 @@ def test_report_documents_name_the_attempt(target, report_run):
             text = handle.read()
         for family in (4, 6):
             dst = str(ipaddress.ip_address(lab_addr("forbidden", family)))
-            row = [line for line in text.splitlines() if dst in line and (" %d " % port in line or ">%d<" % port in line)]
-            assert row, "%s has no row for %s port %d" % (name, dst, port)
+            written = ("[%s]:%d" if family == 6 else "%s:%d") % (dst, port)
+            row = [line for line in text.splitlines() if " %s " % written in line or ">%s<" % written in line]
+            assert row, "%s has no row for %s" % (name, written)
 
 
 def test_report_has_the_refused_name(target, report_run):

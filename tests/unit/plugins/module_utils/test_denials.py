@@ -2,6 +2,8 @@
 import datetime
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, strategies as st
@@ -143,3 +145,176 @@ def test_traditional_timestamp_across_new_year():
 def test_parser_never_raises_on_arbitrary_lines(text):
     records, stats = D.collect([text, PREFIX + text], PREFIX)
     assert stats["lines"] == 2
+
+
+# ------------------------------------------------------------------- forwarded (container) denials
+# fixtures/denials/capture-forward.sh: a container on docker0 sends TCP/UDP/ICMP over both families,
+# routed (no PHYSIN) then with br_netfilter (PHYSIN=vethd0e2); then the host's uid 4242 one TCP SYN.
+FORWARD_FILES = ["dmesg-forward-iso.log", "dmesg-forward-raw.log"]
+HOST_ADDRESSES = {"198.18.210.1", "198.18.211.2", "fd00:d0e::1", "fd00:d0f::2"}
+HOST_INTERFACES = {"lo", "docker0", "vethd0e2", "eth0"}
+
+
+@pytest.mark.parametrize("name", FORWARD_FILES)
+def test_forwarded_lines_parse_with_source_and_network(name):
+    records, stats = D.collect(lines(name), PREFIX, boot_time=datetime.datetime(2026, 11, 29, 23, 31, 40, tzinfo=UTC))
+    assert stats["lines"] == 13 and stats["matched"] == 13 and stats["malformed"] == 0
+    forwarded = [r for r in records if r["direction"] == "forward"]
+    assert len(forwarded) == 12
+    assert sorted((r["family"], r["protocol"], r["dpt"]) for r in forwarded) == sorted(2 * [
+        ("ipv4", "tcp", 443), ("ipv6", "tcp", 443), ("ipv4", "udp", 53), ("ipv6", "udp", 443),
+        ("ipv4", "icmp", None), ("ipv6", "icmpv6", None)])
+    for record in forwarded:
+        assert record["network"] == "docker0" and record["out"] == "eth0"
+        assert record["source"] == record["src"] == ("198.18.210.2" if record["family"] == "ipv4" else "fd00:d0e::2")
+        assert record["dst"] == ("198.18.211.1" if record["family"] == "ipv4" else "fd00:d0f::1")
+        assert record["uid"] is None and "gid" not in record
+    # The routed pass has no bridge port; the br_netfilter pass has the container's veth, kept aside.
+    assert [r["physin"] for r in forwarded] == 6 * [None] + 6 * ["vethd0e2"]
+    local = [r for r in records if r["direction"] == "output"]
+    assert [(r["src"], r["uid"], r["gid"], r["source"], r["network"], r["physin"]) for r in local] == [
+        ("198.18.211.2", 4242, 4242, None, None, None)]
+
+
+def test_forwarded_icmp_and_the_local_lines_of_capture_sh_have_a_direction():
+    records, stats = D.collect(lines("dmesg-iso.log") + lines("dmesg-forward-iso.log"), PREFIX)
+    assert {r["direction"] for r in records if r["src"].startswith(("198.18.77.", "fd00:a9e:77:"))} == {"output"}
+    icmp = [r for r in records if r["direction"] == "forward" and r["protocol"].startswith("icmp")]
+    assert {(r["family"], r["type"]) for r in icmp} == {("ipv4", 8), ("ipv6", 128)}
+    assert all(r["destination_text"] == r["dst"] for r in icmp)  # no port: the bare address
+
+
+def test_a_forwarded_line_never_gets_a_uid():
+    line = [l for l in lines("dmesg-forward-raw.log") if "PHYSIN=" in l and "PROTO=TCP" in l][0]
+    # A forwarded packet has no local socket; should a line still carry UID=/GID=, they are not a sender here.
+    for text in (line, line + "UID=0 GID=0 ", line.replace("IN=docker0 ", "IN=docker0 UID=1000 GID=1000 ")):
+        record = D.parse_record(D.split_line(text)[1], PREFIX)
+        assert record["direction"] == "forward" and record["uid"] is None and "gid" not in record
+    local = D.parse_record(D.split_line(lines("dmesg-forward-raw.log")[-1])[1], PREFIX)
+    assert local["direction"] == "output" and local["uid"] == 4242
+
+
+@pytest.mark.parametrize("local_interfaces,kept,other", [
+    (HOST_INTERFACES, 13, 0),       # this host's bridge: its lines
+    ({"lo", "eth0"}, 1, 12),        # docker0 is not ours: a nested host's rules logged them
+    (None, 13, 0),                  # interfaces unknown: forwarded lines are kept
+])
+def test_local_filter_judges_forwarded_lines_by_their_interface(local_interfaces, kept, other):
+    records, stats = D.collect(lines("dmesg-forward-iso.log"), PREFIX, local_addresses=HOST_ADDRESSES,
+                               local_interfaces=local_interfaces)
+    assert len(records) == kept and stats["other_hosts"] == other
+    # A local denial is still judged by its source address.
+    records, stats = D.collect(lines("dmesg-forward-iso.log"), PREFIX, local_addresses={"198.18.0.20"},
+                               local_interfaces=local_interfaces)
+    assert [r["direction"] for r in records] == ["forward"] * (kept - 1)
+
+
+def test_mixed_local_and_forwarded_aggregation():
+    forward = lines("dmesg-forward-iso.log")
+    # A second container on the same bridge, to the same destination: a group of its own.
+    other = [l.replace("SRC=198.18.210.2 ", "SRC=198.18.210.3 ") for l in forward if "PROTO=TCP" in l and "SRC=198" in l
+             and "IN=docker0" in l][:1]
+    records, stats = D.collect(forward + other + lines("dmesg-iso.log"), PREFIX)
+    groups = D.aggregate(records)
+    assert sum(g["count"] for g in groups) == len(records) == 13 + 1 + 8
+    fwd = dict(((g["source"], g["network"], g["dst"], g["dpt"], g["protocol"]), g) for g in groups
+               if g["direction"] == "forward")
+    assert len(fwd) == 7  # 6 from 198.18.210.2 / fd00:d0e::2 (both passes: count 2), 1 from 198.18.210.3
+    assert all(g["uid"] is None for g in fwd.values())
+    tcp4 = fwd[("198.18.210.2", "docker0", "198.18.211.1", 443, "tcp")]
+    assert tcp4["count"] == 2 and tcp4["sources"] == ["198.18.210.2"] and tcp4["destination_text"] == "198.18.211.1:443"
+    assert fwd[("198.18.210.3", "docker0", "198.18.211.1", 443, "tcp")]["count"] == 1
+    tcp6 = fwd[("fd00:d0e::2", "docker0", "fd00:d0f::1", 443, "tcp")]
+    assert tcp6["destination_text"] == "[fd00:d0f::1]:443" and tcp6["family"] == "ipv6"
+    # The host's own attempt at the same destination and port stays a per-uid group of its own.
+    local = [g for g in groups if g["direction"] == "output" and g["dst"] == "198.18.211.1"]
+    assert [(g["uid"], g["count"], g["source"], g["network"]) for g in local] == [(4242, 1, None, None)]
+    # The local groups of capture.sh are grouped per uid as before.
+    assert len([g for g in groups if g["direction"] == "output"]) == 1 + 8
+
+
+@pytest.mark.parametrize("address,port,text", [
+    ("198.18.0.66", 443, "198.18.0.66:443"), ("fd00::66", 443, "[fd00::66]:443"),
+    ("fd00::66", None, "fd00::66"), ("198.18.0.66", None, "198.18.0.66"), ("::ffff:198.18.0.66", 0, "[::ffff:198.18.0.66]:0"),
+])
+def test_destination_text(address, port, text):
+    assert D.destination_text(address, port) == text
+
+
+def test_sender_text():
+    records, stats = D.collect(lines("dmesg-forward-iso.log"), PREFIX)
+    groups = D.aggregate(records)
+    forward = [g for g in groups if g["direction"] == "forward" and g["family"] == "ipv6"]
+    assert {D.sender_text(g) for g in forward} == {"container fd00:d0e::2 on docker0"}
+    assert D.sender_text({"direction": "output", "uid": 1000, "user": "agent"}) == "agent (1000)"
+    assert D.sender_text({"direction": "output", "uid": 4242, "user": None}) == "(4242)"
+    assert D.sender_text({"direction": "output", "uid": 0, "user": "root"}) == "root (0)"
+    assert D.sender_text({"direction": "output", "uid": None, "user": None}) == "(no owner)"
+
+
+# ------------------------------------------------------------------------- the report's templates
+def host_result(records):
+    """What egress_denials returns for these records (users as this test names them)."""
+    users = {4242: "agent"}
+    groups = D.aggregate(records)
+    for group in groups:
+        group["user"] = users.get(group["uid"])
+        group["sender_text"] = D.sender_text(group)
+    return {"changed": False, "denials": groups, "records": records, "timeline": D.timeline(records, 300),
+            "total": len(records), "forwarded_total": sum(1 for r in records if r["direction"] == "forward"),
+            "source": "dmesg", "stats": {"lines": len(records), "matched": len(records), "malformed": 0,
+                                         "other_hosts": 0, "older": 0, "no_time": 0},
+            "refused_names": [], "refused_total": 0, "refused_distinct": 0, "dns_source": "none",
+            "dns_stats": {"lines": 0, "queries": 0, "refused": 0, "malformed": 0, "foreign": 0, "older": 0,
+                          "no_time": 0}}
+
+
+@pytest.fixture(scope="module")
+def rendered_report(tmp_path_factory):
+    """playbooks/egress-report.yml, run as an operator runs it, for one host whose result is given:
+    the collecting play matches no host (--limit localhost), so the report play reads the inventory's."""
+    playbook_bin = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    if not os.path.exists(playbook_bin):
+        pytest.skip("no ansible-playbook next to %s" % sys.executable)
+    root = os.path.abspath(os.path.join(FIXTURES, "..", "..", "..", ".."))
+    work = tmp_path_factory.mktemp("report")
+    records, stats = D.collect(lines("dmesg-forward-iso.log") + lines("dmesg-iso.log"), PREFIX)
+    localhost = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    agent = {"egress_report_host": host_result(records)}
+    inventory = {"all": {"hosts": {"localhost": localhost}, "children": {"agents": {"hosts": {"agent-1": agent}}}}}
+    (work / "inventory.json").write_text(json.dumps(inventory))
+    out = work / "out"
+    # Where this collection was imported from (ansible-test's tree, or .cache/collections: tests/conftest.py).
+    collections = D.__file__.rsplit(os.sep + "ansible_collections" + os.sep, 1)[0]
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=collections)
+    proc = subprocess.run([playbook_bin, "-i", str(work / "inventory.json"), "--limit", "localhost",
+                           os.path.join(root, "playbooks", "egress-report.yml"), "-e", "egress_report_dir=%s" % out],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return dict((kind, (out / ("report." + kind)).read_text()) for kind in ("md", "html", "json"))
+
+
+@pytest.mark.parametrize("kind", ["md", "html"])
+def test_report_rows_say_who_sent_it(rendered_report, kind):
+    text = rendered_report[kind]
+    rows = text.splitlines() if kind == "md" else text.split("<tr>")  # an HTML row spans two lines
+    # A forwarded denial: the container and its network, the IPv6 destination as [addr]:port.
+    forwarded = [r for r in rows if "container fd00:d0e::2 on docker0" in r and "[fd00:d0f::1]:443" in r and "tcp" in r]
+    assert forwarded, text
+    assert [r for r in rows if "container 198.18.210.2 on docker0" in r and "198.18.211.1:53" in r]
+    # A local one: the user and uid as before; IPv6 with a port bracketed there too.
+    assert [r for r in rows if "agent (4242)" in r and "[fd00:a9e:77::66]:443" in r]
+    assert [r for r in rows if "(no owner)" in r and "198.18.77.66:9999" in r]
+    assert "fd00:d0f::1:443" not in text and "fd00:a9e:77::66:443" not in text
+
+
+def test_report_summary_counts_forwarded_apart(rendered_report):
+    md, html = rendered_report["md"], rendered_report["html"]
+    assert "21 denied attempt(s) (12 forwarded from container or VM networks)" in md
+    row = [r for r in md.splitlines() if r.startswith("| agent-1 |")][0]
+    # denied, forwarded, destinations (address and port: 198.18.211.1:443 is the container's and uid 4242's)
+    assert row.split(" | ")[1:4] == ["21", "12", "12"]
+    assert '<td class="n">21</td><td class="n">12</td><td class="n">12</td>' in html
+    report = json.loads(rendered_report["json"])
+    assert report["hosts"]["agent-1"]["forwarded_total"] == 12
