@@ -17,6 +17,9 @@ description:
     M(ansible.builtin.setup) name it, and the Python running the module), whether systemd is PID 1, which
     of the given packages are installed, the state of the given systemd units, the type, mode, owner and
     SHA-256 of the given paths, and which of the given users do not exist.
+  - With O(networks=true), also the host's container and VM networks (the bridges whose forwarded traffic
+    the allowlist must cover, found with C(ip -j -d addr show)) and the container and VM runtimes it has;
+    with O(runtime_users), which runtime API sockets those users can connect to.
   - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
     an unchanged host costs this module and the plan of M(agentguard.hardening.egress_rules).
   - It only reads; check mode returns the same result.
@@ -59,6 +62,22 @@ options:
     type: list
     elements: str
     default: []
+  networks:
+    description:
+      - Also return RV(bridges) (runs C(ip -j -d addr show)) and RV(runtimes).
+      - The runtimes' systemd units are asked in the same C(systemctl show) call as O(active) and O(enabled).
+      - When C(ip) is missing or fails, RV(bridges) is empty and a warning says so.
+    type: bool
+    default: false
+  runtime_users:
+    description:
+      - Restricted user names (or numeric uids) whose access to the API sockets of container and VM runtimes
+        (Docker, Podman, containerd, libvirt, LXD) to return in RV(runtime_access).
+      - A user who can connect to one of these sockets can start a container or VM, and with it traffic the
+        rules for that user do not see.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -73,6 +92,17 @@ EXAMPLES = r"""
 - name: Fail when the agent's user is missing
   ansible.builtin.assert:
     that: host.missing_users | length == 0
+
+- name: Read the container networks and who can drive their runtimes
+  agentguard.hardening.egress_host_state:
+    networks: true
+    runtime_users: [agent]
+  register: host
+
+- name: Fail when the agent's user can start containers
+  ansible.builtin.assert:
+    that: host.runtime_access | length == 0
+    fail_msg: "{{ host.runtime_access | map(attribute='socket') | join(', ') }} let the agent start containers"
 """
 
 RETURN = r"""
@@ -140,6 +170,92 @@ missing_users:
   type: list
   elements: str
   sample: []
+bridges:
+  description:
+    - The host's guest networks, sorted by name. A bridge counts unless one of its ports is a physical
+      device (C(/sys/class/net/NAME/device) exists), a VLAN or macvlan on one, or a bond of them; such a bridge
+      (C(br0) with C(eth0)) is the host's own uplink.
+    - Empty when C(ip) is missing or fails (a warning then says so).
+  returned: when O(networks=true)
+  type: list
+  elements: dict
+  sample: [{"name": docker0, "runtime": docker, "networks": {"ipv4": ["172.17.0.0/16"], "ipv6": ["fd00:d0c::/64"]}}]
+  contains:
+    name:
+      description: The bridge's interface name.
+      type: str
+    networks:
+      description: The networks (CIDR) of the bridge's global addresses, by family; link-local ones are left out.
+      type: dict
+      contains:
+        ipv4:
+          description: The IPv4 networks.
+          type: list
+          elements: str
+        ipv6:
+          description: The IPv6 networks.
+          type: list
+          elements: str
+    runtime:
+      description:
+        - What the name suggests created the bridge (V(docker), V(podman), V(kubernetes), V(libvirt), V(lxd) or V(unknown)).
+      type: str
+runtimes:
+  description: The container and VM runtimes the host shows any sign of.
+  returned: when O(networks=true)
+  type: list
+  elements: dict
+  sample: [{"name": docker, "active": true, "evidence": ["unit docker.service active", "binary /usr/bin/docker",
+            "socket /run/docker.sock"], "sockets": ["/run/docker.sock"], "firewall_backend": iptables}]
+  contains:
+    name:
+      description: V(docker), V(podman), V(containerd), V(libvirt) or V(lxd).
+      type: str
+    active:
+      description: Whether one of its systemd units is active or its API socket exists.
+      type: bool
+    evidence:
+      description: What was found (C(unit NAME active), C(binary PATH), C(socket PATH)).
+      type: list
+      elements: str
+    sockets:
+      description: Its API sockets that exist.
+      type: list
+      elements: str
+    firewall_backend:
+      description: Docker only. V(nftables) when C(/etc/docker/daemon.json) sets C(firewall-backend) to it, else V(iptables).
+      type: str
+      returned: for Docker
+    config_error:
+      description: Docker only, when C(/etc/docker/daemon.json) is not a JSON object (also returned as a warning).
+      type: str
+      returned: when daemon.json is malformed
+runtime_access:
+  description:
+    - For each of O(runtime_users), the runtime API sockets that user can connect to (write permission on the
+      socket, as its owner, through a group, as others, or as root). ACLs and the permissions of the
+      directories on the way are not looked at.
+    - A user that does not exist is left out (see RV(missing_users) with O(users)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"user": agent, "uid": 1000, "socket": /run/docker.sock, "runtime": docker, "via": group docker}]
+  contains:
+    user:
+      description: The name as given in O(runtime_users).
+      type: str
+    uid:
+      description: Its uid.
+      type: int
+    socket:
+      description: The socket's path.
+      type: str
+    runtime:
+      description: The runtime the socket belongs to.
+      type: str
+    via:
+      description: V(owner), V(group NAME), V(others) or V(root).
+      type: str
 """
 
 import os
@@ -152,6 +268,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
     parse_os_release,
     platform_facts,
 )
+from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),
@@ -159,6 +276,8 @@ ARGUMENT_SPEC = dict(
     enabled=dict(type="list", elements="str", default=[]),
     paths=dict(type="list", elements="path", default=[]),
     users=dict(type="list", elements="str", default=[]),
+    networks=dict(type="bool", default=False),
+    runtime_users=dict(type="list", elements="str", default=[]),
 )
 
 
@@ -187,7 +306,27 @@ def main():
     facts = platform_facts(parse_os_release(_read_first("/etc/os-release", "/usr/lib/os-release")),
                            _read_first("/etc/debian_version"))
     facts.update(system=platform.system(), python=sys.executable)
-    state = host_state(module.params, run, os.path.isdir("/run/systemd/system"), facts["os_family"])
+    networks = module.params["networks"]
+    query = dict(module.params)
+    if networks:  # the runtimes' units, asked in the same systemctl call as the caller's
+        query["active"] = list(module.params["active"]) + _netdev.RUNTIME_UNITS
+    state = host_state(query, run, os.path.isdir("/run/systemd/system"), facts["os_family"])
+    units = state["active"]
+    state["active"] = dict((unit, units[unit]) for unit in module.params["active"] if unit in units)
+
+    def run_command(argv):
+        executable = module.get_bin_path(argv[0])
+        if executable is None:
+            raise OSError("%s not found" % argv[0])
+        return module.run_command([executable] + argv[1:], environ_update=env)
+
+    users = [user for user in (_netdev.passwd_user(name) for name in module.params["runtime_users"]) if user]
+    found = _netdev.read_host(run_command, _netdev.is_physical, os.path.exists, lambda unit: units.get(unit) == "active",
+                              _netdev.read_text, _netdev.stat_path, _netdev.passwd_groups, users,
+                              networks=networks, resolve=os.path.realpath)
+    for warning in found.pop("warnings"):
+        module.warn(warning)
+    state.update(found)
     module.exit_json(changed=False, platform=facts, **state)
 
 

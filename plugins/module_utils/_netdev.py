@@ -1,0 +1,368 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The container and VM networks of a host, the runtimes behind them and who may drive those runtimes.
+
+Private to agentguard.hardening: no compatibility promise outside the collection.
+Read-only and pure: every function takes the readers it uses (command runner, path tests, file reader,
+stat, group lookup), so the logic is tested without root and without the runtimes installed.
+
+Why: the allowlist covers forwarded traffic only for the networks in scope_networks. A guest bridge
+(docker0, virbr0, ...) that no element covers forwards its guests' traffic around the allowlist, and
+a restricted user who can connect to a runtime's socket can start such a guest, or one on the host's
+network. Both are reported, so a host is never called hardened while one is open.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import grp
+import ipaddress
+import json
+import os
+import pwd
+import re
+
+# Port kinds whose lower device ("link") or enslaved ports decide whether they reach the host's LAN.
+LOWER_KINDS = ("vlan", "macvlan", "macvtap", "ipvlan")
+AGGREGATE_KINDS = ("bond", "team")
+
+# (runtime, pattern of its bridge names), first match wins: cni-podman* before cni*.
+RUNTIME_NAMES = (
+    ("docker", re.compile(r"^(docker0|br-[0-9a-f]{12})$")),
+    ("podman", re.compile(r"^(podman|cni-podman)")),
+    ("kubernetes", re.compile(r"^(cni|flannel|cali)")),
+    ("libvirt", re.compile(r"^virbr")),
+    ("lxd", re.compile(r"^lxdbr")),
+)
+
+# What each runtime leaves on a host: systemd units, binaries, API sockets (in the order looked at).
+RUNTIMES = (
+    ("docker", {"units": ["docker.service"],
+                "binaries": ["/usr/bin/docker", "/usr/bin/dockerd"],
+                "sockets": ["/run/docker.sock", "/var/run/docker.sock"]}),
+    ("podman", {"units": ["podman.socket", "podman.service"],
+                "binaries": ["/usr/bin/podman"],
+                "sockets": ["/run/podman/podman.sock"]}),
+    ("containerd", {"units": ["containerd.service"],
+                    "binaries": ["/usr/bin/containerd"],
+                    "sockets": ["/run/containerd/containerd.sock"]}),
+    ("libvirt", {"units": ["libvirtd.service", "virtqemud.service"],
+                 "binaries": ["/usr/sbin/libvirtd"],
+                 "sockets": ["/run/libvirt/libvirt-sock"]}),
+    ("lxd", {"units": ["lxd.service", "snap.lxd.daemon.service"],
+             "binaries": ["/usr/bin/lxd", "/snap/bin/lxd"],
+             "sockets": ["/var/snap/lxd/common/lxd/unix.socket", "/var/lib/lxd/unix.socket"]}),
+)
+RUNTIME_UNITS = [unit for _name, evidence in RUNTIMES for unit in evidence["units"]]
+RUNTIME_SOCKETS = [(sock, name) for name, evidence in RUNTIMES for sock in evidence["sockets"]]
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+IP_ARGV = ["ip", "-j", "-d", "addr", "show"]
+
+
+def parse_links(ip_json_text):
+    """The links of `ip -j -d addr show` output, in its order.
+
+    Each is {"name", "kind" (linkinfo.info_kind, "" for a plain device), "addresses" (global scope
+    only, as "ADDRESS/PREFIXLEN"), "master" (the bridge or bond it is enslaved to, or None),
+    "link" (the lower device of a VLAN or the peer of a veth, or None)}.
+    Raises ValueError when the text is not the JSON list iproute2 prints.
+    """
+    data = json.loads(ip_json_text or "[]")
+    if not isinstance(data, list):
+        raise ValueError("ip -j printed %s, not a list of links" % type(data).__name__)
+    links = []
+    for entry in data:
+        if not isinstance(entry, dict) or not entry.get("ifname"):
+            continue
+        addresses = []
+        for addr in entry.get("addr_info") or []:
+            if addr.get("scope") == "global" and addr.get("local") and addr.get("family") in ("inet", "inet6"):
+                addresses.append("%s/%s" % (addr["local"], addr.get("prefixlen", 32 if addr["family"] == "inet" else 128)))
+        links.append({
+            "name": entry["ifname"],
+            "kind": (entry.get("linkinfo") or {}).get("info_kind") or "",
+            "addresses": addresses,
+            "master": entry.get("master") or None,
+            "link": entry.get("link") or None,
+        })
+    return links
+
+
+def guess_runtime(name):
+    """The runtime that names its bridges like `name` (docker, podman, kubernetes, libvirt, lxd or unknown)."""
+    for runtime, pattern in RUNTIME_NAMES:
+        if pattern.match(name):
+            return runtime
+    return "unknown"
+
+
+def _networks(addresses):
+    """{"ipv4": [...], "ipv6": [...]}: the network CIDRs of the addresses, each once, in their order."""
+    found = {"ipv4": [], "ipv6": []}
+    for address in addresses:
+        network = ipaddress.ip_interface(address).network
+        family = "ipv4" if network.version == 4 else "ipv6"
+        if str(network) not in found[family]:
+            found[family].append(str(network))
+    return found
+
+
+def guest_bridges(links, is_physical):
+    """The bridges that are container or VM networks, sorted by name.
+
+    A bridge counts unless one of its ports reaches the host's LAN: a physical device
+    (is_physical(name): /sys/class/net/NAME/device exists), or a VLAN/macvlan on one, or a bond with
+    a physical slave. Such a bridge (br0 with eth0) is the host's own uplink, not a guest network.
+    Each is {"name", "networks": {"ipv4": [...], "ipv6": [...]}, "runtime": guess from the name}.
+    """
+    by_name = dict((link["name"], link) for link in links)
+
+    def uplink(name, seen):
+        if name in seen or name not in by_name:
+            return False
+        seen.add(name)
+        link = by_name[name]
+        if is_physical(name):
+            return True
+        if link["kind"] in LOWER_KINDS and link.get("link"):
+            return uplink(link["link"], seen)
+        if link["kind"] in AGGREGATE_KINDS:
+            return any(uplink(port["name"], seen) for port in links if port["master"] == name)
+        return False
+
+    bridges = []
+    for link in links:
+        if link["kind"] != "bridge":
+            continue
+        if any(uplink(port["name"], set([link["name"]])) for port in links if port["master"] == link["name"]):
+            continue
+        bridges.append({"name": link["name"], "networks": _networks(link["addresses"]),
+                        "runtime": guess_runtime(link["name"])})
+    return sorted(bridges, key=lambda bridge: bridge["name"])
+
+
+def iface_matches(pattern, name):
+    """Whether iptables' -i/-o `pattern` matches interface `name`: exactly, or as a prefix with a trailing "+"."""
+    if pattern.endswith("+"):
+        return name.startswith(pattern[:-1])
+    return pattern == name
+
+
+def _split_scope(scope_networks):
+    """(interface patterns, networks) of scope_networks; an element that is no CIDR is an interface name."""
+    patterns, networks = [], []
+    for element in scope_networks or []:
+        text = str(element).strip()
+        try:
+            networks.append((text, ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            patterns.append(text)
+    return patterns, networks
+
+
+def coverage(scope_networks, bridges):
+    """(covered, uncovered): which guest bridges the forwarded-traffic rules of scope_networks reach.
+
+    A bridge is covered when an interface element matches its name, or when, for each family in which
+    it has addresses, every one of its networks lies inside a CIDR element of that family. A bridge
+    without any address is not routed by the host and counts as covered by CIDRs.
+    covered: [{"name", "runtime", "by": [elements]}]; uncovered: [{"name", "runtime", "families",
+    "networks", "reason"}] naming only the families (and their networks) that no element covers.
+    Both sorted by name.
+    """
+    patterns, networks = _split_scope(scope_networks)
+    covered, uncovered = [], []
+    for bridge in sorted(bridges, key=lambda item: item["name"]):
+        matching = [pattern for pattern in patterns if iface_matches(pattern, bridge["name"])]
+        if matching:
+            covered.append({"name": bridge["name"], "runtime": bridge["runtime"], "by": matching})
+            continue
+        by, families, missing = [], [], []
+        for family in ("ipv4", "ipv6"):
+            for cidr in bridge["networks"].get(family) or []:
+                net = ipaddress.ip_network(cidr)
+                inside = [text for text, element in networks
+                          if element.version == net.version and net.subnet_of(element)]
+                if inside:
+                    by.extend(text for text in inside if text not in by)
+                else:
+                    missing.append(cidr)
+                    if family not in families:
+                        families.append(family)
+        if not missing:
+            covered.append({"name": bridge["name"], "runtime": bridge["runtime"], "by": by})
+            continue
+        uncovered.append({
+            "name": bridge["name"], "runtime": bridge["runtime"], "families": families, "networks": missing,
+            "reason": "%s (%s) forwards %s traffic of %s around the allowlist: no interface element of "
+                      "scope_networks matches it and no CIDR element contains %s" % (
+                          bridge["name"], bridge["runtime"], " and ".join(families), ", ".join(missing),
+                          "it" if len(missing) == 1 else "them"),
+        })
+    return covered, uncovered
+
+
+def _docker_firewall_backend(text):
+    """(backend, error) from the text of /etc/docker/daemon.json (None: no file)."""
+    if text is None or not text.strip():
+        return "iptables", None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        return "iptables", "%s is not valid JSON (%s); Docker refuses to start with it" % (DOCKER_DAEMON_JSON, exc)
+    if not isinstance(config, dict):
+        return "iptables", "%s is not a JSON object" % DOCKER_DAEMON_JSON
+    return ("nftables" if config.get("firewall-backend") == "nftables" else "iptables"), None
+
+
+def detect_runtimes(exists, active, read):
+    """The container and VM runtimes the host shows any sign of, in the order of RUNTIMES.
+
+    exists(path) -> bool; active(unit) -> bool (what systemd says; always False without systemd);
+    read(path) -> text or None. Each runtime is {"name", "active" (a unit is active or its API socket
+    exists), "evidence": ["unit docker.service active", "binary /usr/bin/docker", "socket ..."],
+    "sockets": [the API sockets that exist]}. Docker also has "firewall_backend" (from daemon.json:
+    "nftables" or "iptables") and, when daemon.json cannot be read as JSON, "config_error".
+    """
+    found = []
+    for name, signs in RUNTIMES:
+        units = [unit for unit in signs["units"] if active(unit)]
+        binaries = [path for path in signs["binaries"] if exists(path)]
+        sockets = [path for path in signs["sockets"] if exists(path)]
+        evidence = (["unit %s active" % unit for unit in units] + ["binary %s" % path for path in binaries]
+                    + ["socket %s" % path for path in sockets])
+        if not evidence:
+            continue
+        runtime = {"name": name, "active": bool(units or sockets), "evidence": evidence, "sockets": sockets}
+        if name == "docker":
+            runtime["firewall_backend"], error = _docker_firewall_backend(read(DOCKER_DAEMON_JSON))
+            if error:
+                runtime["config_error"] = error
+        found.append(runtime)
+    return found
+
+
+def _access(uid, groups, owner, group, mode):
+    """How a process of uid with groups (gid -> name) may connect to a socket (write permission), or None."""
+    if uid == 0:
+        return "root"
+    # The kernel applies one class only: the owner's bits to the owner, the group's to a member.
+    if uid == owner:
+        return "owner" if mode & 0o200 else None
+    if group in groups:
+        return "group %s" % groups[group] if mode & 0o020 else None
+    return "others" if mode & 0o002 else None
+
+
+def runtime_access(users, sockets_stat, user_groups, sockets=None):
+    """Which runtime API sockets each restricted user can connect to.
+
+    users: [(name, uid)]; sockets_stat(path) -> (uid, gid, mode) or None when absent;
+    user_groups(name) -> [(gid, group name)] with the primary group; sockets: [(path, runtime)],
+    RUNTIME_SOCKETS by default. Write permission on the socket decides (ACLs and the directories on the
+    way are not looked at). Returns [{"user", "uid", "socket", "runtime", "via"}], via being "owner",
+    "group NAME", "others" or "root", in the order of users and sockets.
+    """
+    sockets = RUNTIME_SOCKETS if sockets is None else sockets
+    stats = [(path, runtime, sockets_stat(path)) for path, runtime in sockets]
+    stats = [(path, runtime, info) for path, runtime, info in stats if info is not None]
+    found = []
+    for name, uid in users:
+        groups = dict((gid, group) for gid, group in (user_groups(name) if stats else []))
+        for path, runtime, (owner, group, mode) in stats:
+            via = _access(uid, groups, owner, group, mode)
+            if via:
+                found.append({"user": name, "uid": uid, "socket": path, "runtime": runtime, "via": via})
+    return found
+
+
+def read_networks(run_command, is_physical):
+    """(guest bridges, warnings) of this host: runs `ip -j -d addr show` through run_command(argv) -> (rc, out, err)."""
+    try:
+        rc, out, err = run_command(IP_ARGV)
+    except (IOError, OSError) as exc:  # ip is not installed
+        return [], ["cannot list the network links (%s): guest bridges are not known" % exc]
+    if rc != 0:
+        return [], ["`%s` failed (rc=%s: %s): guest bridges are not known" % (" ".join(IP_ARGV), rc, (err or out).strip())]
+    try:
+        links = parse_links(out)
+    except ValueError as exc:
+        return [], ["`%s` printed no JSON (%s): guest bridges are not known" % (" ".join(IP_ARGV), exc)]
+    return guest_bridges(links, is_physical), []
+
+
+def read_host(run_command, is_physical, exists, active, read, stat, groups, users, networks=True, resolve=None):
+    """{"bridges", "runtimes", "runtime_access", "warnings"}: what egress_host_state adds to its answer.
+
+    networks=False leaves out bridges and runtimes (and does not run ip). users: [(name, uid)] for
+    runtime_access. resolve(path) -> canonical path (os.path.realpath): /var/run/docker.sock and
+    /run/docker.sock are one socket, named once.
+    """
+    sockets, seen = [], set()
+    for path, runtime in RUNTIME_SOCKETS:
+        key = resolve(path) if resolve else path
+        if key not in seen:
+            seen.add(key)
+            sockets.append((path, runtime))
+    found = {"warnings": [], "runtime_access": runtime_access(users, stat, groups, sockets)}
+    if networks:
+        found["bridges"], found["warnings"] = read_networks(run_command, is_physical)
+        kept = set(path for path, _runtime in sockets)
+        found["runtimes"] = detect_runtimes(exists, active, read)
+        for runtime in found["runtimes"]:
+            runtime["sockets"] = [path for path in runtime["sockets"] if path in kept]
+            if runtime.get("config_error"):
+                found["warnings"].append(runtime["config_error"])
+    return found
+
+
+# The readers of the real host that the module passes in.
+
+def is_physical(name):
+    """Whether a network device is backed by hardware (/sys/class/net/NAME/device exists)."""
+    return os.path.exists("/sys/class/net/%s/device" % name)
+
+
+def read_text(path):
+    """The text of a file, or None when it cannot be read."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (IOError, OSError, UnicodeError):
+        return None
+
+
+def stat_path(path):
+    """(uid, gid, mode) of a path, following links, or None when absent."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_uid, info.st_gid, info.st_mode
+
+
+def passwd_user(name, getpwnam=pwd.getpwnam):
+    """(name, uid) of a user name or numeric uid, or None when the name has no passwd entry."""
+    try:
+        return name, getpwnam(name).pw_uid
+    except KeyError:
+        return (name, int(name)) if name.isdigit() else None
+
+
+def passwd_groups(name):
+    """[(gid, group name)] of a user name or numeric uid: primary and supplementary ([] without a passwd entry)."""
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        return []
+    found = []
+    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        try:
+            found.append((gid, grp.getgrgid(gid).gr_name))
+        except KeyError:
+            found.append((gid, str(gid)))
+    return found
