@@ -316,6 +316,34 @@ tracking:
   sample:
     ipv4: false
     ipv6: false
+networks:
+  description:
+    - The host's container and VM bridges (a bridge without a physical port, as C(ip -d addr) shows them),
+      split by whether O(scope_networks) covers their forwarded traffic. A bridge is covered when an
+      interface element matches its name, or when CIDR elements contain each of its networks.
+    - C(uncovered) names what is left open, per bridge only the families (and networks) no element
+      covers; it is returned in check mode too, so a plan says when containers would stay open.
+  returned: when O(state=present)
+  type: dict
+  contains:
+    covered:
+      description: Bridges whose forwarded traffic is held to the allowlist, with the elements that cover them.
+      type: list
+      elements: dict
+      sample: [{name: docker0, runtime: docker, by: [docker0]}]
+    uncovered:
+      description: Bridges (or families of them) whose forwarded traffic is not held to the allowlist.
+      type: list
+      elements: dict
+      sample:
+        - name: br-0123456789ab
+          runtime: docker
+          families: [ipv4]
+          networks: [198.19.40.0/24]
+          reason: br-0123456789ab (docker) forwards ipv4 traffic of 198.19.40.0/24 around the allowlist ...
+  sample:
+    covered: []
+    uncovered: []
 families:
   description: The families that were managed (ipv6 is absent only on a kernel without IPv6).
   returned: always
@@ -337,6 +365,11 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._apply import
     make_plan,
     plan_diff,
     read_live,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
+    coverage,
+    is_physical,
+    read_networks,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
     FAMILIES,
@@ -438,6 +471,13 @@ def main():
         tracking=dict((f, plan.live[f].tracking) for f in families),
         families=families,
     )
+    if policy.state == "present":
+        # Never silent: container bridges the forward path does not reach, in check mode too.
+        bridges, warnings = read_networks(run, is_physical)
+        for warning in warnings:
+            module.warn(warning)
+        covered, uncovered = coverage(module.params["scope_networks"], bridges)
+        result["networks"] = dict(covered=covered, uncovered=uncovered)
     if module._diff:
         result["diff"] = plan_diff(plan)
     if plan.changed and not module.check_mode:
