@@ -3,60 +3,29 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Read the live netfilter state, plan the change, and apply it atomically with rollback.
+"""Apply a plan atomically, and put back what was changed when a step fails.
 
-Private to agentguard.hardening. All commands go through one runner,
-run(argv, data) -> (rc, stdout, stderr), so the ordering and rollback logic is
-unit-tested with a recording runner and integration-tested against real kernels.
+Private to agentguard.hardening. Sets first (rules refer to them), every payload tested, one
+iptables-restore transaction per family; unit-tested with a recording runner, and against real
+kernels by tests/netns.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from collections import namedtuple
-
-from ansible_collections.agentguard.hardening.plugins.module_utils._diff import (
-    diff_text,
-    family_changes,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError
+from ansible_collections.agentguard.hardening.plugins.module_utils._plan import family_transaction
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import (
-    desired_hooks,
-    desired_sets,
-    desired_state,
-    render_hook_transaction,
-    render_persistent,
     render_sets_destroy,
-    render_sets_persistent,
     render_sets_update,
-    render_transaction,
     temp_set_name,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
-    SET_PREFIXES,
-    TEMP_SET_PREFIXES,
     LiveHook,
-    live_state,
+    ParseError,
     parse_ipset_save,
 )
-
-SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save"}
-RESTORE = {"ipv4": "iptables-restore", "ipv6": "ip6tables-restore"}
-SET_FAMILIES = {"inet": "ipv4", "inet6": "ipv6"}
-XTABLES_WAIT = "10"
-
-Plan = namedtuple("Plan", [
-    "families", "live", "live_sets", "desired", "desired_sets", "transactions",
-    "sets_update", "sets_created", "sets_changed", "sets_obsolete", "changes", "changed",
-    "rules", "sets_payload", "desired_hooks",
-])
-
-
-class CommandError(Exception):
-    def __init__(self, argv, rc, out, err):
-        self.argv, self.rc, self.out, self.err = argv, rc, out, err
-        detail = (err or out or "").strip()
-        super(CommandError, self).__init__("%s exited %d: %s" % (" ".join(argv), rc, detail))
 
 
 class ApplyError(Exception):
@@ -71,72 +40,6 @@ class ApplyError(Exception):
         super(ApplyError, self).__init__(text)
 
 
-class Netfilter(object):
-    """The commands we run, with argv lists only and the xtables lock honoured."""
-
-    def __init__(self, run, bin_path):
-        self._run = run
-        self._bin = bin_path
-
-    def _call(self, argv, data=None):
-        rc, out, err = self._run(argv, data)
-        if rc != 0:
-            raise CommandError(argv, rc, out, err)
-        return out
-
-    def save(self, family):
-        # Every table at once: filter, and mangle/nat where the forward path hooks in (HOOKS).
-        return self._call([self._bin(SAVE[family], True)])
-
-    def restore(self, family, payload, test=False):
-        argv = [self._bin(RESTORE[family], True), "--noflush", "--wait", XTABLES_WAIT]
-        if test:
-            argv.append("--test")
-        self._call(argv, payload)
-
-    def has_ipset(self):
-        return self._bin("ipset", False) is not None
-
-    def ipset_save(self):
-        if not self.has_ipset():
-            return ""
-        return self._call([self._bin("ipset", True), "save"])
-
-    def ipset_restore(self, payload):
-        self._call([self._bin("ipset", True), "restore"], payload)
-
-
-def split_sets(sets):
-    """{family: {name: IpSet}} from {name: IpSet}."""
-    result = dict((family, {}) for family in SET_PREFIXES)
-    for name, ipset in sets.items():
-        family = SET_FAMILIES.get(ipset.family)
-        if family is None:
-            family = "ipv6" if name.startswith(SET_PREFIXES["ipv6"]) else "ipv4"
-        result[family][name] = ipset
-    return result
-
-
-def read_live(nf, families):
-    live = dict((family, live_state(nf.save(family))) for family in families)
-    # Includes leftover temporary sets ("agt4-*") from an interrupted run: ours to clean up.
-    live_sets = parse_ipset_save(nf.ipset_save())
-    return live, live_sets
-
-
-def family_transaction(current, current_hooks, desired, desired_hooks_, foreign_output_rules):
-    """One iptables-restore --noflush payload turning our part of every table from current into
-    desired (filter, then the HOOKS tables), or None when nothing differs.
-
-    current_hooks is {table: LiveHook}; desired_hooks_ is {table: HookState}."""
-    parts = [render_transaction(current, desired, foreign_output_rules)]
-    for table in sorted(desired_hooks_):
-        have = current_hooks[table]
-        parts.append(render_hook_transaction(table, have.managed, desired_hooks_[table], have.foreign_rules))
-    text = "".join(part for part in parts if part)
-    return text or None
-
-
 def _undo_transaction(plan, family):
     """The payload that puts our part of every table back as plan.live recorded it."""
     live = plan.live[family]
@@ -148,54 +51,12 @@ def _undo_transaction(plan, family):
         live.foreign_output_rules)
 
 
-def make_plan(policy, resolved, families, live, live_sets):
-    """Compare and decide: everything check mode reports and apply executes."""
-    want_sets = desired_sets(policy, resolved)
-    want_sets = dict((n, s) for n, s in want_sets.items() if any(n.startswith(SET_PREFIXES[f]) for f in families))
-    current_sets = dict((n, s) for n, s in live_sets.items() if not n.startswith(TEMP_SET_PREFIXES))
-    desired = {}
-    transactions = {}
-    changes = {}
-    rules = {}
-    have_by_family = split_sets(current_sets)
-    want_by_family = split_sets(want_sets)
-    hooks = {}
-    for family in families:
-        desired[family] = desired_state(policy, resolved, family, want_sets)
-        hooks[family] = desired_hooks(policy, resolved, family, want_sets)
-        transactions[family] = family_transaction(live[family].managed, live[family].hooks, desired[family],
-                                                  hooks[family], live[family].foreign_output_rules)
-        changes[family] = family_changes(live[family].managed, desired[family],
-                                         have_by_family[family], want_by_family[family],
-                                         dict((t, h.managed) for t, h in live[family].hooks.items()), hooks[family])
-        rules[family] = render_persistent(desired[family], live[family].policies, hooks[family])
-    sets_update, created, changed_sets = render_sets_update(current_sets, want_sets)
-    # Temporary sets left by an interrupted run would block the next swap: remove them first.
-    sets_update = render_sets_destroy(n for n in live_sets if n.startswith(TEMP_SET_PREFIXES)) + sets_update
-    obsolete = sorted(set(current_sets) - set(want_sets))
-    changed = any(t is not None for t in transactions.values()) or bool(sets_update) or bool(obsolete)
-    return Plan(families, live, live_sets, desired, want_sets, transactions, sets_update, created,
-                changed_sets, obsolete, changes, changed, rules, render_sets_persistent(want_sets), hooks)
-
-
-def plan_diff(plan):
-    before_sets = split_sets(dict((n, s) for n, s in plan.live_sets.items() if not n.startswith(TEMP_SET_PREFIXES)))
-    after_sets = split_sets(plan.desired_sets)
-    return {
-        "before_header": "managed netfilter state (live)",
-        "after_header": "managed netfilter state (desired)",
-        "before": diff_text(dict((f, plan.live[f].managed) for f in plan.families), before_sets,
-                            dict((f, dict((t, h.managed) for t, h in plan.live[f].hooks.items())) for f in plan.families)),
-        "after": diff_text(plan.desired, after_sets, plan.desired_hooks),
-    }
-
-
 def _undo_sets(nf, plan, errors):
     """Put our ipsets back as they were in plan.live_sets."""
     try:
         now = parse_ipset_save(nf.ipset_save())
-    except CommandError as exc:
-        errors.append(str(exc))
+    except (CommandError, ParseError) as exc:
+        errors.append("cannot read the sets to put them back: %s" % exc)
         return
     old = dict((n, plan.live_sets[n]) for n in plan.sets_changed if n in plan.live_sets)
     text, created, changed = render_sets_update(dict((n, now[n]) for n in old if n in now), old)

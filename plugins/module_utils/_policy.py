@@ -59,13 +59,17 @@ or "ipv4"/"ipv6" (value: the canonical network)."""
 
 Policy = namedtuple("Policy", [
     "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
-    "mode", "scope", "users", "families", "state", "dns_mode", "resolver", "dns_set_timeout", "resolvers",
+    "mode", "scope", "users", "families", "state", "dns_mode", "resolver_user", "dns_set_timeout", "resolvers",
     "networks",
 ])
 DNS_MODES = ("pinned", "filtering")
 # In filtering mode the resolver adds answers to the sets with this lifetime at least.
 MIN_SET_TIMEOUT = 10
 MAX_SET_TIMEOUT = 2147483
+# Seconds per DNS answer and extra attempts: a run must stay well inside the role's apply timeout.
+MIN_RESOLVE_TIMEOUT = 0.1
+MAX_RESOLVE_TIMEOUT = 30
+MAX_RESOLVE_RETRIES = 10
 
 
 class PolicyError(Exception):
@@ -219,6 +223,18 @@ def _int_in(value, low, high, where):
     if not low <= value <= high:
         raise ValueError("%s: %s is out of range (%d to %d)" % (where, _repr(value), low, high))
     return value
+
+
+def _float_in(value, low, high, where):
+    try:
+        if isinstance(value, bool):
+            raise ValueError()
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("%s: %s is not a number" % (where, _repr(value)))
+    if not low <= number <= high:
+        raise ValueError("%s: %s is out of range (%s to %s)" % (where, _repr(value), low, high))
+    return number
 
 
 def _choice(value, choices, where):
@@ -410,12 +426,18 @@ def build_policy(params, lookup_user):
         if wide:
             errors.append("allow: %s set subdomains: true, which only dns_mode=filtering can honour "
                           "(dns_mode is 'pinned')" % ", ".join(_repr(n) for n in wide))
-    resolver = None
+    resolver_user = None
     if dns_mode == "filtering" and state == "present":
-        resolver_users, resolver_errors = parse_users([params.get("dns_resolver_user") or "dnsmasq"], lookup_user,
-                                                      where="dns_resolver_user")
-        errors.extend(e.replace("dns_resolver_user[0]", "dns_resolver_user") for e in resolver_errors)
-        resolver = resolver_users[0] if resolver_users else None
+        # No default: the distribution's dnsmasq user may run another dnsmasq (libvirt's, a DHCP
+        # server) that forwards for anyone, and the rules let this user's DNS out.
+        if not params.get("dns_resolver_user"):
+            errors.append("dns_resolver_user: %s is empty; dns_mode=filtering needs the user the local filtering "
+                          "resolver runs as (only its DNS may leave the host)" % _repr(params.get("dns_resolver_user")))
+        else:
+            resolver_users, resolver_errors = parse_users([params.get("dns_resolver_user")], lookup_user,
+                                                          where="dns_resolver_user")
+            errors.extend(e.replace("dns_resolver_user[0]", "dns_resolver_user") for e in resolver_errors)
+            resolver_user = resolver_users[0] if resolver_users else None
     resolvers = []
     for index, server in enumerate(params.get("resolvers") or []):
         address = check(parse_address, server, "resolvers[%d]" % index)
@@ -424,8 +446,12 @@ def build_policy(params, lookup_user):
     if not resolvers:
         resolvers = list(dns_servers)
 
+    # How the module asks the resolvers: validated like every other option.
+    check(_float_in, params.get("resolve_timeout", 3.0), MIN_RESOLVE_TIMEOUT, MAX_RESOLVE_TIMEOUT, "resolve_timeout")
+    check(_int_in, params.get("resolve_retries", 2), 0, MAX_RESOLVE_RETRIES, "resolve_retries")
+
     if errors:
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
-                  mode, scope, tuple(users), families, state, dns_mode, resolver, dns_set_timeout, tuple(resolvers),
+                  mode, scope, tuple(users), families, state, dns_mode, resolver_user, dns_set_timeout, tuple(resolvers),
                   tuple(networks))

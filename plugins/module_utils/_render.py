@@ -118,8 +118,8 @@ def _allow_rules(policy, resolved, family, sets):
             if policy.dns_mode == "filtering":
                 # Only the local filtering resolver may ask upstream; everyone else asks it over lo.
                 rules.append("-d %s %s -m owner --uid-owner %d -m conntrack --ctstate NEW %s -j ACCEPT"
-                             % (_addr(server, family), _dport(protocol, 53), policy.resolver.uid,
-                                _comment("dns via " + policy.resolver.name)))
+                             % (_addr(server, family), _dport(protocol, 53), policy.resolver_user.uid,
+                                _comment("dns via " + policy.resolver_user.name)))
             else:
                 rules.append("-d %s %s -m conntrack --ctstate NEW %s -j ACCEPT"
                              % (_addr(server, family), _dport(protocol, 53), _comment("dns")))

@@ -190,9 +190,11 @@ options:
     choices: [pinned, filtering]
     default: pinned
   dns_resolver_user:
-    description: With O(dns_mode=filtering), the user the local resolver runs as; it must exist.
+    description:
+      - With O(dns_mode=filtering), the user the local resolver runs as; required then, and it must exist.
+        Only this user's DNS may leave the host, so give the resolver a user of its own (the role uses
+        C(agentguard-dns)), not a distribution's C(dnsmasq) user that another dnsmasq may run as.
     type: str
-    default: dnsmasq
   dns_set_timeout:
     description:
       - With O(dns_mode=filtering), seconds an address stays in a destination's set after the resolver's
@@ -211,11 +213,11 @@ options:
     elements: str
     default: []
   resolve_timeout:
-    description: Seconds to wait for one DNS answer from one resolver.
+    description: Seconds to wait for one DNS answer from one resolver (0.1 to 30).
     type: float
     default: 3.0
   resolve_retries:
-    description: Extra attempts for a query that timed out or failed (not for NXDOMAIN).
+    description: Extra attempts for a query that timed out or failed, not for NXDOMAIN (0 to 10).
     type: int
     default: 2
 notes:
@@ -357,20 +359,14 @@ import pwd
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.agentguard.hardening.plugins.module_utils._apply import (
-    ApplyError,
-    CommandError,
-    Netfilter,
-    apply_plan,
-    make_plan,
-    plan_diff,
-    read_live,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
 from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
     coverage,
     is_physical,
     read_networks,
 )
+from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
+from ansible_collections.agentguard.hardening.plugins.module_utils._plan import make_plan, plan_diff, read_live
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
     FAMILIES,
     PolicyError,
@@ -381,6 +377,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._resolve impo
     load_dnspython,
     resolve_destinations,
 )
+from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
 
 ARGUMENT_SPEC = dict(
     allow=dict(type="list", elements="dict", default=[], options=dict(
@@ -402,7 +399,7 @@ ARGUMENT_SPEC = dict(
     families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
-    dns_resolver_user=dict(type="str", default="dnsmasq"),
+    dns_resolver_user=dict(type="str"),
     dns_set_timeout=dict(type="int", default=300),
     resolvers=dict(type="list", elements="str", default=[]),
     resolve_timeout=dict(type="float", default=3.0),
@@ -455,7 +452,7 @@ def main():
         plan = make_plan(policy, resolved, families, live, live_sets)
     except ResolveError as exc:
         module.fail_json(msg="%s; nothing was changed" % exc)
-    except (CommandError, ValueError) as exc:
+    except (CommandError, ParseError, ValueError) as exc:
         module.fail_json(msg="cannot read the live netfilter state, nothing was changed: %s" % exc)
 
     if plan.sets_update and not nf.has_ipset():

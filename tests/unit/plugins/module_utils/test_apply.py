@@ -6,38 +6,10 @@ sequence of commands and what is run to undo a failure.
 import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _apply as A
+from ansible_collections.agentguard.hardening.plugins.module_utils import _plan
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
 
-from .test_render import RESOLVED
-from .test_state import fixture
-
-
-class Runner(object):
-    def __init__(self, saves, fail_on=None, ipset=""):
-        self.saves = saves
-        self.fail_on = fail_on
-        self.ipset = ipset
-        self.calls = []
-
-    def __call__(self, argv, data=None):
-        self.calls.append((argv, data))
-        name = argv[0].rsplit("/", 1)[-1]
-        if self.fail_on and self.fail_on(name, argv, len([c for c in self.calls if c[0][0] == argv[0]])):
-            return 1, "", "%s: line 4 failed" % name
-        if name == "iptables-save":
-            return 0, self.saves["ipv4"], ""
-        if name == "ip6tables-save":
-            return 0, self.saves["ipv6"], ""
-        if name == "ipset" and argv[1] == "save":
-            return 0, self.ipset, ""
-        return 0, "", ""
-
-    def names(self):
-        return [" ".join([c[0][0]] + [a for a in c[0][1:] if a in ("--test", "save", "restore", "-t")]) for c in self.calls]
-
-
-def nf(runner):
-    return A.Netfilter(runner, lambda name, required: name)
+from .conftest import RESOLVED, Runner, fixture, nf
 
 
 def plan_for(runner, **over):
@@ -46,8 +18,8 @@ def plan_for(runner, **over):
                   dns_servers=["198.18.0.53"])
     params.update(over)
     policy = P.build_policy(params, lambda n: 1000)
-    live, live_sets = A.read_live(nf(runner), ["ipv4", "ipv6"])
-    return A.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
+    live, live_sets = _plan.read_live(nf(runner), ["ipv4", "ipv6"])
+    return _plan.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
 
 
 def fresh():
@@ -145,3 +117,18 @@ def test_filtering_plan_is_stable_while_the_resolver_learns():
     second = plan_for(Runner(first.rules, ipset=learned), **params)
     assert not second.changed and second.sets_update == ""
     assert second.changes["ipv4"] == {"added": [], "removed": []}
+
+
+def test_unreadable_sets_during_rollback_are_reported_not_raised():
+    # The undo of the sets reads `ipset save`; output it cannot parse must not cut the rollback short.
+    runner = Runner(fresh(), fail_on=lambda name, argv, n: name == "ip6tables-restore" and "--test" not in argv)
+    plan = plan_for(runner)
+    runner.calls = []
+    runner.ipset = "create ag4-cdn hash:net family inet\nadd ag4-cdn not-an-address\n"
+    with pytest.raises(A.ApplyError) as info:
+        A.apply_plan(nf(runner), plan)
+    assert info.value.rollback_errors == ["cannot read the sets to put them back: ipset line 2: bad member "
+                                          "'add ag4-cdn not-an-address'"]
+    # The IPv4 rules were still put back before the sets were looked at.
+    assert any(argv[0] == "iptables-restore" and "-D OUTPUT -j AGENTGUARD-EGRESS" in (data or "")
+               for argv, data in runner.calls)

@@ -4,27 +4,23 @@ filtering-mode DNS redirect in nat PREROUTING.
 The fixtures forward-{nft,legacy}.v{4,6} are what each real backend printed after loading exactly
 what the renderer produced, beside Docker-like foreign state (tests/unit/fixtures/capture-forward.sh).
 """
-import os
 import sys
 
 import pytest
 
-from ansible_collections.agentguard.hardening.plugins.module_utils import _apply as A
+from ansible_collections.agentguard.hardening.plugins.module_utils import _apply
 from ansible_collections.agentguard.hardening.plugins.module_utils import _diff as D
+from ansible_collections.agentguard.hardening.plugins.module_utils import _plan as A
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
 from ansible_collections.agentguard.hardening.plugins.module_utils import _render as R
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures")
+from .conftest import FIXTURES, Runner, fixture, nf
+
 sys.path.insert(0, FIXTURES)
 import forward_policy  # noqa: E402  (the fixtures' policy, shared with capture-forward.sh)
 
 RESOLVED = {"api": {"ipv4": ["198.18.0.10"], "ipv6": ["fd00:a9e:1::10"]}}
-
-
-def fixture(name):
-    with open(os.path.join(FIXTURES, name)) as handle:
-        return handle.read()
 
 
 def policy(**over):
@@ -164,15 +160,14 @@ def test_diff_lines_name_the_table():
 
 
 def test_rollback_puts_the_forward_path_back():
-    from .test_apply import Runner, nf
     saves = {"ipv4": fixture("forward-nft.v4"), "ipv6": fixture("forward-nft.v6")}
     runner = Runner(saves, fail_on=lambda name, argv, n: name == "ip6tables-restore" and "--test" not in argv)
     live, live_sets = A.read_live(nf(runner), ["ipv4", "ipv6"])
     assert runner.calls[0][0] == ["iptables-save"]  # every table in one call
     plan = A.make_plan(policy(state="absent"), {}, ["ipv4", "ipv6"], live, live_sets)
     runner.calls = []
-    with pytest.raises(A.ApplyError):
-        A.apply_plan(nf(runner), plan)
+    with pytest.raises(_apply.ApplyError):
+        _apply.apply_plan(nf(runner), plan)
     undo = [data for argv, data in runner.calls if argv[0] == "iptables-restore" and "--test" not in argv][-1]
     assert "-I FORWARD 1 -j AGENTGUARD-FORWARD" in undo and "-I PREROUTING 1 -j AGENTGUARD-DNS" in undo
     assert "-A AGENTGUARD-FWD-DENY -j DROP" in undo

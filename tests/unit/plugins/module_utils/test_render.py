@@ -6,7 +6,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils import _polic
 from ansible_collections.agentguard.hardening.plugins.module_utils import _render as R
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
 
-from .test_state import fixture
+from .conftest import RESOLVED, fixture
 
 
 def policy(**over):
@@ -20,11 +20,6 @@ def policy(**over):
     return P.build_policy(params, lambda name: {"agent": 1000}[name])
 
 
-RESOLVED = {
-    "inference-api": {"ipv4": ["198.18.0.10"], "ipv6": ["fd00:a9e:1::10"]},
-    "cdn": {"ipv4": ["198.18.4.%d" % i for i in range(1, 11)] + ["198.18.5.0/24"],
-            "ipv6": ["fd00:a9e:4::%d" % i for i in range(1, 10)]},
-}
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])

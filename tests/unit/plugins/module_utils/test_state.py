@@ -6,12 +6,7 @@ from hypothesis import given, strategies as st
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures")
-
-
-def fixture(name):
-    with open(os.path.join(FIXTURES, name)) as handle:
-        return handle.read()
+from .conftest import FIXTURES, fixture  # noqa: F401  (FIXTURES: some tests list the folder)
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
