@@ -124,7 +124,8 @@ def _allow_rules(policy, resolved, family, sets):
                 rules.append("-d %s %s -m conntrack --ctstate NEW %s -j ACCEPT"
                              % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
     for dest in policy.allow:
-        addresses = resolved.get(dest.name, {}).get(family, [])
+        # Sorted: the order of the DNS answers never changes the rules.
+        addresses = sort_networks(resolved.get(dest.name, {}).get(family, []))
         name = set_name(family, dest.name)
         for port in dest.ports:
             tail = "%s -m conntrack --ctstate NEW %s -j ACCEPT" % (_dport(dest.protocol, port), _comment(dest.name))
@@ -213,7 +214,7 @@ def _fwd_allow_rules(policy, resolved, family, sets):
                 rules.append("-d %s %s -m conntrack --ctstate NEW %s -j RETURN"
                              % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
     for dest in policy.allow:
-        addresses = resolved.get(dest.name, {}).get(family, [])
+        addresses = sort_networks(resolved.get(dest.name, {}).get(family, []))
         name = set_name(family, dest.name)
         for port in dest.ports:
             if name in sets:

@@ -1,6 +1,6 @@
 """Ordering and rollback of the apply engine, with a recording command runner.
 
-The real kernel is exercised by tests/integration; here we check the exact
+The real kernel is exercised by tests/netns; here we check the exact
 sequence of commands and what is run to undo a failure.
 """
 import pytest
