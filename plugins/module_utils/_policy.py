@@ -47,9 +47,10 @@ USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 # prefix wildcard. Linux refuses "/", ":" and white space in names; iptables reads "!" as negation.
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,14}[A-Za-z0-9_.@+-]$")
 
-Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains"])
-Destination.__new__.__defaults__ = (False,)
-"""kind is "name", "ipv4" or "ipv6"; for addresses host is the canonical network string."""
+Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains", "users"])
+Destination.__new__.__defaults__ = (False, ())
+"""kind is "name", "ipv4" or "ipv6"; for addresses host is the canonical network string.
+users: User tuples; when not empty only their processes may connect (an owner match)."""
 
 User = namedtuple("User", ["name", "uid"])
 
@@ -60,7 +61,7 @@ or "ipv4"/"ipv6" (value: the canonical network)."""
 Policy = namedtuple("Policy", [
     "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
     "mode", "scope", "users", "families", "state", "dns_mode", "resolver_user", "dns_set_timeout", "resolvers",
-    "networks",
+    "networks", "dhcp",
 ])
 DNS_MODES = ("pinned", "filtering")
 # In filtering mode the resolver adds answers to the sets with this lifetime at least.
@@ -275,14 +276,30 @@ def parse_users(values, lookup_name, where="users"):
     return [users[uid] for uid in sorted(users)], errors
 
 
-def _destination(entry, index, errors):
+def _destination_users(entry, where, lookup_user, errors):
+    """The users of an allow entry: None when the key is absent (every restricted process may connect)."""
+    if entry.get("users") is None:
+        return ()
+    values = entry["users"]
+    if isinstance(values, (str, int)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, list) or not values:
+        errors.append("%s.users: %s must be a non-empty list of user names or uids (leave the key out to allow "
+                      "every restricted process)" % (where, _repr(entry["users"])))
+        return None
+    users, user_errors = parse_users(values, lookup_user, where=where + ".users")
+    errors.extend(user_errors)
+    return None if user_errors else tuple(users)
+
+
+def _destination(entry, index, errors, lookup_user=None):
     where = "allow[%d]" % index
     if not isinstance(entry, dict):
         errors.append("%s: %s is not a mapping with name, host, ports and protocol" % (where, _repr(entry)))
         return None
-    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol", "subdomains"})
+    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol", "subdomains", "users"})
     if unknown:
-        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol, subdomains"
+        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol, subdomains, users"
                       % (where, ", ".join(unknown)))
     subdomains = entry.get("subdomains", False)
     if subdomains is None:
@@ -327,10 +344,13 @@ def _destination(entry, index, errors):
             specs.append(spec)
     if not ok:
         return None
+    users = _destination_users(entry, where, lookup_user, errors)
+    if users is None:
+        return None
     if subdomains and kind != "name":
         errors.append("%s.subdomains: true only applies to a DNS name, not %s" % (where, _repr(entry.get("host"))))
         return None
-    return Destination(name, host, kind, tuple(specs), protocol, subdomains)
+    return Destination(name, host, kind, tuple(specs), protocol, subdomains, users)
 
 
 def build_policy(params, lookup_user):
@@ -376,7 +396,7 @@ def build_policy(params, lookup_user):
         errors.append("allow: %s must be a list of destinations" % _repr(raw_allow))
         raw_allow = []
     for index, entry in enumerate(raw_allow):
-        dest = _destination(entry, index, errors)
+        dest = _destination(entry, index, errors, lookup_user)
         if dest is None:
             continue
         if dest.name in labels:
@@ -446,6 +466,10 @@ def build_policy(params, lookup_user):
     if not resolvers:
         resolvers = list(dns_servers)
 
+    dhcp = params.get("dhcp", True)
+    if not isinstance(dhcp, bool):
+        errors.append("dhcp: %s is not a boolean" % _repr(dhcp))
+
     # How the module asks the resolvers: validated like every other option.
     check(_float_in, params.get("resolve_timeout", 3.0), MIN_RESOLVE_TIMEOUT, MAX_RESOLVE_TIMEOUT, "resolve_timeout")
     check(_int_in, params.get("resolve_retries", 2), 0, MAX_RESOLVE_RETRIES, "resolve_retries")
@@ -454,4 +478,4 @@ def build_policy(params, lookup_user):
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
                   mode, scope, tuple(users), families, state, dns_mode, resolver_user, dns_set_timeout, tuple(resolvers),
-                  tuple(networks))
+                  tuple(networks), dhcp)

@@ -51,6 +51,14 @@ SET_FAMILY = {"ipv4": "inet", "ipv6": "inet6"}
 # IPv6 needs neighbour discovery to reach even the allowed destinations. These
 # messages never leave the link (hop limit 255 is checked by receivers).
 ND_TYPES = (133, 135, 136)
+# DHCP clients renew their leases from the privileged client ports (only root or a holder of
+# CAP_NET_BIND_SERVICE can bind them, so an unprivileged agent cannot send from them), DHCPv6 only
+# to the All_DHCP_Relay_Agents_and_Servers group and to link-local servers (RFC 8415).
+DHCP_RULES = {
+    "ipv4": ("-p udp -m udp --sport 68 --dport 67",),
+    "ipv6": ("-d ff02::1:2/128 -p udp -m udp --sport 546 --dport 547",
+             "-d fe80::/10 -p udp -m udp --sport 546 --dport 547"),
+}
 
 
 def _comment(label):
@@ -106,6 +114,10 @@ def _allow_rules(policy, resolved, family, sets):
         for icmp_type in ND_TYPES:
             rules.append("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 %s -j ACCEPT"
                          % (icmp_type, _comment("neighbour discovery")))
+    if policy.dhcp:
+        # Like neighbour discovery, what keeps the host's addresses: also in a family not opened.
+        rules.extend("%s -m conntrack --ctstate NEW %s -j ACCEPT" % (match, _comment("dhcp"))
+                     for match in DHCP_RULES[family])
     if family not in policy.families:
         # A family the policy does not open is still locked down: a host is not
         # hardened while the other family's egress is open.
@@ -127,14 +139,17 @@ def _allow_rules(policy, resolved, family, sets):
         # Sorted: the order of the DNS answers never changes the rules.
         addresses = sort_networks(resolved.get(dest.name, {}).get(family, []))
         name = set_name(family, dest.name)
+        # An entry with users: only their processes (an owner match, one rule per user).
+        owners = ["-m owner --uid-owner %d " % user.uid for user in dest.users] or [""]
         for port in dest.ports:
-            tail = "%s -m conntrack --ctstate NEW %s -j ACCEPT" % (_dport(dest.protocol, port), _comment(dest.name))
-            if name in sets:
-                rules.append("-p %s -m set --match-set %s dst -m %s --dport %s -m conntrack --ctstate NEW %s -j ACCEPT"
-                             % (dest.protocol, name, dest.protocol, port, _comment(dest.name)))
-                continue
-            for address in addresses:
-                rules.append("-d %s %s" % (_addr(address, family), tail))
+            for owner in owners:
+                tail = "%s %s-m conntrack --ctstate NEW %s -j ACCEPT" % (_dport(dest.protocol, port), owner, _comment(dest.name))
+                if name in sets:
+                    rules.append("-p %s -m set --match-set %s dst -m %s --dport %s %s-m conntrack --ctstate NEW %s -j ACCEPT"
+                                 % (dest.protocol, name, dest.protocol, port, owner, _comment(dest.name)))
+                    continue
+                for address in addresses:
+                    rules.append("-d %s %s" % (_addr(address, family), tail))
     rules.append("-j " + CHAIN_DENY)
     return rules
 
@@ -214,6 +229,8 @@ def _fwd_allow_rules(policy, resolved, family, sets):
                 rules.append("-d %s %s -m conntrack --ctstate NEW %s -j RETURN"
                              % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
     for dest in policy.allow:
+        if dest.users:
+            continue  # for the host's own services: a forwarded packet has no owner
         addresses = sort_networks(resolved.get(dest.name, {}).get(family, []))
         name = set_name(family, dest.name)
         for port in dest.ports:

@@ -90,6 +90,25 @@ options:
             meaningful for names; the module itself records it for the resolver's configuration.
         type: bool
         default: false
+      users:
+        description:
+          - User names or numeric uids; only their processes may connect to this destination (an owner
+            match on the allow rule), whatever O(scope) says. For the host's own services (C(_apt) to the
+            package mirror, C(_chrony) to the time servers), so a compromised agent cannot use the way out
+            they need. Names must exist on the host.
+          - Such a destination is never opened to O(scope_networks) (a forwarded packet has no owner).
+        type: list
+        elements: str
+  dhcp:
+    description:
+      - Let DHCP clients renew their leases, like neighbour discovery also in a family not in O(families);
+        DHCPv4 from client port 68 to server port 67, DHCPv6 from port 546 to port 547 of the
+        All_DHCP_Relay_Agents_and_Servers group C(ff02::1:2) and of link-local servers, nothing wider. Only
+        privileged processes can send from these ports.
+      - V(false) closes them. A host with static addresses needs none, and on a host that needs them a lease
+        ends (an IPv6 address, or the IPv4 one, is lost) when it cannot be renewed.
+    type: bool
+    default: true
   dns_servers:
     description:
       - IPv4 or IPv6 addresses of the trusted resolvers. They are the only DNS destinations the host
@@ -139,7 +158,7 @@ options:
     default: host
   scope_networks:
     description:
-      - Container and VM networks on this host whose forwarded traffic gets the same allowlist: every NEW
+      - Container and VM networks on this host whose forwarded traffic gets the same allowlist; every NEW
         connection that enters from one of them may reach only the allowed destinations and, in
         O(dns_mode=pinned), the trusted resolvers. Replies pass, and so does traffic to another network of
         this list (the runtime's own isolation rules still decide it). Denials are logged with the same
@@ -386,7 +405,9 @@ ARGUMENT_SPEC = dict(
         ports=dict(type="list", elements="raw", default=[443]),
         protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
         subdomains=dict(type="bool", default=False),
+        users=dict(type="list", elements="str"),
     )),
+    dhcp=dict(type="bool", default=True),
     dns_servers=dict(type="list", elements="str", default=[]),
     log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
     log_limit=dict(type="str", default="10/minute"),

@@ -43,8 +43,9 @@ def test_live_hooks_read_back_exactly_what_was_rendered(backend, family, suffix)
     assert live.hooks["nat"].managed == want["nat"]
     # Docker's and the MSS clamp's rules are not ours, and stay counted as foreign.
     assert live.hooks["mangle"].foreign_rules == 1 and live.hooks["nat"].foreign_rules == 1
-    # scope none: nothing of ours in the filter table, and Docker's filter state is not ours.
-    assert live.managed == S.ManagedState("ACCEPT", (), ()) or live.managed.chains == ()
+    # The filter table too: service entries (owner matches) and DHCP read back as rendered, and
+    # Docker's filter state is not ours.
+    assert live.managed == R.desired_state(forward_policy.policy(), forward_policy.RESOLVED, family)
     assert live.policies["FORWARD"] == "DROP"
 
 
@@ -171,3 +172,28 @@ def test_rollback_puts_the_forward_path_back():
     undo = [data for argv, data in runner.calls if argv[0] == "iptables-restore" and "--test" not in argv][-1]
     assert "-I FORWARD 1 -j AGENTGUARD-FORWARD" in undo and "-I PREROUTING 1 -j AGENTGUARD-DNS" in undo
     assert "-A AGENTGUARD-FWD-DENY -j DROP" in undo
+
+
+def test_service_entries_are_owner_matched_and_never_open_to_containers():
+    policy_ = forward_policy.policy()
+    allow = dict(R.desired_state(policy_, forward_policy.RESOLVED, "ipv4").chains)["AGENTGUARD-ALLOW"]
+    time_rules = [rule for rule in allow if '"agentguard: time"' in rule]
+    assert time_rules == [
+        '-d 198.18.0.123/32 -p udp -m udp --dport %d -m owner --uid-owner %d -m conntrack --ctstate NEW '
+        '-m comment --comment "agentguard: time" -j ACCEPT' % (port, uid) for port in (123, 4460) for uid in (0, 105)]
+    for family in ("ipv4", "ipv6"):
+        forward = chain(R.desired_hooks(policy_, forward_policy.RESOLVED, family), "mangle", "AGENTGUARD-FWD-ALLOW")
+        assert not any("time" in rule or "mirror" in rule or "owner" in rule for rule in forward)
+        assert any("rates" in rule for rule in forward) == (family == "ipv4")
+
+
+def test_dhcp_rules_from_the_client_ports_only_and_kept_in_a_locked_down_family():
+    v4 = dict(R.desired_state(policy(), RESOLVED, "ipv4").chains)["AGENTGUARD-ALLOW"]
+    assert [rule for rule in v4 if "dhcp" in rule] == [
+        '-p udp -m udp --sport 68 --dport 67 -m conntrack --ctstate NEW -m comment --comment "agentguard: dhcp" -j ACCEPT']
+    v6 = dict(R.desired_state(policy(families=["ipv4"]), RESOLVED, "ipv6").chains)["AGENTGUARD-ALLOW"]
+    assert [rule.split(" -m conntrack")[0] for rule in v6 if "dhcp" in rule] == [
+        "-d ff02::1:2/128 -p udp -m udp --sport 546 --dport 547", "-d fe80::/10 -p udp -m udp --sport 546 --dport 547"]
+    assert v6[-1] == "-j AGENTGUARD-DENY"
+    off = dict(R.desired_state(policy(dhcp=False), RESOLVED, "ipv6").chains)["AGENTGUARD-ALLOW"]
+    assert not any("dhcp" in rule or "547" in rule for rule in off)

@@ -243,3 +243,25 @@ def test_scope_none_needs_networks_and_takes_no_users():
     assert policy.scope == "none" and policy.networks == (P.Network("iface", "docker0"),)
     # Removing needs nothing.
     assert P.build_policy(dict(scope="none", state="absent"), lambda n: 0).state == "absent"
+
+
+def test_entry_users_are_resolved_and_validated():
+    lookup_ = {"_chrony": 105, "agent": 1000}.__getitem__
+    policy = P.build_policy(dict(BASE, allow=[dict(name="time", host="198.18.0.123", ports=[123], protocol="udp",
+                                                   users=["_chrony", "0", "_chrony"])]), lookup_)
+    assert policy.allow[0].users == (P.User("0", 0), P.User("_chrony", 105))
+    assert P.build_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1")]), lookup_).allow[0].users == ()
+    for users, message in (([], "allow[0].users: [] must be a non-empty list of user names or uids"),
+                           (["nosuch"], "allow[0].users[0]: user 'nosuch' does not exist on this host"),
+                           (["bad name"], "allow[0].users[0]: 'bad name' is not a user name or uid"),
+                           ({"a": 1}, "allow[0].users: {'a': 1} must be a non-empty list")):
+        with pytest.raises(P.PolicyError) as info:
+            P.build_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1", users=users)]), lookup_)
+        assert any(error.startswith(message) for error in info.value.errors), info.value.errors
+
+
+def test_dhcp_must_be_a_boolean():
+    assert P.build_policy(BASE, lambda n: 0).dhcp is True
+    with pytest.raises(P.PolicyError) as info:
+        P.build_policy(dict(BASE, dhcp="yes"), lambda n: 0)
+    assert info.value.errors == ["dhcp: 'yes' is not a boolean"]
