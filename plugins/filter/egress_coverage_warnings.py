@@ -12,10 +12,11 @@ name: egress_coverage_warnings
 short_description: What a hardened host still leaves open to containers, in words for the playbook summary
 version_added: 0.1.0
 description:
-  - From the result of M(agentguard.hardening.egress_rules) (its RV networks.uncovered) and the
-    C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning per container or VM network
-    that O(scope_networks_var) does not cover and per restricted user who can start containers, each naming
-    what is open and the variable that would close it. Empty when nothing is left open.
+  - From the result of M(agentguard.hardening.egress_rules) (its RV networks.uncovered and
+    RV services.blocked) and the C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning
+    per container or VM network that O(scope_networks_var) does not cover, per host service the policy
+    leaves without a way out (time, updates, DHCP), and per restricted user who can start containers, each
+    naming what is open or cut and the variable that would fix it. Empty when there is nothing to say.
 author:
   - agentguard.hardening developers (@agentguard)
 positional: runtime_access, scope_networks_var
@@ -65,6 +66,9 @@ def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="eg
                "/".join(families) if families else "no address",
                scope_networks_var, " over " + "/".join(families) if families else "",
                str(entry.get("name")), scope_networks_var))
+    for entry in ((result or {}).get("services") or {}).get("blocked") or []:
+        warnings.append("%s is running but the policy leaves it no way out (%s): it needs %s"
+                        % (entry.get("name"), entry.get("kind"), entry.get("needs")))
     for entry in runtime_access or []:
         warnings.append(
             "restricted user %s can reach the %s socket %s (%s): a container it starts is forwarded, not "

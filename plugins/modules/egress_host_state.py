@@ -230,6 +230,16 @@ runtimes:
       description: Docker only, when C(/etc/docker/daemon.json) is not a JSON object (also returned as a warning).
       type: str
       returned: when daemon.json is malformed
+services:
+  description:
+    - The host's own services that need a way out and are running now, found by their processes; time
+      daemons (kind C(time), chrony, systemd-timesyncd, ntpd, ntpsec, openntpd), unattended-upgrades
+      (kind C(updates)) and DHCP clients (kind C(dhcp), dhclient, dhcpcd, udhcpc, systemd-networkd,
+      NetworkManager). M(agentguard.hardening.egress_rules) says which of them a policy leaves without one.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": chrony, "kind": time}, {"name": dhclient, "kind": dhcp}]
 runtime_access:
   description:
     - For each of O(runtime_users), the runtime API sockets that user can connect to (write permission on the
@@ -268,7 +278,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
     parse_os_release,
     platform_facts,
 )
-from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev
+from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev, _services
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),
@@ -327,6 +337,7 @@ def main():
     for warning in found.pop("warnings"):
         module.warn(warning)
     state.update(found)
+    state["services"] = _services.detect_services(_services.read_comms())
     module.exit_json(changed=False, platform=facts, **state)
 
 

@@ -365,6 +365,30 @@ networks:
   sample:
     covered: []
     uncovered: []
+services:
+  description:
+    - The host's own services that need a way out and are running (time daemons, unattended-upgrades,
+      DHCP clients, found by their processes), and those this policy leaves without one, each with what
+      would give it one. Returned in check mode too.
+    - A time daemon needs an O(allow) entry for UDP 123 or TCP 4460, unattended-upgrades one for TCP 80 or
+      443 with C(users) naming C(_apt), a DHCP client O(dhcp). With O(scope=users) or O(scope=none), or
+      O(mode=audit), the host's services are not restricted and nothing is blocked.
+  returned: when O(state=present)
+  type: dict
+  contains:
+    running:
+      description: The services found.
+      type: list
+      elements: dict
+      sample: [{name: chrony, kind: time}]
+    blocked:
+      description: The services without a way out, and what they need.
+      type: list
+      elements: dict
+      sample: [{name: chrony, kind: time, needs: "an egress_allow entry for UDP 123 ..."}]
+  sample:
+    running: []
+    blocked: []
 families:
   description: The families that were managed (ipv6 is absent only on a kernel without IPv6).
   returned: always
@@ -395,6 +419,11 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._resolve impo
     ResolveError,
     load_dnspython,
     resolve_destinations,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._services import (
+    blocked_services,
+    detect_services,
+    read_comms,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
 
@@ -496,6 +525,8 @@ def main():
             module.warn(warning)
         covered, uncovered = coverage(module.params["scope_networks"], bridges)
         result["networks"] = dict(covered=covered, uncovered=uncovered)
+        running = detect_services(read_comms())
+        result["services"] = dict(running=running, blocked=blocked_services(policy, running))
     if module._diff:
         result["diff"] = plan_diff(plan)
     if plan.changed and not module.check_mode:

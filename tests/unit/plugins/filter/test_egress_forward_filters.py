@@ -43,3 +43,10 @@ def test_warnings_name_the_network_the_families_and_the_fix():
 def test_no_warnings_when_nothing_is_open():
     assert warnings({"networks": {"covered": [{"name": "docker0"}], "uncovered": []}}, []) == []
     assert warnings({}) == [] and warnings(None, None) == []
+
+
+def test_warnings_name_a_service_left_without_a_way_out():
+    result = {"services": {"running": [{"name": "chrony", "kind": "time"}],
+                           "blocked": [{"name": "chrony", "kind": "time", "needs": "an egress_allow entry for UDP 123"}]}}
+    assert warnings(result) == ["chrony is running but the policy leaves it no way out (time): it needs an "
+                                "egress_allow entry for UDP 123"]
