@@ -11,9 +11,11 @@ linear chain. Configurations alternate within each repetition; medians are repor
 Usage (root): .venv/bin/python bench/datapath/run.py [--sizes 10,1000,10000] [--reps 5] [--seconds 5]
 """
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,7 +28,9 @@ sys.path.insert(0, os.path.join(ROOT, ".cache", "collections"))
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy, _render  # noqa: E402
 
 CLIENT, SERVER = "agdp-client", "agdp-server"
-C4, S4, PORT = "198.18.32.2", "198.18.32.1", 443
+# Above every allowlist() address: the server is the last of the N however the render orders them
+# (it sorts them by address since commit e157200).
+C4, S4, PORT = "198.18.250.2", "198.18.250.1", 443
 TOOL = os.path.join(ROOT, ".cache", "tcpconn")
 
 
@@ -42,47 +46,76 @@ def build_tool():
         sh("gcc", "-O2", "-Wall", "-o", TOOL, src)
 
 
-def lab_up():
-    for ns in (CLIENT, SERVER):
+def loadavg():
+    """/proc/loadavg's 1, 5 and 15 minute averages, as text."""
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
+def add_namespaces(*names):
+    """Fresh namespaces (an old one of the same name is removed first), loopback up."""
+    for ns in names:
         sh("ip", "netns", "del", ns, check=False)
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-    sh("ip", "link", "add", "agdp0", "netns", CLIENT, "type", "veth", "peer", "name", "agdp1", "netns", SERVER)
-    sh("ip", "-n", CLIENT, "addr", "add", C4 + "/24", "dev", "agdp0")
-    sh("ip", "-n", SERVER, "addr", "add", S4 + "/24", "dev", "agdp1")
-    sh("ip", "-n", CLIENT, "link", "set", "agdp0", "up")
-    sh("ip", "-n", SERVER, "link", "set", "agdp1", "up")
-    server = subprocess.Popen(["ip", "netns", "exec", SERVER, TOOL, "server", S4, str(PORT)],
+
+
+def start_server(ns, address, port=PORT):
+    """The tcpconn server in `ns`, once it listens."""
+    server = subprocess.Popen(["ip", "netns", "exec", ns, TOOL, "server", address, str(port)],
                               stdout=subprocess.PIPE, universal_newlines=True)
     assert server.stdout.readline().strip() == "ready"
     return server
 
 
+def stop_server(server):
+    if server is not None and server.poll() is None:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def lab_up():
+    add_namespaces(CLIENT, SERVER)
+    sh("ip", "link", "add", "agdp0", "netns", CLIENT, "type", "veth", "peer", "name", "agdp1", "netns", SERVER)
+    sh("ip", "-n", CLIENT, "addr", "add", C4 + "/24", "dev", "agdp0")
+    sh("ip", "-n", SERVER, "addr", "add", S4 + "/24", "dev", "agdp1")
+    sh("ip", "-n", CLIENT, "link", "set", "agdp0", "up")
+    sh("ip", "-n", SERVER, "link", "set", "agdp1", "up")
+    return start_server(SERVER, S4)
+
+
 def lab_down(server):
-    server.terminate()
-    server.wait(timeout=10)
+    stop_server(server)
     for ns in (CLIENT, SERVER):
         sh("ip", "netns", "del", ns, check=False)
 
 
-def allowlist(n):
-    """N addresses, the server's last."""
+def allowlist(n, last=S4):
+    """N addresses, the server's (`last`) last."""
     base = ipaddress.ip_address("198.18.64.0")
-    return [str(base + i + 1) for i in range(n - 1)] + [S4]
+    assert ipaddress.ip_address(last) > base + n, "%s would not be the last of %d addresses once sorted" % (last, n)
+    return [str(base + i + 1) for i in range(n - 1)] + [last]
+
+
+@contextlib.contextmanager
+def linear_render(linear=True):
+    """Render every destination as one rule per address (no ipset), however many it has."""
+    threshold = _render.SET_THRESHOLD
+    if linear:
+        _render.SET_THRESHOLD = 10 ** 9
+    try:
+        yield
+    finally:
+        _render.SET_THRESHOLD = threshold
 
 
 def payloads(n, linear):
     policy = _policy.build_policy({"allow": [{"name": "api", "host": "api.bench"}], "dns_servers": ["198.18.32.53"],
                                    "families": ["ipv4"]}, lambda name: 0)
     resolved = {"api": {"ipv4": allowlist(n), "ipv6": []}}
-    threshold = _render.SET_THRESHOLD
-    try:
-        if linear:
-            _render.SET_THRESHOLD = 10 ** 9
+    with linear_render(linear):
         sets = _render.desired_sets(policy, resolved)
         state = _render.desired_state(policy, resolved, "ipv4", sets)
-    finally:
-        _render.SET_THRESHOLD = threshold
     return _render.render_persistent(state, {}), _render.render_sets_persistent(sets)
 
 
@@ -104,11 +137,24 @@ def configure(config, n):
     return sum(1 for line in rules.splitlines() if line.startswith("-A "))
 
 
-def rate(seconds):
-    out = sh("ip", "netns", "exec", CLIENT, TOOL, "client", S4, str(PORT), str(seconds)).stdout.split()
+def client(seconds, ns=CLIENT, address=S4):
+    """Run the tcpconn client in `ns` for `seconds`: (connections, CPU seconds the client used).
+
+    "ip netns exec" execs the tool in its own process, so the children's CPU time gained around
+    this call (nothing else runs meanwhile) is the tool's, with the softirq work its packets cause in
+    its own context (forwarding, conntrack, the rules) when the kernel runs that work there."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = sh("ip", "netns", "exec", ns, TOOL, "client", address, str(PORT), str(seconds),
+             timeout=seconds + 60).stdout.split()  # a dropped SYN blocks connect() for minutes
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     count, errors = int(out[0]), int(out[1])
     assert errors == 0, "connections failed: %s" % out
-    return count / float(seconds)
+    return count, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def rate(seconds, ns=CLIENT, address=S4):
+    """New connections per second from `ns` to the tcpconn server at `address`."""
+    return client(seconds, ns, address)[0] / float(seconds)
 
 
 def main():
