@@ -55,13 +55,21 @@ expect_tcp_blocked "SSH (22) to the forbidden host, IPv6" "$LAB_FORBIDDEN6" 22
 AS=root expect_blocked "ICMP echo to the forbidden host (as root: host scope covers every user)" ping -c 1 -W 2 "$LAB_FORBIDDEN4"
 
 echo
-echo "=== evidence: the kernel's log of denied attempts from $AGENT (last 5)"
-dmesg | grep -F '[EGRESS-DENIED] ' | grep -E "SRC=($LAB_AGENT4|$LAB_AGENT6) " | tail -n 5 | sed 's/^/  /' || true
-lines=$(dmesg | grep -F '[EGRESS-DENIED] ' | grep -cE "SRC=($LAB_AGENT4|$LAB_AGENT6) .*UID=1000" || true)
-if [ "${lines:-0}" -eq 0 ]; then
-  line FAILED "no [EGRESS-DENIED] line with UID=1000 from $AGENT in the kernel log"
-  failures=$((failures + 1))
-fi
+# The kernel writes IPv6 addresses in full (fd00:0a9e:0001:0000:...), not as the lab names them.
+AGENT6_LOGGED=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_address(sys.argv[1]).exploded)' "$LAB_AGENT6")
+echo "=== evidence: the kernel's log of denied attempts from $AGENT (last 3 per family)"
+denied=$(dmesg | grep -F '[EGRESS-DENIED] ' || true)
+for family in 4 6; do
+  if [ "$family" = 4 ]; then src=$LAB_AGENT4; else src=$AGENT6_LOGGED; fi
+  printf '%s\n' "$denied" | grep -F "SRC=$src " | tail -n 3 | sed 's/^/  /' || true
+  lines=$(printf '%s\n' "$denied" | grep -F "SRC=$src " | grep -c " UID=1000 " || true)
+  if [ "${lines:-0}" -eq 0 ]; then
+    line FAILED "no IPv$family [EGRESS-DENIED] line with UID=1000 from $AGENT in the kernel log"
+    failures=$((failures + 1))
+  else
+    line ok "IPv$family: $lines denied line(s) from uid 1000 in the kernel log"
+  fi
+done
 
 echo
 if [ "$failures" -eq 0 ]; then

@@ -15,6 +15,15 @@ Two kinds of denial share the prefix. A local one (OUTPUT) has an empty IN= and,
 host from a container or VM network) has the network's interface in IN= (docker0, a podman
 bridge), the container's address in SRC=, no UID= (no local socket), and with br_netfilter the
 bridge port in PHYSIN=.
+
+A log line is not an attempt: a blocked TCP connect sends its SYN again (after 1 s, 3 s, 7 s, ...),
+each one logged. mark_attempts() counts flows (source and destination address and port, protocol)
+instead, a line being a new attempt unless the same flow was logged less than FLOW_GAP_SECONDS
+before. Both counts are lower bounds: the LOG rule is rate-limited (log_limits() reads the limit
+from the live rules), and packets beyond it are dropped without a line.
+
+The role's canary probes (root, or the first restricted user, to egress_canary_forbidden after
+every apply) bind the source port CANARY_SOURCE_PORT, so their lines are told apart (mark_canary).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -36,6 +45,12 @@ MONTHS = dict((m, i) for i, m in enumerate(
 RELATIVE_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 NUMERIC = ("SPT", "DPT", "UID", "GID", "TYPE", "CODE", "LEN")
+ICMP_ID_RE = re.compile(r"\bPROTO=ICMP(?:v6)?\b.*?\bID=(\d+)")
+# TCP_RTO_MAX: the retransmissions of one connection attempt are never further apart than this.
+FLOW_GAP_SECONDS = 120
+# The source port the role's canary binds for its forbidden probes (roles/egress/vars/main.yml).
+CANARY_SOURCE_PORT = 30999
+LIMIT_RE = re.compile(r"-m limit(?: --limit (\S+))?(?: --limit-burst (\d+))?")
 
 
 def _tz(text):
@@ -52,7 +67,7 @@ def _iso(seconds_text, fraction, tz):
     return stamp.replace(microsecond=micro, tzinfo=_tz(tz))
 
 
-def _strip_timestamp(line, now=None):
+def strip_timestamp(line, now=None):
     """(timestamp or None, rest) of a syslog-style line: RFC 3339 / ISO or traditional "Nov 25 05:20:27"
     (read as UTC; the year is the current one, or the last one for a date in the future)."""
     when = None
@@ -89,7 +104,7 @@ def split_line(line, boot_time=None, now=None):
         stamp = entry.get("__REALTIME_TIMESTAMP")
         when = datetime.datetime.fromtimestamp(int(stamp) / 1e6, UTC) if stamp else None
         return when, message
-    when, line = _strip_timestamp(line, now)
+    when, line = strip_timestamp(line, now)
     host = SYSLOG_HOST_RE.match(line)
     if host:
         line = host.group(2)
@@ -146,6 +161,8 @@ def parse_record(message, prefix):
                 raise ValueError("%s=%s is not a number" % (key, fields[key]))
             record[key.lower()] = int(fields[key])
     record.setdefault("dpt", None)
+    icmp_id = ICMP_ID_RE.search(message[index:])  # the ICMP echo id (after PROTO=; an IPv4 ID= comes first)
+    record["icmp_id"] = int(icmp_id.group(1)) if icmp_id and record["protocol"].startswith("icmp") else None
     if network:  # a routed packet has no local socket: whatever UID= says is not a sender of this host
         record.pop("gid", None)
         record["uid"] = None
@@ -163,11 +180,89 @@ def destination_text(address, port):
 
 
 def sender_text(group):
-    """Who sent an aggregated denial: "agent (1000)", "(no owner)", or "container 198.18.210.2 on docker0"."""
+    """Who sent an aggregated denial: "agent (1000)", "(no owner)", "container 198.18.210.2 on docker0",
+    or "role canary, root (0)"."""
     if group.get("direction") == "forward":
         return "container %s on %s" % (group.get("source"), group.get("network"))
     uid = group.get("uid")
-    return ("%s (%s)" % (group.get("user") or "", "no owner" if uid is None else uid)).strip()
+    text = ("%s (%s)" % (group.get("user") or "", "no owner" if uid is None else uid)).strip()
+    return "role canary, " + text if group.get("canary") else text
+
+
+def epoch(iso):
+    """Seconds since 1970 of a record time ("2026-11-25T05:20:26.879456Z"), None for None."""
+    if not iso:
+        return None
+    stamp = datetime.datetime.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    seconds = (stamp - datetime.datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
+    fraction = iso[19:].rstrip("Z")
+    return seconds + (float(fraction) if fraction.startswith(".") and fraction[1:].isdigit() else 0.0)
+
+
+def time_order(record):
+    """Sort key: by time (not by its text: "10:00:01Z" is earlier than "10:00:01.5Z"), untimed last."""
+    return (record["time"] is None, epoch(record["time"]) or 0.0)
+
+
+def flow_key(record):
+    """What one connection attempt keeps across its retransmissions."""
+    port = record.get("spt") if record.get("spt") is not None else record.get("icmp_id")
+    return (record.get("direction"), record["src"], port, record["dst"], record["dpt"], record["protocol"])
+
+
+def mark_attempts(records, gap=FLOW_GAP_SECONDS):
+    """Set record["attempt"]: True on the first line of a flow, False on a retransmission (the same
+    flow_key logged at most gap seconds after its previous line). Records are read in time order
+    (untimed ones last, in the order given); a packet without a port or ICMP id is its own attempt."""
+    last = {}
+    for record in sorted(records, key=time_order):
+        key = flow_key(record)
+        when = epoch(record["time"])
+        if key[2] is None:
+            record["attempt"] = True
+            continue
+        previous = last.get(key, False)
+        if previous is False:
+            record["attempt"] = True
+        elif when is None or previous is None:
+            record["attempt"] = False
+        else:
+            record["attempt"] = when - previous > gap
+        last[key] = when
+    return records
+
+
+def mark_canary(records, source_port=CANARY_SOURCE_PORT):
+    """Set record["canary"]: a local denial from the canary's source port (None or 0: none is)."""
+    for record in records:
+        record["canary"] = bool(source_port) and record.get("direction") == "output" and record.get("spt") == source_port
+    return records
+
+
+def log_limits(save_text, prefix, family):
+    """The rate limit of each LOG rule with this prefix in iptables-save output:
+    [{family, table, chain, limit ("10/min" or None: no limit), burst}]."""
+    found, table = [], None
+    quoted = '--log-prefix "%s"' % prefix
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A ") and "-j LOG" in line and (quoted in line or "--log-prefix %s " % prefix.strip() in line):
+            match = LIMIT_RE.search(line)
+            found.append({"family": family, "table": table, "chain": line.split()[1],
+                          "limit": (match.group(1) or "3/hour") if match else None,
+                          "burst": int(match.group(2) or 5) if match else None})
+    return found
+
+
+def limit_text(limits):
+    """One line for the report: "10/min, burst 20", per family when they differ, or None when unknown."""
+    texts = []
+    for item in limits:
+        text = "%s, burst %d" % (item["limit"], item["burst"]) if item["limit"] else "no limit"
+        if text not in texts:
+            texts.append(text)
+    return "; ".join(texts) if texts else None
 
 
 def parse_since(text, now=None):
@@ -237,7 +332,7 @@ def collect(lines, prefix, since=None, local_addresses=None, boot_time=None, now
 
 def aggregate(records):
     """Group with counts and first/last seen, busiest first: local denials by destination, port,
-    protocol and uid; forwarded ones by source (the container's address), network, destination,
+    protocol, uid and whether the role's canary sent it; forwarded ones by source (the container's address), network, destination,
     port and protocol (their uid is null)."""
     groups = {}
     for record in records:
@@ -245,7 +340,7 @@ def aggregate(records):
         if direction == "forward":
             key = (direction, record["source"], record["network"], record["dst"], record["dpt"], record["protocol"])
         else:
-            key = (direction, record["dst"], record["dpt"], record["protocol"], record["uid"])
+            key = (direction, record["dst"], record["dpt"], record["protocol"], record["uid"], record.get("canary", False))
         group = groups.get(key)
         if group is None:
             group = groups[key] = {
@@ -253,158 +348,32 @@ def aggregate(records):
                 "family": record["family"], "count": 0, "first": None, "last": None, "sources": [],
                 "direction": direction, "source": record.get("source"), "network": record.get("network"),
                 "destination_text": destination_text(record["dst"], record["dpt"]),
+                "attempts": 0, "canary": bool(record.get("canary")),
             }
         group["count"] += 1
+        group["attempts"] += 1 if record.get("attempt", True) else 0
         if record["src"] not in group["sources"]:
             group["sources"].append(record["src"])
         if record["time"]:
-            group["first"] = min(filter(None, [group["first"], record["time"]]))
-            group["last"] = max(filter(None, [group["last"], record["time"]]))
-    return sorted(groups.values(), key=lambda g: (-g["count"], g["dst"], g["dpt"] or 0, g["protocol"], g["direction"],
+            group["first"] = min(filter(None, [group["first"], record["time"]]), key=epoch)
+            group["last"] = max(filter(None, [group["last"], record["time"]]), key=epoch)
+    return sorted(groups.values(), key=lambda g: (g["canary"], -g["attempts"], -g["count"], g["dst"], g["dpt"] or 0, g["protocol"], g["direction"],
                                                   -1 if g["uid"] is None else g["uid"], g["source"] or "",
                                                   g["network"] or ""))
 
 
 def timeline(records, bucket_seconds):
-    """Denials per time bucket: [{"start": iso, "count": n}], in time order."""
+    """The buckets that hold denials, in time order: [{"start": iso, "count": log lines, "attempts":
+    attempts (mark_attempts) not of the canary, "canary": the canary's attempts}]. Empty buckets are
+    left out: a chart places each bucket by its start (_timeline.chart)."""
     counts = {}
     for record in records:
         if not record["time"]:
             continue
-        stamp = datetime.datetime.strptime(record["time"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-        epoch = int((stamp - datetime.datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
-        start = epoch - epoch % bucket_seconds
-        counts[start] = counts.get(start, 0) + 1
-    return [{"start": datetime.datetime.fromtimestamp(s, UTC).isoformat().replace("+00:00", "Z"), "count": counts[s]}
+        second = int(epoch(record["time"]))
+        bucket = counts.setdefault(second - second % bucket_seconds, {"count": 0, "attempts": 0, "canary": 0})
+        bucket["count"] += 1
+        if record.get("attempt", True):
+            bucket["canary" if record.get("canary") else "attempts"] += 1
+    return [dict(counts[s], start=datetime.datetime.fromtimestamp(s, UTC).isoformat().replace("+00:00", "Z"))
             for s in sorted(counts)]
-
-
-# ------------------------------------------------------------------------------- refused DNS names
-# The filtering resolver (dnsmasq, log-queries=extra) logs every query and its fate, one line each,
-# numbered per query ("serial") and prefixed with the client's address and port:
-#   5 127.0.0.1/40914 query[A] exfil.attacker.test from 127.0.0.1
-#   5 127.0.0.1/40914 config exfil.attacker.test is NXDOMAIN      <- answered here: refused
-#   1 127.0.0.1/57530 forwarded api.test to 198.18.0.53            <- allowed (then reply / ipset add)
-# Plain log-queries lines are the same without "5 127.0.0.1/40914 ". dnsmasq 2.85 writes unknown
-# types as query[type=65] where 2.90 writes query[HTTPS]. A TCP query is answered by a forked child:
-# another pid, the same serial, so a query is keyed by (pid, serial).
-DNSMASQ_TAG_RE = re.compile(r"^(?:(\S+) )?dnsmasq(?:\[(\d+)\])?: (.*)$")
-EXTRA_RE = re.compile(r"^(\d+) (\S+)/(\d+) (.*)$")
-QUERY_RE = re.compile(r"^query\[([A-Za-z0-9=-]+)\] (\S+) from ([0-9A-Fa-f.:]+(?:%\S+)?)$")
-CONFIG_RE = re.compile(r"^config (\S+) is (\S+)$")
-TYPE_NUMBERS = {"type=1": "A", "type=28": "AAAA", "type=16": "TXT", "type=65": "HTTPS", "type=64": "SVCB",
-                "type=15": "MX", "type=12": "PTR", "type=5": "CNAME", "type=33": "SRV", "type=255": "ANY"}
-PENDING_QUERIES = 4096
-
-
-def _client(text):
-    """Canonical text of a client address as dnsmasq writes it (IPv6 may carry a %scope)."""
-    return str(ipaddress.ip_address(text.split("%", 1)[0]))
-
-
-def split_dns_line(line, now=None):
-    """(time, identifier, pid, message) of a journal JSON line or a syslog / log-facility line.
-    identifier is None for a line of no program ("{not json", a bare message); raises ValueError
-    for a journal line that is not valid JSON."""
-    line = line.rstrip("\n")
-    if line.startswith("{"):
-        entry = json.loads(line)  # ValueError: a damaged journal line
-        if not isinstance(entry, dict):
-            raise ValueError("not a journal entry")
-        message = entry.get("MESSAGE", "")
-        if isinstance(message, list):  # journald stores non-UTF-8 messages as byte arrays
-            message = bytes(message).decode("utf-8", "replace")
-        stamp = entry.get("__REALTIME_TIMESTAMP")
-        when = datetime.datetime.fromtimestamp(int(stamp) / 1e6, UTC) if stamp else None
-        return when, entry.get("SYSLOG_IDENTIFIER"), entry.get("_PID") or entry.get("SYSLOG_PID"), str(message)
-    when, rest = _strip_timestamp(line, now)
-    tag = DNSMASQ_TAG_RE.match(rest)
-    if tag is None:
-        return when, None, None, rest
-    return when, "dnsmasq", tag.group(2), tag.group(3)
-
-
-def parse_dns_message(message):
-    """One dnsmasq message as (kind, serial, fields): kind "query" (fields: qtype, name, client),
-    "refused" (name, client or None), or "other" (a line that is neither: forwarded, reply, startup).
-    Raises ValueError for a query or config line that does not parse."""
-    serial, client, rest = None, None, message.strip()
-    extra = EXTRA_RE.match(rest)
-    if extra:
-        serial, client, rest = int(extra.group(1)), _client(extra.group(2)), extra.group(4)
-    if rest.startswith("query["):
-        match = QUERY_RE.match(rest)
-        if not match:
-            raise ValueError("unreadable query line")
-        qtype = match.group(1)
-        return "query", serial, {"qtype": TYPE_NUMBERS.get(qtype.lower(), qtype.upper()), "name": match.group(2),
-                                 "client": _client(match.group(3))}
-    if rest.startswith("config "):
-        match = CONFIG_RE.match(rest)
-        if not match:
-            raise ValueError("unreadable config line")
-        if match.group(2) == "NXDOMAIN":
-            return "refused", serial, {"name": match.group(1), "client": client}
-    return "other", serial, {}
-
-
-def collect_refused(lines, since=None, now=None, identifier="dnsmasq"):
-    """Refused names in dnsmasq's query log: (records, stats). A record is one query the resolver
-    answered NXDOMAIN from its own config (address=/#/, address=/*.NAME/): name, qtype (from the
-    matching query line; null when that line is missing), client, time. Lines of other programs
-    are counted as foreign, unreadable ones as malformed, never fatal."""
-    stats = {"lines": 0, "queries": 0, "refused": 0, "malformed": 0, "foreign": 0, "older": 0, "no_time": 0}
-    pending = {}
-    records = []
-    for line in lines:
-        stats["lines"] += 1
-        try:
-            when, ident, pid, message = split_dns_line(line, now)
-            if ident != identifier:
-                stats["foreign"] += 1
-                continue
-            kind, serial, fields = parse_dns_message(message)
-        except (ValueError, TypeError, OverflowError, OSError):
-            stats["malformed"] += 1
-            continue
-        if kind == "query":
-            stats["queries"] += 1
-            pending[(pid, serial)] = fields
-            if len(pending) > PENDING_QUERIES:  # answered queries are never looked up again
-                for key in list(pending)[:PENDING_QUERIES // 2]:
-                    del pending[key]
-            continue
-        if kind != "refused":
-            continue
-        query = pending.pop((pid, serial), None)
-        if query is not None and query["name"] != fields["name"]:
-            query = None
-        if when is None:
-            stats["no_time"] += 1
-        elif since is not None and when < since:
-            stats["older"] += 1
-            continue
-        stats["refused"] += 1
-        records.append({
-            "name": fields["name"],
-            "qtype": query["qtype"] if query else None,
-            "client": query["client"] if query else fields["client"],
-            "time": when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None,
-        })
-    return records, stats
-
-
-def aggregate_refused(records):
-    """Group refused queries by name, query type and client, with counts and first/last seen, busiest first."""
-    groups = {}
-    for record in records:
-        key = (record["name"], record["qtype"], record["client"])
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = {"name": record["name"], "qtype": record["qtype"], "client": record["client"],
-                                   "count": 0, "first": None, "last": None}
-        group["count"] += 1
-        if record["time"]:
-            group["first"] = min(filter(None, [group["first"], record["time"]]))
-            group["last"] = max(filter(None, [group["last"], record["time"]]))
-    return sorted(groups.values(), key=lambda g: (-g["count"], g["name"], g["qtype"] or "", g["client"] or ""))

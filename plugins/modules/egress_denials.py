@@ -17,15 +17,22 @@ description:
     (prefix O(prefix)) from the journal, a syslog file such as C(/var/log/kern.log), or the kernel
     ring buffer, and returns them as records aggregated by destination, port, protocol and uid,
     with counts and first/last timestamps, plus a timeline for charts.
+  - Counts both log lines and attempts. A blocked TCP connection logs each retransmitted SYN, so
+    one attempt is often two or more lines; an attempt is a flow (source address and port,
+    destination address and port, protocol; the echo id for ICMP) whose lines are less than 120 s
+    apart. Both are lower bounds, as the logging rule is rate-limited and the packets beyond its limit
+    are dropped without a line. The limit is read from the live rules (RV(log_limits)).
+  - The role's canary probes (after every apply, to C(egress_canary_forbidden)) bind the source port
+    O(canary_source_port); their denials are marked C(canary) and counted apart (RV(canary_attempts)).
   - Denials of traffic forwarded from container or VM networks (Docker's C(docker0), podman's bridges),
     logged by the deny rules of the FORWARD path with the same prefix, are returned too, marked
     C(direction=forward) and aggregated by the container's address and network instead of a uid
     (a forwarded packet has no local owner).
   - Lines that carry the prefix but cannot be parsed, and lines of other hosts (a container host's
     ring buffer also holds its containers' lines), are skipped and counted, never fatal.
-  - With the filtering resolver of O(agentguard.hardening.egress_rules#module:dns_mode=filtering)
-    (dnsmasq with C(log-queries=extra), the unit O(dns_unit)), also reads the resolver's query log and
-    returns the names it refused (answered NXDOMAIN from its own configuration, never asked upstream) in
+  - In filtering DNS mode, O(agentguard.hardening.egress_rules#module:dns_mode=filtering), the host runs a
+    filtering resolver, dnsmasq with C(log-queries=extra) in the unit O(dns_unit). The module then also reads
+    its query log and returns the names it refused (answered NXDOMAIN from its own configuration, never asked upstream) in
     RV(refused_names), since the name an attacker tried is often the most telling evidence. Allowed,
     forwarded and cached queries are not returned.
   - It only reads; check mode returns the same result.
@@ -40,7 +47,7 @@ attributes:
     description: Linux hosts.
 options:
   prefix:
-    description: The log prefix of the deny rules (O(agentguard.hardening.egress_rules#module:log_prefix)).
+    description: The log prefix of the deny rules, as set by O(agentguard.hardening.egress_rules#module:log_prefix).
     type: str
     default: "[EGRESS-DENIED] "
   source:
@@ -76,6 +83,14 @@ options:
     description: How many of the newest raw records to return in RV(records) (the aggregates count all).
     type: int
     default: 200
+  canary_source_port:
+    description:
+      - The source port the role's canary probes bind (role C(agentguard.hardening.egress), the probes of
+        C(egress_canary_forbidden)). A local denial from this port is marked C(canary) and counted apart.
+        V(0) marks none.
+      - A process that binds this port on purpose is reported as the canary; its denials are still listed.
+    type: int
+    default: 30999
   dns_source:
     description:
       - Where to read the filtering resolver's query log (dnsmasq, C(log-queries=extra) or C(log-queries)).
@@ -132,15 +147,19 @@ denials:
       the bare address when there is no port (ICMP). C(sender_text) says who sent it, the user and uid of
       a local denial ("agent (1000)", "(no owner)"), C(container <source> on <network>) for a forwarded one.
     - C(sources) lists the source addresses seen in the group.
+    - C(count) is the group's log lines, C(attempts) its attempts (see the description). C(canary) is
+      true for the role's own canary probes (O(canary_source_port)); their groups come last.
   returned: always
   type: list
   elements: dict
   sample:
-    - {dst: 198.18.0.66, dpt: 443, protocol: tcp, uid: 1000, user: agent, family: ipv4, count: 12,
+    - {dst: 198.18.0.66, dpt: 443, protocol: tcp, uid: 1000, user: agent, family: ipv4, count: 12, attempts: 5,
+       canary: false,
        first: "2026-11-25T05:04:19.534774Z", last: "2026-11-25T05:09:02.100000Z", sources: [198.18.0.20],
        direction: output, source: null, network: null, destination_text: "198.18.0.66:443",
        sender_text: agent (1000)}
-    - {dst: "fd00:d0f::1", dpt: 443, protocol: tcp, uid: null, user: null, family: ipv6, count: 2,
+    - {dst: "fd00:d0f::1", dpt: 443, protocol: tcp, uid: null, user: null, family: ipv6, count: 2, attempts: 1,
+       canary: false,
        first: "2026-11-29T23:37:59.219443Z", last: "2026-11-29T23:38:02.081205Z", sources: ["fd00:d0e::2"],
        direction: forward, source: "fd00:d0e::2", network: docker0, destination_text: "[fd00:d0f::1]:443",
        sender_text: "container fd00:d0e::2 on docker0"}
@@ -150,6 +169,8 @@ records:
     - Each has C(time), C(family), C(src), C(dst), C(protocol), C(dpt) (null without a port), C(spt), C(uid)
       and C(gid) (when logged), C(out) (the interface it was to leave by), C(flags) (such as V(SYN)),
       C(destination_text), and C(direction), C(source), C(network) as in RV(denials).
+    - C(attempt) is true on the first line of an attempt, false on a retransmission; C(canary) as in
+      RV(denials); C(icmp_id) is the echo id of an ICMP line, null otherwise.
     - C(physin) is the bridge port a forwarded packet came in by (the container's veth, the C(PHYSIN=) of
       hosts with br_netfilter), null otherwise; it is not part of the grouping.
   returned: always
@@ -158,21 +179,59 @@ records:
   sample:
     - {time: "2026-11-29T23:38:01.711216Z", family: ipv4, src: 198.18.210.2, dst: 198.18.211.1, protocol: tcp,
        dpt: 443, spt: 50124, uid: null, out: eth0, flags: [DF, SYN], direction: forward, source: 198.18.210.2,
-       network: docker0, physin: vethd0e2, destination_text: "198.18.211.1:443", len: 60}
+       network: docker0, physin: vethd0e2, destination_text: "198.18.211.1:443", len: 60, icmp_id: null,
+       attempt: true, canary: false}
 timeline:
-  description: Denials per O(bucket_seconds) bucket, in time order.
+  description:
+    - The O(bucket_seconds) buckets that hold denials, in time order; empty buckets are left out, so
+      place each by its C(start) (the report's chart does).
+    - C(count) is log lines, C(attempts) attempts other than the canary's, C(canary) the canary's attempts.
   returned: always
   type: list
   elements: dict
-  sample: [{start: "2026-11-25T05:00:00Z", count: 7}]
+  sample: [{start: "2026-11-25T05:00:00Z", count: 7, attempts: 3, canary: 0}]
+window:
+  description: The time window read, C(start) (from O(since); null without it) and C(end) (now), and O(bucket_seconds).
+  returned: always
+  type: dict
+  sample: {start: "2026-11-24T05:00:00Z", end: "2026-11-25T05:00:00Z", bucket_seconds: 300}
 total:
-  description: Number of denied attempts found (after filtering), local and forwarded.
+  description: Number of denied-egress log lines found (after filtering), local and forwarded, the canary's included.
+  returned: always
+  type: int
+attempts:
+  description: Number of attempts among them (see the description), the canary's excluded.
   returned: always
   type: int
 forwarded_total:
   description: How many of RV(total) were forwarded from container or VM networks.
   returned: always
   type: int
+forwarded_attempts:
+  description: How many of RV(attempts) were forwarded from container or VM networks.
+  returned: always
+  type: int
+canary_total:
+  description: How many of RV(total) the role's canary probes logged.
+  returned: always
+  type: int
+canary_attempts:
+  description: The canary's attempts (not in RV(attempts)).
+  returned: always
+  type: int
+log_limits:
+  description:
+    - The logging rules with O(prefix) in the live rules (C(iptables-save), C(ip6tables-save)), with their
+      rate limit (C(limit) null when the rule has none). Empty when they cannot be read.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {family: ipv4, table: filter, chain: AGENTGUARD-DENY, limit: 10/min, burst: 20}
+log_limit_text:
+  description: The rate limits of RV(log_limits) in one line (V(10/min, burst 20)); null when unknown.
+  returned: always
+  type: str
 source:
   description: Where the lines were read (V(journal), the file's path, V(dmesg), or V(none)).
   returned: always
@@ -226,13 +285,17 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.agentguard.hardening.plugins.module_utils._denials import (
     UTC,
     aggregate,
-    aggregate_refused,
     collect,
-    collect_refused,
+    limit_text,
+    log_limits,
+    mark_attempts,
+    mark_canary,
     parse_since,
     sender_text,
+    time_order,
     timeline,
 )
+from ansible_collections.agentguard.hardening.plugins.module_utils._dnslog import aggregate_refused, collect_refused
 
 
 def local_links(module):
@@ -340,6 +403,19 @@ def read_dns(module, since):
     return "journal", out.splitlines()
 
 
+def read_limits(module, prefix):
+    """The logging rules with this prefix in the live rules of both families, with their rate limit."""
+    found = []
+    for family, command in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
+        binary = module.get_bin_path(command)
+        if binary is None:
+            continue
+        rc, out, err = module.run_command([binary], environ_update={"LC_ALL": "C"})
+        if rc == 0:
+            found += log_limits(out, prefix, family)
+    return found
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -354,6 +430,7 @@ def main():
             dns_unit=dict(type="str", default="agentguard-dns.service"),
             dns_path=dict(type="path", default="/var/log/syslog"),
             dns_max_names=dict(type="int", default=200),
+            canary_source_port=dict(type="int", default=30999),
         ),
         supports_check_mode=True,
     )
@@ -363,8 +440,11 @@ def main():
     if params["bucket_seconds"] < 1 or params["max_records"] < 0 or params["dns_max_names"] < 0:
         module.fail_json(msg="bucket_seconds must be at least 1, max_records and dns_max_names at least 0 (got %s, %s, %s)"
                          % (params["bucket_seconds"], params["max_records"], params["dns_max_names"]))
+    if not 0 <= params["canary_source_port"] <= 65535:
+        module.fail_json(msg="canary_source_port must be a port (0 for none), got %s" % params["canary_source_port"])
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
     try:
-        since = parse_since(params["since"])
+        since = parse_since(params["since"], now=now)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     local, interfaces = local_links(module) if params["local_only"] else (None, None)
@@ -387,13 +467,15 @@ def main():
     if params["source"] != "auto" and label == "none":
         module.fail_json(msg="cannot read %s" % ", ".join(unreadable))
 
+    limits = read_limits(module, params["prefix"])
     dns_label, dns_lines = read_dns(module, since)
     if dns_lines is None:
         module.fail_json(msg="cannot read the resolver's log from %s" % dns_label)
     refused, dns_stats = collect_refused(dns_lines, since=since)
     names = aggregate_refused(refused)
 
-    records.sort(key=lambda r: r["time"] or "")
+    records.sort(key=time_order)
+    mark_attempts(mark_canary(records, params["canary_source_port"]))
     groups = aggregate(records)
     for group in groups:
         group["user"] = user_name(group["uid"])
@@ -403,8 +485,16 @@ def main():
         denials=groups,
         records=records[-params["max_records"]:] if params["max_records"] else [],
         timeline=timeline(records, params["bucket_seconds"]),
+        window={"start": since.astimezone(UTC).isoformat().replace("+00:00", "Z") if since else None,
+                "end": now.isoformat().replace("+00:00", "Z"), "bucket_seconds": params["bucket_seconds"]},
         total=len(records),
+        attempts=sum(1 for record in records if record["attempt"] and not record["canary"]),
         forwarded_total=sum(1 for record in records if record["direction"] == "forward"),
+        forwarded_attempts=sum(1 for record in records if record["direction"] == "forward" and record["attempt"]),
+        canary_total=sum(1 for record in records if record["canary"]),
+        canary_attempts=sum(1 for record in records if record["canary"] and record["attempt"]),
+        log_limits=limits,
+        log_limit_text=limit_text(limits),
         source=label,
         stats=stats,
         refused_names=names[:params["dns_max_names"]],

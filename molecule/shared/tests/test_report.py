@@ -15,6 +15,10 @@ as written for people (198.18.0.66:4123, [fd00::66]:4123).
 In filtering DNS mode the restricted user also asks the host's resolver for a name made up for this
 run; the report must list it among the refused names.
 
+The report also counts attempts beside log lines (this attempt's SYN and its retransmissions are one
+attempt), states the logging rate limit it read from the live rules, and marks the role's own canary
+probes (source port 30999, after every apply) as such, counted apart.
+
 MOL_REPORT_EXPECT_PORT=N makes the test look for port N instead of the attempted one: with a port
 that was not attempted the test must fail (its negative check).
 """
@@ -125,6 +129,10 @@ def test_report_has_the_denied_attempt(target, report_run, family):
     assert len(groups) == 1 and groups[0]["count"] >= 1 and groups[0]["family"] == "ipv%d" % family
     assert groups[0]["direction"] == "output" and groups[0]["source"] is None and groups[0]["network"] is None
     assert groups[0]["destination_text"] == ("[%s]:%d" if family == 6 else "%s:%d") % (dst, port)
+    # One attempt however many SYNs the kernel logged for it; never counted as the canary.
+    mine = [r for r in records if r["spt"] == result["sport"]]
+    assert sum(1 for r in mine if r["attempt"]) == 1 and not any(r["canary"] for r in mine), mine
+    assert 1 <= groups[0]["attempts"] <= groups[0]["count"] and not groups[0]["canary"]
     if report_run.uid == 0 or not target.probe_user.isdigit():
         assert groups[0]["user"] == ("root" if report_run.uid == 0 else target.probe_user)
 
@@ -150,3 +158,18 @@ def test_report_has_the_refused_name(target, report_run):
     names = [n for n in host["refused_names"] if n["name"] == report_run.qname]
     assert names and names[0]["qtype"] in ("A", "AAAA"), "%s not among the refused names: %s" % (
         report_run.qname, host["refused_names"][:10])
+
+
+def test_report_states_the_live_rate_limit_and_sets_the_canary_apart(target, report_run):
+    host = report_run.host()
+    families = set(limit["family"] for limit in host["log_limits"])
+    assert families == {"ipv4", "ipv6"}, host["log_limits"]
+    assert host["log_limit_text"] and all(limit["limit"] for limit in host["log_limits"]), host["log_limits"]
+    canary = [r for r in host["records"] if r["spt"] == 30999 and r["direction"] == "output"]
+    assert all(r["canary"] for r in canary)
+    assert host["canary_total"] == sum(1 for r in host["records"] if r["canary"]) or len(host["records"]) < host["total"]
+    assert all(g["sender_text"].startswith("role canary, ") for g in host["denials"] if g["canary"])
+    assert host["attempts"] == sum(g["attempts"] for g in host["denials"] if not g["canary"])
+    with open(os.path.join(report_run.dir, "report.md")) as handle:
+        md = handle.read()
+    assert "at most %s per logging rule" % host["log_limit_text"] in md

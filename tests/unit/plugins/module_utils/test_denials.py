@@ -106,7 +106,7 @@ def test_aggregate_counts_and_first_last():
     groups = D.aggregate(records)
     top = groups[0]
     assert sum(g["count"] for g in groups) == len(records)
-    assert top["count"] >= 2 and top["first"] <= top["last"]
+    assert top["count"] >= 2 and D.epoch(top["first"]) <= D.epoch(top["last"])
     assert set(top) >= {"dst", "dpt", "protocol", "uid", "count", "first", "last", "family", "sources"}
 
 
@@ -256,12 +256,19 @@ def test_sender_text():
 def host_result(records):
     """What egress_denials returns for these records (users as this test names them)."""
     users = {4242: "agent"}
+    D.mark_attempts(D.mark_canary(records))
     groups = D.aggregate(records)
     for group in groups:
         group["user"] = users.get(group["uid"])
         group["sender_text"] = D.sender_text(group)
     return {"changed": False, "denials": groups, "records": records, "timeline": D.timeline(records, 300),
+            "window": {"start": None, "end": None, "bucket_seconds": 300},
             "total": len(records), "forwarded_total": sum(1 for r in records if r["direction"] == "forward"),
+            "attempts": sum(1 for r in records if r["attempt"] and not r["canary"]),
+            "forwarded_attempts": sum(1 for r in records if r["attempt"] and r["direction"] == "forward"),
+            "canary_total": 0, "canary_attempts": 0,
+            "log_limits": [{"family": "ipv4", "table": "filter", "chain": "AGENTGUARD-DENY", "limit": "10/min",
+                            "burst": 20}], "log_limit_text": "10/min, burst 20",
             "source": "dmesg", "stats": {"lines": len(records), "matched": len(records), "malformed": 0,
                                          "other_hosts": 0, "older": 0, "no_time": 0},
             "refused_names": [], "refused_total": 0, "refused_distinct": 0, "dns_source": "none",
@@ -311,10 +318,14 @@ def test_report_rows_say_who_sent_it(rendered_report, kind):
 
 def test_report_summary_counts_forwarded_apart(rendered_report):
     md, html = rendered_report["md"], rendered_report["html"]
-    assert "21 denied attempt(s) (12 forwarded from container or VM networks)" in md
+    assert "**21 denied attempt(s)** in 21 log line(s), 12 of them forwarded from container or VM networks" in md
     row = [r for r in md.splitlines() if r.startswith("| agent-1 |")][0]
-    # denied, forwarded, destinations (address and port: 198.18.211.1:443 is the container's and uid 4242's)
-    assert row.split(" | ")[1:4] == ["21", "12", "12"]
-    assert '<td class="n">21</td><td class="n">12</td><td class="n">12</td>' in html
+    # attempts, log lines, forwarded, canary, destinations (address and port: 198.18.211.1:443 is the
+    # container's and uid 4242's)
+    assert row.split(" | ")[1:6] == ["21", "21", "12", "0", "12"]
+    # attempts, log lines, forwarded, canary, refused names; the destinations in the host's own section
+    assert ('<td class="n">21</td><td class="n">21</td><td class="n">12</td><td class="n">0</td>'
+            '<td class="n">0</td>') in html
+    assert "12 destination(s)." in html
     report = json.loads(rendered_report["json"])
     assert report["hosts"]["agent-1"]["forwarded_total"] == 12

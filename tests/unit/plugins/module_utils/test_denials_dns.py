@@ -8,7 +8,8 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from ansible_collections.agentguard.hardening.plugins.module_utils import _denials as D
+from ansible_collections.agentguard.hardening.plugins.module_utils import _dnslog as D
+from ansible_collections.agentguard.hardening.plugins.module_utils._denials import parse_since
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "denials")
 UTC = datetime.timezone.utc
@@ -97,7 +98,7 @@ def test_aggregate_refused():
 def test_since_drops_older_refusals():
     records, stats = refused("dnsmasq-2.90-syslog.log")
     times = sorted(r["time"] for r in records)
-    since = D.parse_since(times[len(times) // 2])
+    since = parse_since(times[len(times) // 2])
     newer, stats = refused("dnsmasq-2.90-syslog.log", since=since)
     assert newer and len(newer) < len(records)
     assert all(r["time"] >= times[len(times) // 2] for r in newer)

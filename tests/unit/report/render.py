@@ -1,0 +1,72 @@
+"""Run playbooks/egress-report.yml as an operator runs it, on host results made here (no host is contacted)."""
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import _denials as D
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+PREFIX = "[EGRESS-DENIED] "
+UTC = datetime.timezone.utc
+
+
+def kernel_line(when, dst, dpt, spt, src="198.18.77.2", uid=1000, inside="", proto="TCP"):
+    """A denied SYN (or UDP datagram) as dmesg --time-format iso writes it."""
+    owner = "" if inside else " UID=%d GID=%d" % (uid, uid)
+    return ("%s %sIN=%s OUT=eth0 SRC=%s DST=%s LEN=60 TTL=64 PROTO=%s SPT=%d DPT=%d SYN%s"
+            % (when.strftime("%Y-%m-%dT%H:%M:%S,%f+00:00"), PREFIX, inside, src, dst, proto, spt, dpt, owner))
+
+
+def host_result(lines, bucket_seconds, since, now, users=None):
+    """What egress_denials returns for these kernel lines."""
+    records, stats = D.collect(lines, PREFIX, since=since, now=now)
+    records.sort(key=D.time_order)
+    D.mark_attempts(D.mark_canary(records))
+    groups = D.aggregate(records)
+    for group in groups:
+        group["user"] = (users or {}).get(group["uid"])
+        group["sender_text"] = D.sender_text(group)
+    limits = [{"family": f, "table": "filter", "chain": "AGENTGUARD-DENY", "limit": "10/min", "burst": 20}
+              for f in ("ipv4", "ipv6")]
+    stamp = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    return {
+        "changed": False, "denials": groups, "records": records, "timeline": D.timeline(records, bucket_seconds),
+        "window": {"start": stamp(since), "end": stamp(now), "bucket_seconds": bucket_seconds},
+        "total": len(records), "attempts": sum(1 for r in records if r["attempt"] and not r["canary"]),
+        "forwarded_total": sum(1 for r in records if r["direction"] == "forward"),
+        "forwarded_attempts": sum(1 for r in records if r["direction"] == "forward" and r["attempt"]),
+        "canary_total": sum(1 for r in records if r["canary"]),
+        "canary_attempts": sum(1 for r in records if r["canary"] and r["attempt"]),
+        "log_limits": limits, "log_limit_text": D.limit_text(limits), "source": "journal", "stats": stats,
+        "refused_names": [], "refused_total": 0, "refused_distinct": 0, "dns_source": "none",
+        "dns_stats": {"lines": 0, "queries": 0, "refused": 0, "malformed": 0, "foreign": 0, "older": 0, "no_time": 0},
+    }
+
+
+def run_report(work, agents, results=None, since="24h", timeout=180):
+    """agents: inventory host name -> host variables; results: host name -> a registered egress_denials
+    result (the collecting play then matches no host: --limit localhost). Returns (process, out dir)."""
+    localhost = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {}
+    for name, variables in agents.items():
+        hosts[name] = dict(variables)
+        if results and name in results:
+            hosts[name]["egress_report_host"] = results[name]
+    inventory = {"all": {"hosts": {"localhost": localhost}, "children": {"agents": {"hosts": hosts}}}}
+    os.makedirs(str(work), exist_ok=True)
+    path = os.path.join(str(work), "inventory.json")
+    with open(path, "w") as handle:
+        json.dump(inventory, handle)
+    out = os.path.join(str(work), "out")
+    collections = D.__file__.rsplit(os.sep + "ansible_collections" + os.sep, 1)[0]
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_HOST_KEY_CHECKING="False")
+    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", path,
+            os.path.join(ROOT, "playbooks", "egress-report.yml"), "-e", "egress_report_dir=%s" % out,
+            "-e", "egress_report_since=%s" % since]
+    if results:
+        argv += ["--limit", "localhost"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
+    return proc, out
