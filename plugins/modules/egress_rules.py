@@ -36,9 +36,9 @@ description:
 author:
   - agentguard.hardening developers (@agentguard)
 requirements:
-  - iptables and ip6tables with C(iptables-save)/C(iptables-restore) (nf_tables or legacy backend)
-  - ipset, when a destination resolves to more than 8 addresses of one family
-  - dnspython (Debian C(python3-dnspython)) on the target, when O(allow) contains names
+  - iptables and ip6tables (nf_tables or legacy backend)
+  - ipset (for a destination with more than 8 addresses in a family)
+  - dnspython on the target (Debian C(python3-dnspython)) for names in O(allow)
 attributes:
   check_mode:
     support: full
@@ -317,13 +317,15 @@ rules:
   returned: always
   type: dict
   sample:
-    ipv4: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n...\nCOMMIT\n"
-    ipv6: "*filter\n...\nCOMMIT\n"
+    # One line each here (the real values are whole files, one rule per line).
+    ipv4: "*filter :INPUT ACCEPT [0:0] :FORWARD ACCEPT [0:0] :OUTPUT DROP [0:0] ... COMMIT"
+    ipv6: "*filter ... COMMIT"
 sets:
   description: C(ipset restore) payload creating and filling the sets the rules use; empty when no set is used.
   returned: always
   type: str
-  sample: "create ag4-cdn hash:net family inet hashsize 1024 maxelem 65536\nadd ag4-cdn 203.0.113.0/24\n"
+  # One line here; the real value has one command per line.
+  sample: "create ag4-cdn hash:net family inet hashsize 1024 maxelem 65536 ... add ag4-cdn 203.0.113.0/24"
 tracking:
   description:
     - Per managed family, whether a rule of the live filter table already needed connection tracking
