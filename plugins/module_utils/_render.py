@@ -54,6 +54,9 @@ ND_TYPES = (133, 135, 136)
 # DHCP clients renew their leases from the privileged client ports (only root or a holder of
 # CAP_NET_BIND_SERVICE can bind them, so an unprivileged agent cannot send from them), DHCPv6 only
 # to the All_DHCP_Relay_Agents_and_Servers group and to link-local servers (RFC 8415).
+# Destinations that are never routed off the link: the local network control block and the limited
+# broadcast (IPv4), the link-local multicast scope (IPv6).
+LINK_LOCAL = {"ipv4": ("224.0.0.0/24", "255.255.255.255/32"), "ipv6": ("ff02::/16",)}
 DHCP_RULES = {
     "ipv4": ("-p udp -m udp --sport 68 --dport 67",),
     "ipv6": ("-d ff02::1:2/128 -p udp -m udp --sport 546 --dport 547",
@@ -210,6 +213,9 @@ def _fwd_allow_rules(policy, resolved, family, sets):
     (the runtime's own FORWARD rules still decide) instead of ACCEPT, and no owner matches
     (forwarded packets have no local socket)."""
     rules = ["-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    # Link-scoped destinations never leave the bridge they were sent on (neighbour discovery between
+    # containers, mDNS, DHCP broadcasts): with a CIDR network no "-o" rule below would match them.
+    rules.extend("-d %s %s -j RETURN" % (network, _comment("link-local")) for network in LINK_LOCAL[family])
     for network in policy.networks:
         match = _network_match(network, family, "out")
         if match:

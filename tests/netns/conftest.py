@@ -3,7 +3,12 @@
 Layout (all addresses are the lab's own, inside namespaces the tests create and delete):
   host ns  198.18.1.2/24  fd00:a9e:2::2/64   <-veth->  peer ns: allowed .10/::10, forbidden .66/::66,
                                                        resolver .53/::53 (dnsmasq), and .100-.111 (a CDN)
+  and, for the forward path (Lab.add_bridge, add_container), container networks as Docker builds its
+  default bridge: in the host ns a bridge (docker0: 198.19.30.1/24, fd00:d0c:30::1/64; agbr1: .31),
+  forwarding on, Docker's MASQUERADE; each container a namespace with a veth port on the bridge
+  (198.19.30.2, fd00:d0c:30::2, ...) and default routes via it. Every namespace goes with the lab.
 """
+import collections
 import json
 import os
 import re
@@ -43,11 +48,17 @@ def require_root():
         pytest.skip(reason)
 
 
+Bridge = collections.namedtuple("Bridge", ["name", "gw4", "gw6", "net4", "net6", "subnet"])
+Container = collections.namedtuple("Container", ["ns", "v4", "v6", "veth", "bridge"])
+
+
 class Lab(object):
     def __init__(self, tag):
         self.host = "agit-h-%s" % tag
         self.peer = "agit-p-%s" % tag
+        self.tag = tag
         self.procs = []
+        self.extra_ns = []  # container namespaces (add_container), deleted with the lab
         self.tmp = tempfile.mkdtemp(prefix="agit-")
 
     def up(self):
@@ -97,10 +108,11 @@ class Lab(object):
         with open(self.upstream_log) as handle:
             return [l for l in handle if "query[" in l]
 
-    def start_filtering_resolver(self, names, set_timeout):
-        """dnsmasq on the host's loopback, as user nobody: allowlisted names only, answers fill the sets."""
+    def start_filtering_resolver(self, names, set_timeout, listen=("127.0.0.1",)):
+        """dnsmasq on the host's loopback (and the other `listen` addresses: a container bridge's, say),
+        as user nobody: allowlisted names only, answers fill the sets."""
         conf = os.path.join(self.tmp, "filtering.conf")
-        lines = ["listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts", "address=/#/",
+        lines = ["listen-address=" + ",".join(listen), "bind-interfaces", "no-resolv", "no-hosts", "address=/#/",
                  "max-ttl=%d" % set_timeout, "max-cache-ttl=%d" % set_timeout, "log-queries"]
         for label, name in names:
             lines += ["server=/%s/%s" % (name, server) for server in (V4["dns"], V6["dns"])]
@@ -127,8 +139,9 @@ class Lab(object):
                 raise RuntimeError("lab services did not come up: %s" % results)
             time.sleep(0.2)
 
-    def probe(self, targets, uid=None, timeout=1.5, repeat=0):
-        argv = ["ip", "netns", "exec", self.host]
+    def probe(self, targets, uid=None, timeout=1.5, repeat=0, ns=None):
+        """Run probe.py in the host namespace (or in `ns`, a container's, say) and return its results."""
+        argv = ["ip", "netns", "exec", ns or self.host]
         python = PYTHON
         if uid is not None:
             # An unprivileged uid may not read root's virtualenv: TCP probes need only the system python.
@@ -154,6 +167,62 @@ class Lab(object):
     def run(self, *argv):
         return sh("ip", "netns", "exec", self.host, *argv)
 
+    # The forward path: container networks behind a bridge of the host namespace, as Docker's default
+    # bridge is: the bridge holds the gateway address, each container is a namespace with a veth port
+    # on it and default routes via the bridge, the host forwards both families and masquerades the
+    # network's traffic that leaves by another interface (Docker's `-s NET ! -o BRIDGE -j MASQUERADE`).
+
+    def add_bridge(self, name, subnet):
+        """A bridge `name` with 198.19.<subnet>.1/24 and fd00:d0c:<subnet>::1/64 in the host namespace."""
+        bridge = Bridge(name, "198.19.%d.1" % subnet, "fd00:d0c:%d::1" % subnet,
+                        "198.19.%d.0/24" % subnet, "fd00:d0c:%d::/64" % subnet, subnet)
+        self.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                 "net.ipv6.conf.default.accept_dad=0")
+        sh("ip", "-n", self.host, "link", "add", name, "type", "bridge")
+        sh("ip", "-n", self.host, "addr", "add", bridge.gw4 + "/24", "dev", name)
+        sh("ip", "-n", self.host, "addr", "add", bridge.gw6 + "/64", "dev", name, "nodad")
+        sh("ip", "-n", self.host, "link", "set", name, "up")
+        for tool, net in (("iptables", bridge.net4), ("ip6tables", bridge.net6)):
+            self.run(tool, "-t", "nat", "-A", "POSTROUTING", "-s", net, "!", "-o", name, "-j", "MASQUERADE")
+        return bridge
+
+    def add_container(self, bridge, index):
+        """A container namespace on `bridge` with address .<index> (and ::<index>), ready to use."""
+        ns = "agit-c%d%d-%s" % (bridge.subnet, index, self.tag)
+        veth = "agv%d-%d" % (bridge.subnet, index)
+        container = Container(ns, "198.19.%d.%d" % (bridge.subnet, index), "fd00:d0c:%d::%d" % (bridge.subnet, index),
+                              veth, bridge)
+        sh("ip", "netns", "add", ns)
+        self.extra_ns.append(ns)
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0",
+           "net.ipv6.conf.default.router_solicitations=0")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", veth, "netns", self.host, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "-n", self.host, "link", "set", veth, "master", bridge.name)
+        sh("ip", "-n", self.host, "link", "set", veth, "up")
+        sh("ip", "-n", ns, "addr", "add", container.v4 + "/24", "dev", "eth0")
+        sh("ip", "-n", ns, "addr", "add", container.v6 + "/64", "dev", "eth0", "nodad")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", bridge.gw4)
+        sh("ip", "-n", ns, "-6", "route", "add", "default", "via", bridge.gw6)
+        # Bounded wait: the container reaches the allowed API over both families before any rule.
+        want = ["tcp:%s:443" % V4["allowed"], "tcp:[%s]:443" % V6["allowed"]]
+        deadline = time.monotonic() + 15
+        while True:
+            results = self.probe(want, timeout=1.0, ns=ns)
+            if set(results.values()) == {"ok"}:
+                return container
+            if time.monotonic() > deadline:
+                raise RuntimeError("container %s cannot reach the peer: %s" % (ns, results))
+            time.sleep(0.2)
+
+    def save_all(self, family="ipv4"):
+        """iptables-save of every table, chain counters zeroed (they count packets, not rules)."""
+        tool = "iptables-save" if family == "ipv4" else "ip6tables-save"
+        text = self.run(tool).stdout
+        return "".join(re.sub(r"\[\d+:\d+\]$", "[0:0]", line) + "\n" for line in text.splitlines()
+                       if not line.startswith("#"))
+
     def down(self):
         for proc in self.procs:
             proc.terminate()
@@ -162,9 +231,101 @@ class Lab(object):
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for ns in (self.host, self.peer):
+        for ns in self.extra_ns + [self.host, self.peer]:
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def parse_target(target):
+    """A probe target ("tcp:[::1]:443", "icmp:198.18.1.66:echo") as (kind, host, argument)."""
+    kind, rest = target.split(":", 1)
+    host, arg = rest.rsplit(":", 1)
+    return kind, host.strip("[]"), arg
+
+
+class Arrivals(object):
+    """Counts, AT THE DESTINATION, the packets that arrive for probe targets: one rule without a verdict
+    per target in the raw table's PREROUTING of the namespace `ns` (iptables and ip6tables), any source.
+    A zero proves that nothing of a blocked probe got through; the allowed probes' non-zero counts in
+    the same run prove the counters see what arrives."""
+
+    def __init__(self, ns, targets):
+        self.ns = ns
+        self.targets = list(targets)
+        payload = {"iptables": [], "ip6tables": []}
+        for target in self.targets:
+            tool, match = self.rule(target)
+            payload[tool].append(" ".join(["-A PREROUTING"] + match + ["-m comment --comment \"agit-count %s\"" % target]))
+        for tool, rules in payload.items():
+            if rules:
+                sh("ip", "netns", "exec", ns, tool + "-restore", "--noflush",
+                   input="*raw\n%s\nCOMMIT\n" % "\n".join(rules))
+        self.base = self.read()
+
+    @staticmethod
+    def rule(target):
+        kind, host, arg = parse_target(target)
+        v6 = ":" in host
+        match = ["-d", host]
+        if kind == "icmp":
+            match += ["-p", "ipv6-icmp", "--icmpv6-type", "echo-request"] if v6 else ["-p", "icmp", "--icmp-type", "echo-request"]
+        else:
+            protocol = "udp" if kind in ("udp", "udp-dns") else "tcp"
+            port = "53" if kind.endswith("-dns") else arg
+            match += ["-p", protocol, "--dport", port]
+        return ("ip6tables" if v6 else "iptables"), match
+
+    def read(self):
+        counts = {}
+        for tool in ("iptables-save", "ip6tables-save"):
+            text = sh("ip", "netns", "exec", self.ns, tool, "-c", "-t", "raw").stdout
+            for line in text.splitlines():
+                found = re.match(r'^\[(\d+):\d+\] -A PREROUTING .*--comment "agit-count (\S+)"', line)
+                if found:
+                    counts[found.group(2)] = int(found.group(1))
+        return counts
+
+    def since(self):
+        """Packets per target since the counters were created or last reset."""
+        now = self.read()
+        return dict((t, now[t] - self.base[t]) for t in self.targets)
+
+
+@pytest.fixture
+def kernel_log():
+    """Kernel LOG lines from a non-initial namespace need nf_log_all_netns=1 (restored afterwards).
+    The fixture is dmesg's text now; kernel_log.since(mark) gives the lines after kernel_log.mark()."""
+    path = "/proc/sys/net/netfilter/nf_log_all_netns"
+    if not os.path.exists(path):
+        pytest.skip("this kernel has no nf_log_all_netns sysctl")
+    with open(path) as handle:
+        old = handle.read().strip()
+    with open(path, "w") as handle:
+        handle.write("1")
+    yield KernelLog()
+    with open(path, "w") as handle:
+        handle.write(old)
+
+
+class KernelLog(object):
+    STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+    def __call__(self):
+        return subprocess.run(["dmesg"], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+
+    def mark(self):
+        """The time stamp of the newest kernel line (monotonic seconds, as dmesg prints it)."""
+        stamps = [self.STAMP.match(l) for l in self().splitlines()]
+        stamps = [float(m.group(1)) for m in stamps if m]
+        return stamps[-1] if stamps else 0.0
+
+    def since(self, mark):
+        lines = []
+        for line in self().splitlines():
+            found = self.STAMP.match(line)
+            if found and float(found.group(1)) > mark:
+                lines.append(line)
+        return lines
 
 
 @pytest.fixture
@@ -196,7 +357,9 @@ class ModuleRunner(object):
             env.update({
                 "AGENTGUARD_NETNS": self.lab.host, "AGENTGUARD_NETNS_PYTHON": PYTHON,
                 "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg"),
-                "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, ".cache", "collections"),
+                # AGENTGUARD_IT_COLLECTIONS_PATH: test another copy of the collection (a build, a snapshot).
+                "ANSIBLE_COLLECTIONS_PATH": os.environ.get("AGENTGUARD_IT_COLLECTIONS_PATH",
+                                                           os.path.join(ROOT, ".cache", "collections")),
                 "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
             })
             env["PATH"] = os.path.dirname(PYTHON) + os.pathsep + env["PATH"]

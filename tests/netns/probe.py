@@ -1,8 +1,11 @@
 """Try connections in parallel and print one JSON result per target (run inside a namespace).
 
-Usage: probe.py [--timeout S] [--repeat N] tcp:HOST:PORT udp-dns:HOST:NAME tcp-dns:HOST:NAME ...
-Results: "ok" (connected / answered with data), "ok-empty", an rcode such as "NXDOMAIN",
-"timeout", "refused", "denied" (EPERM: dropped by the local firewall before leaving), or "error: ...".
+Usage: probe.py [--timeout S] [--repeat N] tcp:HOST:PORT udp-dns:HOST:NAME[/TYPE] tcp-dns:HOST:NAME[/TYPE]
+                udp:HOST:PORT icmp:HOST:echo ...
+Results: "ok" (connected / answered with data / echo reply), "ok-empty", an rcode such as "NXDOMAIN",
+"timeout", "refused" (for udp: an ICMP port unreachable came back, so the datagram reached the host),
+"denied" (EPERM: dropped by the local firewall before leaving), or "error: ...".
+icmp needs a raw socket (root).
 With --repeat N, each target is tried N times (at most 50 at once) and its result is a
 count per outcome, e.g. {"timeout": 1000}.
 """
@@ -24,11 +27,62 @@ def tcp(host, port, timeout):
         sock.close()
 
 
+def udp(host, port, timeout):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, int(port)))
+        sock.send(b"agentguard-probe\n")
+        return "ok" if sock.recv(512) else "ok-empty"
+    finally:
+        sock.close()
+
+
+def icmp(host, timeout):
+    """One ICMP (v4 or v6) echo request; "ok" when the matching echo reply comes back."""
+    import os
+    import struct
+    import time
+    v6 = ":" in host
+    if v6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        request, reply = 128, 129
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        request, reply = 8, 0
+    ident = (os.getpid() + threading.get_ident()) & 0xFFFF
+    payload = b"agentguard-probe"
+    packet = struct.pack("!BBHHH", request, 0, 0, ident, 1) + payload
+    if not v6:  # the kernel computes ICMPv6 checksums itself
+        words = sum(struct.unpack("!%dH" % (len(packet) // 2), packet))
+        words = (words >> 16) + (words & 0xFFFF)
+        words += words >> 16
+        packet = packet[:2] + struct.pack("!H", ~words & 0xFFFF) + packet[4:]
+    deadline = time.monotonic() + timeout
+    try:
+        sock.connect((host, 0))
+        sock.send(packet)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout()
+            sock.settimeout(left)
+            data = sock.recv(2048)
+            if not v6:
+                data = data[(data[0] & 0x0F) * 4:]  # a raw IPv4 socket sees the IP header
+            if len(data) >= 8 and data[0] == reply and struct.unpack("!H", data[4:6])[0] == ident:
+                return "ok"
+    finally:
+        sock.close()
+
+
 def dns(host, name, timeout, tcp=False):
     import dns.message
     import dns.query
     import dns.rcode
-    query = dns.message.make_query(name, "A")
+    name, rdtype = (name.split("/", 1) + ["A"])[:2]  # "api.test/AAAA" asks for AAAA records
+    query = dns.message.make_query(name, rdtype)
     answer = (dns.query.tcp if tcp else dns.query.udp)(query, host, timeout=timeout)
     if answer.answer:
         return "ok"
@@ -42,6 +96,10 @@ def run(target, timeout, results):
     try:
         if kind == "tcp":
             results[target] = tcp(host, arg, timeout)
+        elif kind == "udp":
+            results[target] = udp(host, arg, timeout)
+        elif kind == "icmp":
+            results[target] = icmp(host, timeout)
         else:
             results[target] = dns(host, arg, timeout, tcp=kind == "tcp-dns")
     except socket.timeout:

@@ -195,21 +195,6 @@ def test_rules_land_in_the_backend_in_use(lab, backend_path, backend, other):
     assert runner(dict(state="absent"))["changed"] is True
 
 
-@pytest.fixture
-def kernel_log():
-    """Kernel LOG lines from a non-initial namespace need nf_log_all_netns=1 (restored afterwards)."""
-    path = "/proc/sys/net/netfilter/nf_log_all_netns"
-    if not os.path.exists(path):
-        pytest.skip("this kernel has no nf_log_all_netns sysctl")
-    with open(path) as handle:
-        old = handle.read().strip()
-    with open(path, "w") as handle:
-        handle.write("1")
-    yield lambda: subprocess.run(["dmesg"], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
-    with open(path, "w") as handle:
-        handle.write(old)
-
-
 def test_denials_are_logged_with_uid_and_rate_limited(lab, egress, kernel_log):
     egress(dict(POLICY, log_limit="1/hour", log_burst=5, scope="users", users=["65534"]))
     port = 20000 + os.getpid() % 10000  # unique per run, so earlier runs' lines do not count

@@ -73,6 +73,8 @@ def test_forward_allow_chain_in_pinned_mode():
     rules = chain(R.desired_hooks(policy(), RESOLVED, "ipv4"), "mangle", "AGENTGUARD-FWD-ALLOW")
     assert rules == (
         "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        '-d 224.0.0.0/24 -m comment --comment "agentguard: link-local" -j RETURN',
+        '-d 255.255.255.255/32 -m comment --comment "agentguard: link-local" -j RETURN',
         '-o docker0 -m comment --comment "agentguard: between covered networks" -j RETURN',
         '-o br-+ -m comment --comment "agentguard: between covered networks" -j RETURN',
         '-d 198.19.20.0/24 -m comment --comment "agentguard: between covered networks" -j RETURN',
