@@ -126,6 +126,8 @@ def test_container_held_to_the_allowlist(lab, egress, docker, kernel_log):
     test_other_networks_are_not_covered): the whole probe matrix, counted and logged."""
     result = egress(dict(POLICY, scope_networks=["docker0"]))
     assert result["changed"] is True
+    assert result["networks"] == {"covered": [{"name": "docker0", "runtime": "docker", "by": ["docker0"]}],
+                                  "uncovered": []}
     assert_enforced(lab, docker, kernel_log)
     assert_applied(lab, result)
 
@@ -133,8 +135,12 @@ def test_container_held_to_the_allowlist(lab, egress, docker, kernel_log):
 def test_without_scope_networks_containers_are_free(lab, egress, docker):
     """The gap the feature closes, and proof that the topology is honest: with host scope only, the
     container reaches every forbidden service (each probe arrives) while the host itself is held."""
+    # Never silent: the plan (check mode) names the bridge it leaves open, with both families.
+    plan = egress(dict(POLICY, scope_networks=[]), check=True)
+    assert plan["networks"]["covered"] == []
+    assert [(u["name"], u["families"]) for u in plan["networks"]["uncovered"]] == [("docker0", ["ipv4", "ipv6"])]
     empty = egress(dict(POLICY, scope_networks=[]))
-    assert empty["changed"] is True
+    assert empty["changed"] is True and empty["networks"] == plan["networks"]
     for family in ("ipv4", "ipv6"):
         assert "*mangle" not in empty["rules"][family] and "*nat" not in empty["rules"][family]
         assert not [l for l in empty["changes"][family]["added"] if l.startswith("-t ")]
