@@ -23,9 +23,15 @@ BASE_PKGS=(python3 python3-apt systemd systemd-sysv dbus iproute2 iputils-ping c
 # Shipped in /opt/lab-apt only (with dependencies and recommends): what the role installs,
 # plus ulogd2 for NFLOG-based logging tests.
 REPO_PKGS=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent python3-dnspython ulogd2)
+# Also in /opt/lab-apt, bookworm only and WITHOUT recommends (no git, perl, apparmor): the container
+# engines of the Molecule scenario `containers` (Docker 20.10; root podman with netavark; rootless
+# podman with uidmap and slirp4netns). Never installed in the image.
+CONTAINER_SUITES=(bookworm)
+CONTAINER_PKGS=(docker.io containerd runc tini podman conmon golang-github-containers-common netavark
+  aardvark-dns slirp4netns uidmap)
 # Must not be installed in the image, or role tests would prove nothing.
 NOT_PREINSTALLED=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent
-  python3-dnspython nftables)
+  python3-dnspython nftables docker.io containerd podman netavark)
 
 log() { printf 'images: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -49,7 +55,8 @@ in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC
   DEBIAN_FRONTEND=noninteractive HOME=/root "$@"; }
 
 build_suite() {
-  local suite=$1 tag="$LAB_IMAGE_REPO:$1" want have old_id t0
+  local suite=$1 tag="$LAB_IMAGE_REPO:$1" want have old_id t0 container_pkgs=""
+  if [[ " ${CONTAINER_SUITES[*]} " == *" $suite "* ]]; then container_pkgs="${CONTAINER_PKGS[*]}"; fi
   want=$(inputs_hash "$suite")
   have=$(podman image inspect --format '{{index .Labels "org.agentguard.lab.inputs"}}' "$tag" 2>/dev/null || true)
   if [ "$have" = "$want" ] && [ -z "${FORCE:-}" ]; then
@@ -82,7 +89,7 @@ APT::Sandbox::User "root";
 EOF
   # shellcheck disable=SC2016  # the script below runs in the chroot, its variables expand there
   timeout 300 chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C \
-    DEBIAN_FRONTEND=noninteractive HOME=/root REPO_PKGS="${REPO_PKGS[*]}" SUITE="$suite" \
+    DEBIAN_FRONTEND=noninteractive HOME=/root REPO_PKGS="${REPO_PKGS[*]}" CONTAINER_PKGS="$container_pkgs" SUITE="$suite" \
     /bin/bash -euo pipefail -c '
     apt-get -qq update
     avail=() missing=()
@@ -91,6 +98,11 @@ EOF
     done
     mkdir -p /opt/lab-apt/partial
     apt-get -qq install -y --download-only -o Dir::Cache::archives=/opt/lab-apt "${avail[@]}" >/dev/null
+    if [ -n "$CONTAINER_PKGS" ]; then
+      apt-get -qq install -y --download-only --no-install-recommends -o Dir::Cache::archives=/opt/lab-apt \
+        $CONTAINER_PKGS >/dev/null
+      avail+=($CONTAINER_PKGS)
+    fi
     rm -rf /opt/lab-apt/partial /opt/lab-apt/lock
     cd /opt/lab-apt
     for deb in *.deb; do
@@ -154,6 +166,11 @@ EOF
   in_root python3 -c 'import apt' || die "$suite: python3-apt missing"
   in_root apt-get -qq -s install iptables-persistent python3-dnspython ipset >/dev/null \
     || die "$suite: the local repository cannot satisfy the role's packages"
+  if [ -n "$container_pkgs" ]; then
+    # shellcheck disable=SC2086  # a list of package names
+    in_root apt-get -qq -s install --no-install-recommends $container_pkgs >/dev/null \
+      || die "$suite: the local repository cannot satisfy the container engines ($container_pkgs)"
+  fi
   umount "$ROOT/proc"
 
   # 6. Import.
