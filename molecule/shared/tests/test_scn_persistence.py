@@ -31,10 +31,28 @@ def test_host_was_rebooted_after_the_rules_were_written(target):
     assert boot > written, "PID 1 started before the rules files were written: no reboot happened"
 
 
+def _table(text, table):
+    """One table's section of an iptables-save / rules file text."""
+    match = re.search(r"^\*%s\n(.*?)^COMMIT$" % table, text, re.M | re.S)
+    return match.group(1) if match else ""
+
+
 def test_rules_loaded_from_the_persisted_files(target, family):
-    persisted = _managed(target.check_output("cat %s", FILES[family]))
+    persisted = _managed(_table(target.check_output("cat %s", FILES[family]), "filter"))
     assert persisted, "%s holds no managed rules" % FILES[family]
     assert _managed(target.rules(family)) == persisted
+
+
+def test_forward_path_loaded_at_boot_first_in_mangle_forward(target, family):
+    """egress_scope_networks: the mangle table's forward path comes back from the file at boot, its
+    jump the first rule of FORWARD, before any container runtime could add its own."""
+    persisted = _managed(_table(target.check_output("cat %s", FILES[family]), "mangle"))
+    assert "-A FORWARD -j AGENTGUARD-FORWARD" in persisted, persisted
+    save = "iptables-save" if family == 4 else "ip6tables-save"
+    live = target.check_output("%s -t mangle", save)
+    assert _managed(live) == persisted
+    forward = [line for line in live.splitlines() if line.startswith("-A FORWARD ")]
+    assert forward[0] == "-A FORWARD -j AGENTGUARD-FORWARD", forward
 
 
 def test_ipsets_restored(target, family):
