@@ -117,7 +117,7 @@ def validate_policy(variables):
             policy = build_policy(options, _placeholder_uid)
         except PolicyError as exc:
             errors.extend(_rename(error) for error in exc.errors)
-        # The role's own check beyond the module's (plugins/filter/egress_role.py, egress_input_errors),
+        # The role's own check beyond the module's (plugins/filter/egress_phases.py, egress_input_errors),
         # same words; in enforce mode the module's own check already says so.
         if options.get("dns_mode") == "filtering" and options.get("mode") != "enforce" and not options.get("dns_servers"):
             errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "

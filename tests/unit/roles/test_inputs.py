@@ -67,6 +67,9 @@ BAD = [
     ({"egress_rollback_timeout": 5}, INPUT_CHECK, ["egress_rollback_timeout is 5"]),
     ({"egress_dns_set_timeout": 15, "egress_dns_mode": "filtering"}, INPUT_CHECK, ["egress_dns_set_timeout is 15"]),
     ({"egress_canary_forbidden": ["198.18.0.99"]}, INPUT_CHECK, ["egress_canary_forbidden", "198.18.0.99"]),
+    # A connect that fails on the port, not on the firewall, must not count as blocked.
+    ({"egress_canary_forbidden": ["198.18.0.66:443", "[fd00:19::20]:99999"]}, INPUT_CHECK,
+     ["egress_canary_forbidden[1]", "'[fd00:19::20]:99999'", "port '99999' is out of range"]),
     ({"egress_dns_before_units": ["agent"]}, INPUT_CHECK, ["egress_dns_before_units", "agent"]),
     ({"egress_scope": "none"}, INPUT_CHECK, ["egress_scope_networks", "[] is empty", "scope=none"]),
     ({"egress_scope_networks": ["docker0", "br+x"]}, INPUT_CHECK, ["egress_scope_networks[1]", "'br+x'"]),

@@ -1,0 +1,427 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""What the role agentguard.hardening.egress computes: its checks, its questions to the host, its decisions.
+
+Filters (egress_phases documented below, the others in the .yml file of their name beside this one; tested in
+tests/unit/plugins/filter/test_egress_phases.py). Each takes the registered results it depends on as
+explicit arguments and returns plain data: the role's tasks only run what these decide.
+
+- egress_input_errors: every wrong input, on the controller, before the host is read.
+- egress_host_query, egress_platform, egress_host_errors: what egress_host_state is asked, the host's
+  row of the platform table, and why the host cannot be hardened.
+- egress_phases: which phase of tasks/main.yml runs (install, resolver, plan, apply, canary, persist,
+  removals), the packages to install and the resolvers the module uses.
+- egress_boot_files: the exact content of every file the role persists.
+- egress_dns_names, egress_dns_conflicts, egress_resolved_in_charge: the filtering resolver's setup.
+- egress_failure_message: what a failed apply or canary says, with what became of the rules.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: egress_phases
+short_description: Which phases of the role egress a run needs
+version_added: 0.1.0
+description:
+  - 'Every decision of the role, each made once, from what the run was asked, the host''s state, its platform
+    row, the files to persist, the plan and the lookup of the filtering resolver''s user: whether to install (and
+    what), run the filtering resolver, plan, apply, run the canary, persist, remove the role''s files (C(egress_state=absent))
+    or the filtering resolver, and whether nothing is left to do after the plan (C(done)).'
+  - Defined in C(plugins/filter/egress_phases.py), unit-tested in C(tests/unit/plugins/filter/test_egress_phases.py).
+author:
+  - agentguard.hardening developers (@agentguard)
+positional: host, platform, boot_files, plan, dns_user_lookup
+options:
+  _input:
+    description: 'What the run was asked: C(state), C(mode), C(dns_mode), C(persist), C(canary), C(canary_every_run),
+      C(check_mode), and the filtering resolver''s C(dns_user), C(dns_unit) and C(dns_files).'
+    type: dict
+    required: true
+  host:
+    description: The registered result of M(agentguard.hardening.egress_host_state).
+    type: dict
+    required: true
+  platform:
+    description: The host's row of the platform table.
+    type: dict
+    required: true
+  boot_files:
+    description: agentguard.hardening.egress_boot_files of this run's result.
+    type: list
+    default: []
+    elements: dict
+  plan:
+    description: The registered result of the plan (M(agentguard.hardening.egress_rules) in check mode).
+    type: dict
+    default: {}
+  dns_user_lookup:
+    description: The registered result of M(ansible.builtin.getent) for the filtering resolver's user.
+    type: dict
+    default: {}
+"""
+
+EXAMPLES = r"""
+- name: Apply only when the plan says so
+  ansible.builtin.include_tasks: apply.yml
+  when: (run | agentguard.hardening.egress_phases(host_state, platform, boot_files, plan)).apply
+"""
+
+RETURN = r"""
+_value:
+  description: The flags C(install), C(resolver), C(plan), C(apply), C(canary), C(persist), C(remove), C(unpersist),
+    C(remove_resolver), C(done); C(missing_packages), C(debconf), C(resolvers), C(dns_active), C(dns_leftovers)
+    and C(plan_blocked) (why check mode cannot plan, or empty).
+  type: dict
+"""
+
+import hashlib
+import re
+
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_target
+from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
+
+# The role's variable behind each option of egress_rules, for the validation messages.
+OPTION_VARS = {
+    "allow": "egress_allow", "dns_servers": "egress_dns_servers", "log_prefix": "egress_log_prefix",
+    "log_limit": "egress_log_limit", "log_burst": "egress_log_burst", "deny_action": "egress_deny_action",
+    "mode": "egress_mode", "scope": "egress_scope", "users": "egress_scope_users",
+    "scope_networks": "egress_scope_networks", "families": "egress_families", "state": "egress_state",
+    "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout",
+}
+UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
+# The module accepts a set timeout from 10 s (and says so below); the filtering resolver needs 20.
+MIN_RESOLVER_SET_TIMEOUT = 20
+RESOLVED_UNIT = "systemd-resolved.service"
+LOOPBACK_RESOLVERS = ["127.0.0.1"]
+# Sockets on port 53 that collide with the filtering resolver's (systemd-resolved's 127.0.0.53/54 do not).
+DNS_CONFLICT_RE = re.compile(r"\s(0\.0\.0\.0|\*|\[::\]|127\.0\.0\.1|\[::1\]):53\s")
+
+RULES_COMMENT = "# Loaded at boot with plain iptables-restore; the live rules are applied by the module."
+SETS_COMMENT = "# Loaded at boot with ipset restore, before the rules that use these sets."
+DROPIN_BODY = ("# Load the egress rules before any network interface comes up.\n"
+               "[Unit]\nWants=network-pre.target\nBefore=network-pre.target\n")
+# ipset.service restores the sets the rules use: before the rules' units.
+DROPIN_EXTRA = {"ipset.service": "Before=iptables.service ip6tables.service\n"}
+
+
+def _int(value, fallback=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return fallback
+
+
+def _bool(value):
+    return boolean(value, strict=False)
+
+
+def _dict(value):
+    return value if isinstance(value, dict) else {}
+
+
+def _unique(items):
+    seen = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, canary_forbidden=None, rollback_min=20):
+    """Every problem with the role's inputs, each naming the variable and its value; [] when none.
+
+    options are the module's (the role's __egress_rules_args): the module's own validation runs on them
+    (egress_policy_errors), with the role's variable names. Then what only the role needs.
+    """
+    if not isinstance(options, dict):
+        raise AnsibleFilterError("egress_input_errors expects the dictionary of egress_rules options, got %s"
+                                 % type(options).__name__)
+    errors = egress_policy_errors(options, OPTION_VARS)
+    # (In enforce mode the module's own check says so.)
+    if (options.get("state") == "present" and options.get("dns_mode") == "filtering"
+            and options.get("mode") != "enforce" and not options.get("dns_servers")):
+        errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
+                      "local filtering resolver forwards the allowed names to.")
+    timeout = options.get("dns_set_timeout")
+    if 10 <= _int(timeout) < MIN_RESOLVER_SET_TIMEOUT:
+        errors.append("egress_dns_set_timeout is %s: use %d to 2147483 seconds (the resolver hands out answers "
+                      "for half of it)." % (timeout, MIN_RESOLVER_SET_TIMEOUT))
+    invalid = [str(unit) for unit in dns_before_units or [] if not UNIT_RE.match(str(unit))]
+    if invalid:
+        errors.append("egress_dns_before_units must hold systemd unit names such as agent.service; invalid: %s."
+                      % ", ".join(invalid))
+    if _int(rollback_timeout) != 0 and _int(rollback_timeout) < int(rollback_min):
+        errors.append("egress_rollback_timeout is %s: use 0 (no rollback) or at least %s seconds, time for the "
+                      "module to run and a fresh connection to be made." % (rollback_timeout, rollback_min))
+    if not isinstance(canary_forbidden, (list, type(None))):
+        errors.append("egress_canary_forbidden: %r is not a list" % (canary_forbidden,))
+    else:
+        for index, entry in enumerate(canary_forbidden or []):
+            try:
+                canary_target(entry, "egress_canary_forbidden[%d]" % index)
+            except ValueError as exc:
+                errors.append(str(exc))
+    return errors
+
+
+def _row(platforms, key):
+    """The platform table's row for key, with what a row that `extends` another takes from it."""
+    row = dict(_dict(platforms.get(key)))
+    base = row.pop("extends", None)
+    if base is None:
+        return row
+    if base not in platforms or base == key:
+        raise AnsibleFilterError("the platform table's row %s extends %r, which is not a row of it" % (key, base))
+    return dict(_row(platforms, base), **row)
+
+
+def egress_host_query(platforms, dropin_name, dns_files, units, users):
+    """The options of egress_host_state: every platform's packages, boot units and files at once (the module
+    names the host's platform only in its answer), the units whose state the role needs, and the users."""
+    platforms = _dict(platforms)
+    rows = [_row(platforms, key) for key in platforms]
+    packages = set()
+    paths = list(dns_files or [])
+    for row in rows:
+        for key in ("packages", "persist_packages", "dns_packages"):
+            packages.update(row.get(key) or [])
+        paths.extend((row.get("persist_files") or {}).values())
+        paths.extend("/etc/systemd/system/%s.d/%s" % (unit, dropin_name) for unit in row.get("dropin_units") or [])
+    return dict(
+        packages=sorted(packages),
+        active=list(units or []),
+        enabled=sorted(set(unit for row in rows for unit in row.get("boot_units") or [])),
+        paths=_unique(paths),
+        users=list(users or []),
+        runtime_users=list(users or []),
+    )
+
+
+def egress_platform(host, platforms):
+    """The host's row of the platform table: os_family-major first (a release that differs, whose row may
+    `extends` another and give only what differs), then os_family; {} for a platform the role does not support."""
+    facts = _dict(_dict(host).get("platform"))
+    family = facts.get("os_family") or ""
+    for key in ("%s-%s" % (family, facts.get("distribution_major_version") or ""), family):
+        if key in _dict(platforms):
+            return _row(platforms, key)
+    return {}
+
+
+def egress_host_errors(host, platform, hostname="this host"):
+    """Why this host cannot be hardened, before anything is installed: its platform, users that do not exist."""
+    host = _dict(host)
+    facts = _dict(host.get("platform"))
+    errors = []
+    if facts.get("system") != "Linux" or not platform:
+        errors.append("The role egress supports Debian, Ubuntu and Enterprise Linux only; this host is %s %s (%s, %s)."
+                      % (facts.get("distribution"), facts.get("distribution_major_version"),
+                         facts.get("os_family"), facts.get("system")))
+    missing = host.get("missing_users") or []
+    if missing:
+        errors.append("egress_scope_users: %s do(es) not exist on %s (create them first, or give numeric uids)."
+                      % (", ".join(missing), hostname))
+    return errors
+
+
+def _sha256(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def egress_boot_files(result, platform, marker, dropin_name):
+    """Every file the role persists for this result, in the order it writes them: the sets file first (loaded
+    first at boot), then the rules of each family that has rules, then the boot units' drop-ins.
+
+    Each is {path, content, mode, dropin}; the content is byte for byte what the module returned under the
+    role's header, so an unchanged host is recognised from the hashes egress_host_state returns. [] when the
+    result holds no rules (a plan that could not run).
+    """
+    result, platform = _dict(result), _dict(platform)
+    rules = result.get("rules")
+    if not isinstance(rules, dict) or not platform:
+        return []
+    header = ("# %s (role egress); do not edit: every run rewrites this file.\n"
+              "# It holds only what the module agentguard.hardening.egress_rules manages.\n" % marker)
+    files = platform["persist_files"]
+    sets = (result.get("sets") or "").strip()
+    boot = [dict(path=files["sets"], content=header + SETS_COMMENT + "\n" + (sets + "\n" if sets else ""),
+                 mode="0600", dropin=False)]
+    for family, text in rules.items():
+        if (text or "").strip():
+            boot.append(dict(path=files[family], content=header + RULES_COMMENT + "\n" + text.strip() + "\n",
+                             mode="0600", dropin=False))
+    for unit in platform.get("dropin_units") or []:
+        boot.append(dict(path="/etc/systemd/system/%s.d/%s" % (unit, dropin_name),
+                         content="# %s (role egress); do not edit.\n" % marker + DROPIN_BODY + DROPIN_EXTRA.get(unit, ""),
+                         mode="0644", dropin=True))
+    return boot
+
+
+def _boot_files_current(boot_files, host, platform):
+    """True when every file has the wanted content, owner and mode, and the boot units are enabled (as
+    egress_host_state found them when the run started)."""
+    paths = _dict(host.get("paths"))
+    for wanted in boot_files:
+        have = _dict(paths.get(wanted["path"]))
+        if (have.get("sha256") != _sha256(wanted["content"]) or have.get("mode") != wanted["mode"]
+                or have.get("uid") != 0 or have.get("gid") != 0):
+            return False
+    if host.get("systemd"):
+        enabled = _dict(host.get("enabled"))
+        return all(enabled.get(unit) == "enabled" for unit in platform.get("boot_units") or [])
+    return True
+
+
+def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None):
+    """Which phase of the role runs, each decided once, from what the run was asked (run: state, mode,
+    dns_mode, persist, canary, canary_every_run, check_mode, dns_user, dns_unit, dns_files), the host's state
+    (egress_host_state), its platform row, the files to persist (egress_boot_files), the plan (the registered
+    check-mode result of egress_rules) and the lookup of the filtering resolver's user (registered getent).
+
+    Returns the flags install, resolver, plan, apply, canary, persist, remove, unpersist, remove_resolver and
+    done (nothing after the plan), plus missing_packages, debconf, resolvers (what the module resolves
+    through), dns_active, dns_leftovers and plan_blocked (why check mode cannot plan; '' when it can).
+    """
+    run, host, platform, plan = _dict(run), _dict(host), _dict(platform), _dict(plan)
+    present = run.get("state") == "present"
+    check_mode = _bool(run.get("check_mode", False))
+    persist = _bool(run.get("persist", True))
+    filtering = present and run.get("dns_mode") == "filtering"
+    installed = set(host.get("packages") or [])
+
+    # Packages the policy needs: the persistence's only with egress_persist, the resolver's only when filtering.
+    wanted = list(platform.get("packages") or [])
+    wanted += list(platform.get("persist_packages") or []) if persist else []
+    wanted += list(platform.get("dns_packages") or []) if filtering else []
+    missing = [name for name in _unique(wanted) if name not in installed]
+
+    dns_active = _dict(host.get("active")).get(run.get("dns_unit")) == "active"
+    paths = _dict(host.get("paths"))
+    leftovers = [path for path in run.get("dns_files") or [] if path in paths]
+    passwd = _dict(_dict(_dict(dns_user_lookup).get("ansible_facts")).get("getent_passwd"))
+    dns_user_missing = filtering and passwd.get(run.get("dns_user")) is None
+
+    # The module resolves through the filtering resolver whenever it runs (only its user may reach the
+    # upstream servers then, also on the run that leaves filtering mode): it runs when it ran as the run
+    # started, or once the resolver phase started it (not in check mode).
+    resolvers = (LOOPBACK_RESOLVERS if present and host.get("systemd") and (dns_active or (filtering and not check_mode))
+                 else [])
+
+    # The module cannot plan in check mode on a host that lacks the packages (they would be installed first in
+    # a real run); with egress_state=absent, a host without iptables has nothing to remove.
+    first = missing + (["the user %s" % run.get("dns_user")] if check_mode and dns_user_missing else [])
+    if present:
+        can_plan = not (check_mode and first)
+    else:
+        can_plan = platform.get("iptables_package") in installed
+    plan_blocked = ("" if can_plan or not present else
+                    "Check mode: %s would be installed or created first, so the rules cannot be planned on this host yet."
+                    % ", ".join(first))
+
+    apply = bool(plan.get("changed")) and not plan.get("skipped") and not check_mode
+    canary_possible = (_bool(run.get("canary", True)) and run.get("mode") == "enforce" and present and not check_mode)
+    canary = canary_possible and (apply or _bool(run.get("canary_every_run", False)))
+    boot_files = boot_files or []
+    persist_now = present and persist and bool(boot_files) and not _boot_files_current(boot_files, host, platform)
+    remove_resolver = not filtering and bool(leftovers)
+    return dict(
+        install=present and bool(missing),
+        resolver=filtering,
+        plan=can_plan,
+        apply=apply,
+        canary=canary,
+        persist=persist_now,
+        remove=not present,
+        unpersist=not present and persist,
+        remove_resolver=remove_resolver,
+        done=not (apply or canary or persist_now or not present or remove_resolver or plan_blocked),
+        missing_packages=missing,
+        debconf=list(platform.get("debconf") or []) if persist else [],
+        resolvers=list(resolvers),
+        dns_active=dns_active,
+        dns_leftovers=leftovers,
+        plan_blocked=plan_blocked,
+    )
+
+
+def egress_dns_names(allow, families=FAMILIES):
+    """The DNS names of egress_allow (not addresses or networks) for the filtering resolver: each with its
+    label, the name, whether its subdomains resolve too, and the sets (one per opened family) its answers fill."""
+    names = []
+    for dest in allow or []:
+        try:
+            kind, host = parse_host(dest.get("host"), "host")
+        except ValueError:
+            continue  # the role's input check has refused it already
+        if kind != "name":
+            continue
+        names.append(dict(label=dest.get("name"), host=host, subdomains=_bool(dest.get("subdomains", False)),
+                          sets=[set_name(family, dest.get("name")) for family in FAMILIES if family in (families or [])]))
+    return names
+
+
+def egress_dns_conflicts(lines):
+    """The listeners (lines of `ss -H -l -n -t -u sport = :53`) that would collide with the filtering
+    resolver: on all addresses or on loopback. systemd-resolved's 127.0.0.53 and .54 do not."""
+    return [re.sub(r"\s+", " ", line) for line in lines or [] if DNS_CONFLICT_RE.search(line)]
+
+
+def egress_resolved_in_charge(host, resolv_conf_stat):
+    """True when systemd-resolved owns name resolution: it runs (egress_host_state's answer) and
+    /etc/resolv.conf is one of its files (the registered stat of it, not followed)."""
+    running = _dict(_dict(host).get("active")).get(RESOLVED_UNIT) == "active"
+    target = _dict(_dict(resolv_conf_stat).get("stat")).get("lnk_source") or ""
+    return running and str(target).startswith("/run/systemd/resolve/")
+
+
+def egress_failure_message(failed_result, restore, step="apply", failed_task="?"):
+    """What the host fails with when the apply (step apply) or the canary (step canary) failed: the reason,
+    then what the immediate restore (its registered result; skipped when this run took no snapshot) did."""
+    failed, restore = _dict(failed_result), _dict(restore)
+    if restore.get("skipped") or not restore:
+        outcome = "skipped"
+    elif restore.get("rc", 1) == 0:
+        outcome = "restored"
+    else:
+        outcome = "failed"
+    error = (restore.get("stderr") or restore.get("msg") or "").strip()
+    if step == "canary":
+        clause = {
+            "skipped": "This run did not change the rules, so nothing was rolled back.",
+            "restored": "The rules were rolled back to the snapshot taken before this run's apply and were not persisted.",
+            "failed": "Restoring the snapshot taken before this run's apply FAILED (%s): inspect the host; nothing "
+                      "was persisted." % error,
+        }[outcome]
+        return "%s %s" % (failed.get("msg") or failed_result, clause)
+    reason = (failed.get("stderr") or "").strip() or failed.get("msg") or failed_result
+    clause = {
+        "skipped": "No snapshot was taken and nothing was applied.",
+        "restored": "The snapshot taken before the apply was restored.",
+        "failed": "Restoring the snapshot FAILED (%s): inspect the host." % error,
+    }[outcome]
+    return 'The egress apply failed at "%s": %s. %s' % (failed_task, reason, clause)
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "egress_input_errors": egress_input_errors,
+            "egress_host_query": egress_host_query,
+            "egress_platform": egress_platform,
+            "egress_host_errors": egress_host_errors,
+            "egress_boot_files": egress_boot_files,
+            "egress_phases": egress_phases,
+            "egress_dns_names": egress_dns_names,
+            "egress_dns_conflicts": egress_dns_conflicts,
+            "egress_resolved_in_charge": egress_resolved_in_charge,
+            "egress_failure_message": egress_failure_message,
+        }

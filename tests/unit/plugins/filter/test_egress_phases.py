@@ -1,0 +1,400 @@
+"""The role egress's filters: its input checks, its question to the host, the platform table, every
+decision (egress_phases), the persisted files, the filtering resolver's setup and the failure messages.
+Each is fed registered results as the role registers them."""
+import hashlib
+import os
+
+import pytest
+import yaml
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import FilterModule
+
+F = FilterModule().filters()
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+with open(os.path.join(ROOT, "roles", "egress", "vars", "main.yml")) as _handle:
+    ROLE_VARS = yaml.safe_load(_handle)
+PLATFORMS = ROLE_VARS["__egress_platforms"]
+MARKER = ROLE_VARS["__egress_marker"]
+DROPIN = ROLE_VARS["__egress_dropin_name"]
+DNS_UNIT = "agentguard-dns.service"
+DNS_FILES = ["/etc/systemd/system/agentguard-dns.service", "/etc/systemd/system/agentguard-dns-resolv.path",
+             "/etc/agentguard/dnsmasq.conf", "/var/lib/agentguard/dns",
+             "/etc/systemd/resolved.conf.d/10-agentguard-egress.conf"]
+
+
+def options(**over):
+    params = dict(allow=[dict(name="api", host="api.example.com")], dns_servers=["198.18.0.53"], mode="enforce",
+                  scope="host", users=[], families=["ipv4", "ipv6"], state="present", dns_mode="pinned",
+                  dns_resolver_user="agentguard-dns", dns_set_timeout=300, resolvers=[])
+    params.update(over)
+    return params
+
+
+def facts(family="Debian", major="12", distribution="Debian", system="Linux"):
+    return dict(system=system, distribution=distribution, distribution_major_version=major, os_family=family,
+                python="/usr/bin/python3")
+
+
+# ------------------------------------------------------------------------------------- input checks
+def test_valid_inputs_have_no_errors():
+    assert F["egress_input_errors"](options(), ["agent.service"], 60, ["198.18.0.66:443", "[fd00::66]:53"]) == []
+    assert F["egress_input_errors"](options(), [], 0, []) == []
+
+
+def test_the_modules_errors_name_the_roles_variables():
+    errors = F["egress_input_errors"](options(allow=[dict(name="api", host="api.exa mple.com")], users=["agent"]))
+    assert any(e.startswith("egress_allow[0].host: 'api.exa mple.com'") for e in errors), errors
+    assert any(e.startswith("egress_scope_users") for e in errors), errors
+
+
+@pytest.mark.parametrize("over,args,message", [
+    (dict(dns_mode="filtering", mode="audit", dns_servers=[]), (), "egress_dns_servers is empty: egress_dns_mode=filtering"),
+    (dict(dns_set_timeout=15), (), "egress_dns_set_timeout is 15: use 20 to 2147483 seconds"),
+    (dict(), (["agent", "ok.service", "x y.service"],), "egress_dns_before_units must hold systemd unit names such as "
+                                                         "agent.service; invalid: agent, x y.service."),
+    (dict(), ([], 5), "egress_rollback_timeout is 5: use 0 (no rollback) or at least 20 seconds"),
+    (dict(), ([], 60, ["198.18.0.66:443", "[fd00:19::20]:99999"]),
+     "egress_canary_forbidden[1]: '[fd00:19::20]:99999': port '99999' is out of range; ports are 1 to 65535"),
+    (dict(), ([], 60, "198.18.0.66:443"), "egress_canary_forbidden: '198.18.0.66:443' is not a list"),
+])
+def test_the_roles_own_checks(over, args, message):
+    errors = F["egress_input_errors"](options(**over), *args)
+    assert any(e.startswith(message) for e in errors), errors
+
+
+def test_the_set_timeout_below_10_is_the_modules_to_refuse():
+    errors = F["egress_input_errors"](options(dns_set_timeout=5))
+    assert not any(e.startswith("egress_dns_set_timeout is 5: use 20") for e in errors)
+    assert any(e.startswith("egress_dns_set_timeout") for e in errors), errors
+
+
+def test_every_wrong_input_is_reported_at_once():
+    errors = F["egress_input_errors"](options(allow=[dict(name="x", host="0.0.0.0/0")]), ["bad"], 5, ["nope"])
+    assert len(errors) == 4, errors
+
+
+def test_input_errors_want_the_options_dict():
+    with pytest.raises(AnsibleFilterError):
+        F["egress_input_errors"]([])
+
+
+# ------------------------------------------------------------------------------------- the platform table
+@pytest.mark.parametrize("platform,iptables,persist_dir", [
+    (facts("Debian", "11"), "iptables", "/etc/iptables"),
+    (facts("Debian", "13"), "iptables", "/etc/iptables"),
+    (facts("Debian", "24", "Ubuntu"), "iptables", "/etc/iptables"),
+    (facts("RedHat", "9", "Rocky"), "iptables-nft", "/etc/sysconfig"),
+    (facts("RedHat", "10", "RedHat"), "iptables-nft", "/etc/sysconfig"),
+    (facts("RedHat", "8", "AlmaLinux"), "iptables", "/etc/sysconfig"),
+])
+def test_each_supported_platform_has_a_complete_row(platform, iptables, persist_dir):
+    row = F["egress_platform"](dict(platform=platform), PLATFORMS)
+    assert row["iptables_package"] == iptables and row["persist_dir"] == persist_dir
+    assert set(row) == {"iptables_package", "packages", "persist_packages", "dns_packages", "debconf",
+                        "persist_files", "persist_dir", "boot_units", "dropin_units"}
+    assert row["iptables_package"] in row["packages"]
+    assert set(row["persist_files"]) == {"ipv4", "ipv6", "sets"}
+    assert all(path.startswith(persist_dir + "/") for path in row["persist_files"].values())
+    assert set(row["dropin_units"]) <= set(row["boot_units"])
+
+
+def test_el8_takes_what_it_does_not_say_from_el9():
+    el8 = F["egress_platform"](dict(platform=facts("RedHat", "8")), PLATFORMS)
+    el9 = F["egress_platform"](dict(platform=facts("RedHat", "9")), PLATFORMS)
+    assert el8["packages"] == ["iptables", "ipset"] and "python3-dns" in el9["packages"]
+    assert dict(el8, packages=None, iptables_package=None) == dict(el9, packages=None, iptables_package=None)
+
+
+@pytest.mark.parametrize("platform", [facts("Suse", "15", "SLES"), facts("", ""), {}])
+def test_an_unknown_platform_has_no_row(platform):
+    assert F["egress_platform"](dict(platform=platform), PLATFORMS) == {}
+    assert F["egress_platform"]({}, PLATFORMS) == {}
+
+
+def test_a_row_extending_a_missing_row_is_an_error():
+    with pytest.raises(AnsibleFilterError):
+        F["egress_platform"](dict(platform=facts("RedHat", "8")), {"RedHat-8": {"extends": "Gone"}})
+
+
+def test_the_host_is_asked_about_every_platform_at_once():
+    query = F["egress_host_query"](PLATFORMS, DROPIN, DNS_FILES, [DNS_UNIT, "systemd-resolved.service"], ["agent"])
+    assert {"iptables", "iptables-nft", "netfilter-persistent", "iptables-services", "dnsmasq-base", "dnsmasq",
+            "python3-dnspython", "python3-dns"} <= set(query["packages"])
+    assert query["packages"] == sorted(set(query["packages"]))
+    assert query["enabled"] == ["ip6tables.service", "ipset.service", "iptables.service", "netfilter-persistent.service"]
+    assert query["active"] == [DNS_UNIT, "systemd-resolved.service"]
+    assert query["paths"][:len(DNS_FILES)] == DNS_FILES
+    assert {"/etc/iptables/rules.v4", "/etc/sysconfig/ipset",
+            "/etc/systemd/system/ipset.service.d/" + DROPIN} <= set(query["paths"])
+    assert len(query["paths"]) == len(set(query["paths"]))
+    assert query["users"] == query["runtime_users"] == ["agent"]
+
+
+def test_host_errors_name_the_platform_and_the_missing_users():
+    debian = F["egress_platform"](dict(platform=facts()), PLATFORMS)
+    assert F["egress_host_errors"](dict(platform=facts(), missing_users=[]), debian, "h") == []
+    errors = F["egress_host_errors"](dict(platform=facts("Suse", "15", "SLES"), missing_users=["agent", "bot"]), {}, "h")
+    assert errors == [
+        "The role egress supports Debian, Ubuntu and Enterprise Linux only; this host is SLES 15 (Suse, Linux).",
+        "egress_scope_users: agent, bot do(es) not exist on h (create them first, or give numeric uids).",
+    ]
+    assert len(F["egress_host_errors"](dict(platform=facts(system="FreeBSD")), debian)) == 1
+
+
+# ------------------------------------------------------------------------------------- persisted files
+RESULT = dict(rules=dict(ipv4="*filter\n-A X\nCOMMIT\n", ipv6="  \n"), sets="create ag4-api hash:net\n")
+HEADER = ("# Managed by agentguard.hardening (role egress); do not edit: every run rewrites this file.\n"
+          "# It holds only what the module agentguard.hardening.egress_rules manages.\n")
+
+
+def test_boot_files_are_byte_for_byte_the_modules_result_under_the_header():
+    debian = F["egress_platform"](dict(platform=facts()), PLATFORMS)
+    assert F["egress_boot_files"](RESULT, debian, MARKER, DROPIN) == [
+        dict(path="/etc/iptables/ipsets", mode="0600", dropin=False, content=HEADER
+             + "# Loaded at boot with ipset restore, before the rules that use these sets.\ncreate ag4-api hash:net\n"),
+        # No file for a family without rules (a kernel without IPv6).
+        dict(path="/etc/iptables/rules.v4", mode="0600", dropin=False, content=HEADER
+             + "# Loaded at boot with plain iptables-restore; the live rules are applied by the module.\n"
+               "*filter\n-A X\nCOMMIT\n"),
+    ]
+    empty_sets = F["egress_boot_files"](dict(RESULT, sets=""), debian, MARKER, DROPIN)[0]["content"]
+    assert empty_sets.endswith("before the rules that use these sets.\n")
+
+
+def test_boot_files_on_el_order_the_units_before_the_network():
+    el9 = F["egress_platform"](dict(platform=facts("RedHat", "9")), PLATFORMS)
+    files = F["egress_boot_files"](RESULT, el9, MARKER, DROPIN)
+    assert [f["path"] for f in files] == [
+        "/etc/sysconfig/ipset", "/etc/sysconfig/iptables", "/etc/systemd/system/iptables.service.d/" + DROPIN,
+        "/etc/systemd/system/ip6tables.service.d/" + DROPIN, "/etc/systemd/system/ipset.service.d/" + DROPIN]
+    dropins = [f for f in files if f["dropin"]]
+    assert all(f["mode"] == "0644" for f in dropins)
+    assert dropins[0]["content"] == ("# Managed by agentguard.hardening (role egress); do not edit.\n"
+                                     "# Load the egress rules before any network interface comes up.\n"
+                                     "[Unit]\nWants=network-pre.target\nBefore=network-pre.target\n")
+    assert dropins[2]["content"].endswith("Before=iptables.service ip6tables.service\n")
+
+
+def test_no_rules_no_files():
+    debian = F["egress_platform"](dict(platform=facts()), PLATFORMS)
+    assert F["egress_boot_files"]({"skipped": True}, debian, MARKER, DROPIN) == []
+    assert F["egress_boot_files"](RESULT, {}, MARKER, DROPIN) == []
+
+
+# ------------------------------------------------------------------------------------- decisions
+DEBIAN = F["egress_platform"](dict(platform=facts()), PLATFORMS)
+ALL_DEBIAN = DEBIAN["packages"] + DEBIAN["persist_packages"] + DEBIAN["dns_packages"]
+
+
+def run(**over):
+    asked = dict(state="present", mode="enforce", dns_mode="pinned", persist=True, canary=True, canary_every_run=False,
+                 check_mode=False, dns_user="agentguard-dns", dns_unit=DNS_UNIT, dns_files=DNS_FILES)
+    asked.update(over)
+    return asked
+
+
+def persisted(files, **over):
+    stat = dict(type="file", uid=0, gid=0)
+    return dict((f["path"], dict(stat, mode=f["mode"], sha256=hashlib.sha256(f["content"].encode()).hexdigest()))
+                for f in files) if not over else over
+
+
+def host(packages=None, paths=None, active=None, enabled=None, systemd=True):
+    return dict(platform=facts(), systemd=systemd, packages=ALL_DEBIAN if packages is None else packages,
+                paths=paths or {}, active=active or {DNS_UNIT: "inactive", "systemd-resolved.service": "inactive"},
+                enabled={"netfilter-persistent.service": "enabled"} if enabled is None else enabled)
+
+
+BOOT = F["egress_boot_files"](RESULT, DEBIAN, MARKER, DROPIN)
+UNCHANGED = dict(changed=False, rules=RESULT["rules"])
+CHANGED = dict(changed=True, rules=RESULT["rules"])
+
+
+def phases(asked=None, state=None, boot=BOOT, plan=None, lookup=None):
+    return F["egress_phases"](asked or run(), state or host(paths=persisted(BOOT)), DEBIAN, boot,
+                              UNCHANGED if plan is None else plan, lookup or {})
+
+
+def test_an_unchanged_host_is_done_after_the_plan():
+    decided = phases()
+    assert decided["done"] and decided["plan"]
+    assert not any(decided[k] for k in ("install", "resolver", "apply", "canary", "persist", "remove",
+                                        "remove_resolver"))
+    assert decided["missing_packages"] == [] and decided["resolvers"] == [] and decided["plan_blocked"] == ""
+
+
+def test_missing_packages_are_installed_first():
+    decided = phases(state=host(packages=["iptables"], paths=persisted(BOOT)))
+    # Installed before the plan: after it, nothing else may be left to do.
+    assert decided["install"] and decided["plan"] and decided["done"]
+    assert decided["missing_packages"] == ["ipset", "python3-dnspython", "netfilter-persistent", "iptables-persistent",
+                                           "ipset-persistent"]
+    assert decided["debconf"] == DEBIAN["debconf"]
+
+
+def test_no_persistence_packages_without_egress_persist():
+    decided = phases(run(persist=False), host(packages=["iptables"]))
+    assert decided["missing_packages"] == ["ipset", "python3-dnspython"]
+    assert decided["debconf"] == [] and not decided["persist"] and decided["done"]
+    # A host that has the rest installs nothing at all.
+    decided = phases(run(persist=False), host(packages=DEBIAN["packages"]))
+    assert not decided["install"] and decided["missing_packages"] == []
+
+
+def test_check_mode_cannot_plan_before_the_packages():
+    decided = phases(run(check_mode=True), host(packages=["iptables"]))
+    assert decided["install"] and not decided["plan"] and not decided["done"]
+    assert decided["plan_blocked"] == ("Check mode: ipset, python3-dnspython, netfilter-persistent, iptables-persistent, "
+                                       "ipset-persistent would be installed or created first, so the rules cannot be "
+                                       "planned on this host yet.")
+    # A real run installs them first, then plans.
+    assert phases(run(), host(packages=["iptables"]))["plan"]
+
+
+def test_filtering_runs_the_resolver_and_the_module_resolves_through_it():
+    decided = phases(run(dns_mode="filtering"), host(packages=ALL_DEBIAN))
+    assert decided["resolver"] and decided["resolvers"] == ["127.0.0.1"] and not decided["remove_resolver"]
+    assert "dnsmasq-base" not in decided["missing_packages"]
+    assert phases(run(dns_mode="filtering"), host(packages=DEBIAN["packages"]))["missing_packages"][-1] == "dnsmasq-base"
+    # Check mode starts nothing: through it only when it already runs.
+    assert phases(run(dns_mode="filtering", check_mode=True))["resolvers"] == []
+    assert phases(run(dns_mode="filtering", check_mode=True), host(active={DNS_UNIT: "active"}))["resolvers"] == [
+        "127.0.0.1"]
+    # Without systemd there is no resolver unit to run.
+    assert phases(run(dns_mode="filtering"), host(systemd=False))["resolvers"] == []
+
+
+def test_check_mode_cannot_plan_before_the_resolvers_user_exists():
+    missing = dict(ansible_facts=dict(getent_passwd={"agentguard-dns": None}))
+    decided = phases(run(dns_mode="filtering", check_mode=True), lookup=missing)
+    assert not decided["plan"] and "the user agentguard-dns would be installed or created first" in decided["plan_blocked"]
+    there = dict(ansible_facts=dict(getent_passwd={"agentguard-dns": ["x", "999", "999", "", "/", "/bin/false"]}))
+    assert phases(run(dns_mode="filtering", check_mode=True), lookup=there)["plan"]
+    assert phases(run(dns_mode="filtering"), lookup=missing)["plan"]
+
+
+def test_leaving_filtering_mode_removes_the_resolver_and_resolves_through_it_until_then():
+    left = dict(persisted(BOOT), **{DNS_FILES[0]: dict(type="file"), DNS_FILES[3]: dict(type="other")})
+    decided = phases(state=host(paths=left, active={DNS_UNIT: "active"}))
+    assert decided["remove_resolver"] and not decided["resolver"] and not decided["done"]
+    assert decided["dns_leftovers"] == [DNS_FILES[0], DNS_FILES[3]]
+    assert decided["resolvers"] == ["127.0.0.1"]
+    assert not phases(run(dns_mode="filtering"), host(paths=left))["remove_resolver"]
+
+
+def test_a_changed_plan_is_applied_then_checked_by_the_canary_and_persisted():
+    decided = phases(plan=CHANGED, state=host())
+    assert decided["apply"] and decided["canary"] and decided["persist"] and not decided["done"]
+    assert not phases(run(canary=False), plan=CHANGED)["canary"]
+    assert not phases(run(mode="audit"), plan=CHANGED)["canary"]
+    assert not phases(plan=dict(CHANGED, skipped=True))["apply"]
+
+
+def test_check_mode_with_a_changed_plan_applies_nothing():
+    decided = phases(run(check_mode=True), plan=CHANGED)
+    assert not decided["apply"] and not decided["canary"] and decided["done"]
+
+
+def test_the_canary_on_every_run():
+    decided = phases(run(canary_every_run=True))
+    assert decided["canary"] and not decided["apply"] and not decided["done"]
+
+
+@pytest.mark.parametrize("change", ["content", "mode", "owner", "gone", "disabled"])
+def test_persist_when_a_file_or_unit_differs(change):
+    paths = persisted(BOOT)
+    first = BOOT[1]["path"]
+    enabled = None
+    if change == "content":
+        paths[first] = dict(paths[first], sha256="0" * 64)
+    elif change == "mode":
+        paths[first] = dict(paths[first], mode="0644")
+    elif change == "owner":
+        paths[first] = dict(paths[first], uid=1000)
+    elif change == "gone":
+        del paths[first]
+    else:
+        enabled = {"netfilter-persistent.service": "disabled"}
+    decided = phases(state=host(paths=paths, enabled=enabled))
+    assert decided["persist"] and not decided["done"]
+    assert not phases(run(persist=False), host(paths=paths, enabled=enabled))["persist"]
+
+
+def test_without_systemd_the_boot_units_are_not_asked():
+    assert phases(state=host(paths=persisted(BOOT), enabled={}, systemd=False))["done"]
+    assert not phases(state=host(paths=persisted(BOOT), enabled={}))["done"]
+
+
+def test_a_plan_without_rules_persists_nothing():
+    assert not phases(boot=[], state=host())["persist"]
+
+
+def test_absent_removes_and_is_never_done():
+    decided = phases(run(state="absent"), plan=dict(changed=False))
+    assert decided["remove"] and decided["unpersist"] and not decided["done"] and decided["plan"]
+    assert not decided["install"] and not decided["persist"] and not decided["canary"]
+    assert not phases(run(state="absent", persist=False))["unpersist"]
+    # Nothing to remove from a host without iptables: no plan (check mode or not).
+    assert not phases(run(state="absent"), host(packages=[]))["plan"]
+    assert phases(run(state="absent"), host(packages=[]))["plan_blocked"] == ""
+
+
+# ------------------------------------------------------------------------------------- filtering resolver
+def test_dns_names_are_the_names_only_with_their_sets():
+    allow = [dict(name="api", host="API.Example.com."), dict(name="v4", host="198.18.0.10"),
+             dict(name="v6", host="fd00::10"), dict(name="net", host="198.18.0.0/24"),
+             dict(name="wild", host="cdn.example.net", subdomains=True), dict(name="bad", host="exa mple")]
+    assert F["egress_dns_names"](allow, ["ipv4", "ipv6"]) == [
+        dict(label="api", host="api.example.com", subdomains=False, sets=["ag4-api", "ag6-api"]),
+        dict(label="wild", host="cdn.example.net", subdomains=True, sets=["ag4-wild", "ag6-wild"]),
+    ]
+    assert F["egress_dns_names"](allow[:1], ["ipv6"])[0]["sets"] == ["ag6-api"]
+
+
+def test_dns_conflicts_are_wildcard_and_loopback_listeners():
+    lines = [
+        "udp   UNCONN 0      0          127.0.0.53%lo:53        0.0.0.0:*",
+        "udp   UNCONN 0      0            127.0.0.1:53        0.0.0.0:*",
+        "tcp   LISTEN 0      32             0.0.0.0:53        0.0.0.0:*",
+        "tcp   LISTEN 0      32                [::]:53           [::]:*",
+        "tcp   LISTEN 0      32               [::1]:53           [::]:*",
+        "udp   UNCONN 0      0          198.19.0.1:53        0.0.0.0:*",
+        "tcp   LISTEN 0      32                   *:53              *:*",
+    ]
+    assert F["egress_dns_conflicts"](lines) == [
+        "udp UNCONN 0 0 127.0.0.1:53 0.0.0.0:*", "tcp LISTEN 0 32 0.0.0.0:53 0.0.0.0:*",
+        "tcp LISTEN 0 32 [::]:53 [::]:*", "tcp LISTEN 0 32 [::1]:53 [::]:*", "tcp LISTEN 0 32 *:53 *:*"]
+    assert F["egress_dns_conflicts"]([]) == []
+
+
+def test_resolved_is_in_charge_when_it_runs_and_owns_resolv_conf():
+    running = dict(active={"systemd-resolved.service": "active"})
+    stub = dict(stat=dict(exists=True, islnk=True, lnk_source="/run/systemd/resolve/stub-resolv.conf"))
+    assert F["egress_resolved_in_charge"](running, stub)
+    assert not F["egress_resolved_in_charge"](dict(active={"systemd-resolved.service": "inactive"}), stub)
+    assert not F["egress_resolved_in_charge"](running, dict(stat=dict(exists=True, islnk=False)))
+    assert not F["egress_resolved_in_charge"]({}, {})
+
+
+# ------------------------------------------------------------------------------------- failure messages
+@pytest.mark.parametrize("restore,ending", [
+    (dict(skipped=True), "No snapshot was taken and nothing was applied."),
+    (dict(rc=0, changed=True), "The snapshot taken before the apply was restored."),
+    (dict(rc=1, stderr="no snapshot.v4\n"), "Restoring the snapshot FAILED (no snapshot.v4): inspect the host."),
+])
+def test_a_failed_apply_says_why_and_what_became_of_the_rules(restore, ending):
+    message = F["egress_failure_message"](dict(stderr=" iptables-restore: line 3 failed\n", msg="non-zero"), restore,
+                                          "apply", "Apply the egress policy")
+    assert message == 'The egress apply failed at "Apply the egress policy": iptables-restore: line 3 failed. ' + ending
+    assert F["egress_failure_message"](dict(msg="timed out"), restore).startswith('The egress apply failed at "?": timed out.')
+
+
+@pytest.mark.parametrize("restore,ending", [
+    (dict(skipped=True), "This run did not change the rules, so nothing was rolled back."),
+    (dict(rc=0), "The rules were rolled back to the snapshot taken before this run's apply and were not persisted."),
+    (dict(rc=2, msg="unreachable"), "Restoring the snapshot taken before this run's apply FAILED (unreachable)"),
+])
+def test_a_failed_canary_says_why_and_what_became_of_the_rules(restore, ending):
+    message = F["egress_failure_message"](dict(msg="Egress canary failed on h: x."), restore, "canary", "Check")
+    assert message.startswith("Egress canary failed on h: x. " + ending)

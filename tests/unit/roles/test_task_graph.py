@@ -1,0 +1,87 @@
+"""The role's shape (issue 15): tasks/main.yml is the list of phases, each included on one decision of
+egress_phases with its tags applied once; no include is deeper than two; vars/main.yml holds constants and
+the platform table, with no Jinja program in it."""
+import glob
+import os
+import re
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
+INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
+PHASES = ["validate_inputs.yml", "read_host.yml", "install_packages.yml", "run_resolver.yml", "plan.yml",
+          "apply.yml", "canary.yml", "persist.yml", "remove_role_files.yml", "remove_resolver.yml"]
+
+
+def load(name):
+    with open(os.path.join(TASKS, name)) as handle:
+        return yaml.safe_load(handle) or []
+
+
+def walk(tasks):
+    for task in tasks:
+        yield task
+        for key in ("block", "rescue", "always"):
+            for inner in walk(task.get(key) or []):
+                yield inner
+
+
+def included(task):
+    for key in INCLUDES:
+        if key in task:
+            value = task[key]
+            return value["file"] if isinstance(value, dict) else value
+    return None
+
+
+def depth(name, seen=()):
+    assert name not in seen, "include loop: %s" % (seen + (name,),)
+    children = [included(task) for task in walk(load(name)) if included(task)]
+    return 1 + max([depth(child, seen + (name,)) for child in children] or [0])
+
+
+def test_main_is_the_list_of_phases_each_on_one_decision():
+    main = load("main.yml")
+    phases = [included(task) for task in main if included(task)]
+    assert phases == PHASES
+    for task in main:
+        assert task.get("name"), task
+        if "ansible.builtin.include_tasks" in task:
+            # One condition, computed once by the filter egress_phases; the tags given once, through apply.
+            assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+            assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
+    others = [task for task in main if not included(task)]
+    assert [list(task)[1] for task in others] == ["ansible.builtin.meta", "ansible.builtin.debug"]
+    assert others[0]["ansible.builtin.meta"] == "end_role" and others[0]["when"] == "__egress_phases.done"
+
+
+def test_no_include_is_deeper_than_two():
+    # main.yml (1) -> a phase (2) -> one more (3): two includes deep at the most.
+    assert depth("main.yml") <= 3
+
+
+def test_every_task_file_is_included_and_named_for_what_it_does():
+    reached = set(["main.yml"])
+    for name in sorted(glob.glob(os.path.join(TASKS, "*.yml"))):
+        reached.update(included(task) for task in walk(load(os.path.basename(name))) if included(task))
+    files = set(os.path.basename(name) for name in glob.glob(os.path.join(TASKS, "*.yml")))
+    assert files == reached
+    assert not files & {"after_plan.yml", "setup.yml", "prepare.yml"}
+
+
+def test_every_task_has_a_name():
+    for name in glob.glob(os.path.join(TASKS, "*.yml")):
+        for task in walk(load(os.path.basename(name))):
+            assert task.get("name"), (name, task)
+
+
+def test_vars_hold_constants_and_the_platform_table():
+    path = os.path.join(ROOT, "roles", "egress", "vars", "main.yml")
+    with open(path) as handle:
+        text = handle.read()
+    assert len(text.splitlines()) <= 120
+    assert "{%" not in text, "a Jinja statement in vars/main.yml: make it a filter"
+    # Every Jinja expression fits on two lines.
+    for expression in re.findall(r"\{\{.*?\}\}", text, re.S):
+        assert expression.count("\n") <= 1, expression
