@@ -95,7 +95,7 @@ OPTION_VARS = {
     "log_limit": "egress_log_limit", "log_burst": "egress_log_burst", "deny_action": "egress_deny_action",
     "mode": "egress_mode", "scope": "egress_scope", "users": "egress_scope_users",
     "scope_networks": "egress_scope_networks", "families": "egress_families", "state": "egress_state",
-    "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout",
+    "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout", "dhcp": "egress_dhcp",
 }
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
 # The module accepts a set timeout from 10 s (and says so below); the filtering resolver needs 20.
@@ -184,9 +184,23 @@ def _row(platforms, key):
     return dict(_row(platforms, base), **row)
 
 
-def egress_host_query(platforms, dropin_name, dns_files, units, users):
+def _entry_users(allow):
+    """[(index, name)] of the user names (not uids) that egress_allow entries restrict themselves to."""
+    found = []
+    for index, entry in enumerate(allow or []):
+        users = entry.get("users") if isinstance(entry, dict) else None
+        for user in (users if isinstance(users, list) else [users] if users else []):
+            text = str(user).strip()
+            if text and not text.isdigit():
+                found.append((index, text))
+    return found
+
+
+def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=None):
     """The options of egress_host_state: every platform's packages, boot units and files at once (the module
-    names the host's platform only in its answer), the units whose state the role needs, and the users."""
+    names the host's platform only in its answer), the units whose state the role needs, and the users: the
+    restricted ones (scope users; also asked which runtime sockets they reach) and those of egress_allow
+    entries (users:), which must exist too."""
     platforms = _dict(platforms)
     rows = [_row(platforms, key) for key in platforms]
     packages = set()
@@ -201,7 +215,7 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users):
         active=list(units or []),
         enabled=sorted(set(unit for row in rows for unit in row.get("boot_units") or [])),
         paths=_unique(paths),
-        users=list(users or []),
+        users=_unique(list(users or []) + [name for index, name in _entry_users(allow)]),
         runtime_users=list(users or []),
     )
 
@@ -217,8 +231,9 @@ def egress_platform(host, platforms):
     return {}
 
 
-def egress_host_errors(host, platform, hostname="this host"):
-    """Why this host cannot be hardened, before anything is installed: its platform, users that do not exist."""
+def egress_host_errors(host, platform, hostname="this host", allow=None, scope_users=None):
+    """Why this host cannot be hardened, before anything is installed: its platform, users that do not exist
+    (those of egress_scope_users, and those of egress_allow entries, named by entry)."""
     host = _dict(host)
     facts = _dict(host.get("platform"))
     errors = []
@@ -227,9 +242,15 @@ def egress_host_errors(host, platform, hostname="this host"):
                       % (facts.get("distribution"), facts.get("distribution_major_version"),
                          facts.get("os_family"), facts.get("system")))
     missing = host.get("missing_users") or []
-    if missing:
+    entries = [(index, name) for index, name in _entry_users(allow) if name in missing]
+    in_entries = set(name for index, name in entries)
+    scope_missing = [name for name in missing if scope_users is None or name in scope_users or name not in in_entries]
+    if scope_missing:
         errors.append("egress_scope_users: %s do(es) not exist on %s (create them first, or give numeric uids)."
-                      % (", ".join(missing), hostname))
+                      % (", ".join(scope_missing), hostname))
+    for index, name in entries:
+        errors.append("egress_allow[%d].users: user %r does not exist on %s (install its service first, or give "
+                      "its uid)." % (index, name, hostname))
     return errors
 
 

@@ -108,3 +108,16 @@ def test_good_input_passes_the_checks(tmp_path):
     names = [task[0] for task in tasks]
     assert rc == 0, tasks
     assert any(INPUT_CHECK in n for n in names) and any("Read the host's platform and state" in n for n in names)
+
+
+def test_unknown_users_of_an_entry_fail_after_the_read_naming_the_entry(tmp_path):
+    """Whether a user exists is the host's to say: the read-only look at the host answers it, and the run
+    stops right after, before anything is installed."""
+    rc, tasks = run_role(tmp_path, egress_allow=[
+        {"name": "inference-api", "host": "api.example.com"},
+        {"name": "time", "host": "198.18.0.123", "ports": [123], "protocol": "udp", "users": ["no-such-user-x", "0"]}])
+    assert rc != 0
+    name, result = tasks[-1]
+    assert "users that do not exist" in name and result.get("failed"), tasks
+    assert "egress_allow[1].users: user 'no-such-user-x' does not exist" in result["msg"], result["msg"]
+    assert "Nothing was changed" in result["msg"]

@@ -398,3 +398,20 @@ def test_a_failed_apply_says_why_and_what_became_of_the_rules(restore, ending):
 def test_a_failed_canary_says_why_and_what_became_of_the_rules(restore, ending):
     message = F["egress_failure_message"](dict(msg="Egress canary failed on h: x."), restore, "canary", "Check")
     assert message.startswith("Egress canary failed on h: x. " + ending)
+
+
+def test_entry_users_are_asked_for_and_missing_ones_named_by_entry():
+    allow = [dict(name="api", host="198.18.0.10"),
+             dict(name="time", host="198.18.0.123", ports=[123], protocol="udp", users=["_chrony", "0"]),
+             dict(name="mirror", host="198.18.0.80", users=["_apt", "agent"])]
+    query = F["egress_host_query"]({}, "x.conf", [], [], ["agent"], allow)
+    assert query["users"] == ["agent", "_chrony", "_apt"] and query["runtime_users"] == ["agent"]
+    host = dict(platform=facts(), missing_users=["_chrony", "agent"])
+    errors = F["egress_host_errors"](host, {"packages": []}, "h", allow, ["agent"])
+    assert errors == [
+        "egress_scope_users: agent do(es) not exist on h (create them first, or give numeric uids).",
+        "egress_allow[1].users: user '_chrony' does not exist on h (install its service first, or give its uid).",
+        "egress_allow[2].users: user 'agent' does not exist on h (install its service first, or give its uid).",
+    ]
+    assert F["egress_host_errors"](dict(platform=facts(), missing_users=["_chrony"]), {"packages": []}, "h", allow, []) == [
+        "egress_allow[1].users: user '_chrony' does not exist on h (install its service first, or give its uid)."]
