@@ -355,6 +355,11 @@ def blocked_probes(family):
         dict(kind="icmp", what="ICMP echo to the forbidden host", host=forbidden, timeout=DGRAM_TIMEOUT,
              proto="ICMP" if family == 4 else "ICMPv6"),
     ]
+    return with_ids(probes, family)
+
+
+def with_ids(probes, family):
+    """Each probe gets its family and an id made of the family and what it tries ("v4-smtp-25-to-...")."""
     for probe in probes:
         slug = re.sub(r"[^a-z0-9]+", "-", probe["what"].lower()).strip("-")
         probe.update(id="v%d-%s" % (family, slug), family=family)

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from conftest import (DGRAM_TIMEOUT, PROBE_SOURCE, TCP_TIMEOUT, dmesg_lines, dmesg_mark, lab_addr, log_match,
-                      parse_log_line, service_log_since, service_log_sizes, wait_for_log_budget)
+                      parse_log_line, service_log_since, service_log_sizes, wait_for_log_budget, with_ids)
 
 API = "api.openclaw.security"
 API_BODY = "agentguard-lab api ok"
@@ -108,10 +108,7 @@ def probes_for(family):
         dict(kind="icmp", what="ICMP echo to the forbidden host", host=forbidden, timeout=DGRAM_TIMEOUT,
              proto="ICMP" if family == 4 else "ICMPv6"),
     ]
-    for probe in probes:
-        slug = re.sub(r"[^a-z0-9]+", "-", probe["what"].lower()).strip("-")
-        probe.update(id="v%d-%s" % (family, slug), family=family)
-    return probes
+    return with_ids(probes, family)
 
 
 PROBES = probes_for(4) + probes_for(6)
