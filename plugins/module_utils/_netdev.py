@@ -206,6 +206,12 @@ def coverage(scope_networks, bridges):
     return covered, uncovered
 
 
+def docker_firewall_backend(read):
+    """"nftables" when /etc/docker/daemon.json selects Docker's nftables firewall backend (Docker 29 and later),
+    else "iptables" (also without Docker, or with a file Docker would refuse). read(path) -> text or None."""
+    return _docker_firewall_backend(read(DOCKER_DAEMON_JSON))[0]
+
+
 def _docker_firewall_backend(text):
     """(backend, error) from the text of /etc/docker/daemon.json (None: no file)."""
     if text is None or not text.strip():

@@ -407,8 +407,10 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
 from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
     coverage,
+    docker_firewall_backend,
     is_physical,
     read_networks,
+    read_text,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
 from ansible_collections.agentguard.hardening.plugins.module_utils._plan import make_plan, plan_diff, read_live
@@ -526,7 +528,8 @@ def main():
         for warning in warnings:
             module.warn(warning)
         covered, uncovered = coverage(module.params["scope_networks"], bridges)
-        result["networks"] = dict(covered=covered, uncovered=uncovered)
+        result["networks"] = dict(covered=covered, uncovered=uncovered,
+                                  docker_firewall_backend=docker_firewall_backend(read_text))
         running = detect_services(read_comms())
         result["services"] = dict(running=running, blocked=blocked_services(policy, running))
     if module._diff:

@@ -50,3 +50,9 @@ def test_warnings_name_a_service_left_without_a_way_out():
                            "blocked": [{"name": "chrony", "kind": "time", "needs": "an egress_allow entry for UDP 123"}]}}
     assert warnings(result) == ["chrony is running but the policy leaves it no way out (time): it needs an "
                                 "egress_allow entry for UDP 123"]
+
+
+def test_docker_nftables_backend_is_said_to_be_untested():
+    got = warnings({"networks": {"covered": [], "uncovered": [], "docker_firewall_backend": "nftables"}})
+    assert len(got) == 1 and got[0].startswith("Docker runs its nftables firewall backend") and "no test" in got[0]
+    assert warnings({"networks": {"covered": [], "uncovered": [], "docker_firewall_backend": "iptables"}}) == []

@@ -447,3 +447,10 @@ def test_module_runs_for_real_on_this_machine():
     result = json.loads(out)
     assert not result.get("failed"), result
     assert isinstance(result["bridges"], list) and isinstance(result["runtimes"], list)
+
+
+def test_docker_firewall_backend_from_daemon_json():
+    files = {"/etc/docker/daemon.json": '{"firewall-backend": "nftables", "ipv6": true}'}
+    assert N.docker_firewall_backend(files.get) == "nftables"
+    assert N.docker_firewall_backend({}.get) == "iptables"
+    assert N.docker_firewall_backend({"/etc/docker/daemon.json": "{not json"}.get) == "iptables"
