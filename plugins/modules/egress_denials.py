@@ -348,11 +348,7 @@ def read_source(module, source, since):
         rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
         return "journal", out.splitlines() if rc == 0 else None
     if source == "file":
-        path = module.params["path"]
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            return path, None
-        with open(path, errors="replace") as handle:
-            return path, handle.read().splitlines()
+        return _file_lines(module.params["path"])
     dmesg = module.get_bin_path("dmesg")
     if dmesg is None:
         return "dmesg", None
@@ -362,17 +358,21 @@ def read_source(module, source, since):
     return "dmesg", out.splitlines() if rc == 0 else None
 
 
+def _file_lines(path):
+    """(path, lines) of a readable file; (path, None) when it cannot be read."""
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        return path, None
+    with open(path, errors="replace") as handle:
+        return path, handle.read().splitlines()
+
+
 def read_dns(module, since):
     """(label, lines) of the resolver's query log; (label, None) when the requested source cannot be read."""
     source, unit = module.params["dns_source"], module.params["dns_unit"]
     if source == "none":
         return "none", []
     if source == "file":
-        path = module.params["dns_path"]
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            return path, None
-        with open(path, errors="replace") as handle:
-            return path, handle.read().splitlines()
+        return _file_lines(module.params["dns_path"])
     journalctl = module.get_bin_path("journalctl")
     if journalctl is None:
         return ("none", []) if source == "auto" else ("journal", None)
