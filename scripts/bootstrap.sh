@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 APT_PACKAGES=(iptables ipset iproute2 procps kmod util-linux debootstrap podman netavark aardvark-dns runc catatonit shellcheck
-  uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base python3-venv python3-dnspython
+  uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base busybox dhcpcd-base python3-venv python3-dnspython
   unzip git make chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

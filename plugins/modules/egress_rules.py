@@ -107,6 +107,9 @@ options:
         privileged processes can send from these ports.
       - V(false) closes them. A host with static addresses needs none, and on a host that needs them a lease
         ends (an IPv6 address, or the IPv4 one, is lost) when it cannot be renewed.
+      - DHCPv4 clients send their first request and their broadcast rebinding through a packet socket that
+        no C(OUTPUT) rule sees, so V(false) cannot stop a DHCPv4 client (it stops its unicast renewals only);
+        it does stop DHCPv6, which always goes through a UDP socket.
     type: bool
     default: true
   dns_servers:
