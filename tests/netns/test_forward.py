@@ -127,7 +127,7 @@ def test_container_held_to_the_allowlist(lab, egress, docker, kernel_log):
     result = egress(dict(POLICY, scope_networks=["docker0"]))
     assert result["changed"] is True
     assert result["networks"] == {"covered": [{"name": "docker0", "runtime": "docker", "by": ["docker0"]}],
-                                  "uncovered": []}
+                                  "uncovered": [], "docker_firewall_backend": "iptables"}
     assert_enforced(lab, docker, kernel_log)
     assert_applied(lab, result)
 
