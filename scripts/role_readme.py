@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write the "Role Variables" section of a role's README.md from its meta/argument_specs.yml.
 
     scripts/role_readme.py [ROLE_DIR]            rewrite the section (default roles/egress)
@@ -110,7 +109,7 @@ def rewrite(readme, section):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--check", action="store_true", help="exit 1 and show a diff when the README differs")
     parser.add_argument("role", nargs="?", default=os.path.relpath(os.path.join(os.path.dirname(__file__), "..", "roles", "egress")))
     args = parser.parse_args(argv)

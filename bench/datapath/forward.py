@@ -237,9 +237,8 @@ def main():
                 entry["proof"][lab.config] = check_path(lab, int(sum(entry["slices"][lab.config]) * args.slice))
                 lab.down()
             labs = []
-            print("rep %d: %s" % (rep + 1, ", ".join("%s %.0f/s %.1f us" % (c, entry["rate"][c], entry["cpu_us_per_conn"][c])
-                                                      for c in configs)),
-                  file=sys.stderr, flush=True)
+            figures = ", ".join("%s %.0f/s %.1f us" % (c, entry["rate"][c], entry["cpu_us_per_conn"][c]) for c in configs)
+            print("rep %d: %s" % (rep + 1, figures), file=sys.stderr, flush=True)
             results["reps"].append(entry)
             os.makedirs(os.path.dirname(args.out), exist_ok=True)
             with open(args.out, "w") as handle:

@@ -72,9 +72,11 @@ def denials(lines, container, target, out=None):
     return [l for l in lines if all(n in l for n in need)]
 
 
-def assert_enforced(lab, container, kernel_log, blocked=BLOCKED, allowed=ALLOWED + DNS):
+def assert_enforced(lab, container, kernel_log, blocked=None, allowed=None):
     """From the container: the allowed API and the trusted resolver answer; every other probe times
     out, arrives nowhere, and is logged with the container's address and bridge."""
+    blocked = BLOCKED if blocked is None else blocked
+    allowed = ALLOWED + DNS if allowed is None else allowed
     arrivals = Arrivals(lab.peer, allowed + blocked)
     mark = kernel_log.mark()
     results = lab.probe(allowed + blocked, ns=container.ns, timeout=1.0)

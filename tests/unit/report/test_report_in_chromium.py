@@ -163,15 +163,15 @@ def test_bars_sit_at_their_times_with_gaps(rendered, width):
     plot, bars = m["plot"], m["bars"]
     assert bars, m
     scale = (plot["right"] - plot["left"]) / float(plot["to"] - plot["from"])
-    for bar in bars:
-        assert bar["left"] == pytest.approx(plot["left"] + (bar["start"] - plot["from"]) * scale, abs=1.5), bar
-        assert bar["right"] <= plot["left"] + (bar["end"] - plot["from"]) * scale + 1.5, bar
-        assert plot["svg"]["left"] <= bar["left"] and bar["right"] <= plot["svg"]["right"]
-    for bar, following in zip(bars, bars[1:]):
-        assert bar["right"] <= following["left"], "bars overlap: %s %s" % (bar, following)
-        idle = following["start"] - bar["end"]
+    for rect in bars:
+        assert rect["left"] == pytest.approx(plot["left"] + (rect["start"] - plot["from"]) * scale, abs=1.5), rect
+        assert rect["right"] <= plot["left"] + (rect["end"] - plot["from"]) * scale + 1.5, rect
+        assert plot["svg"]["left"] <= rect["left"] and rect["right"] <= plot["svg"]["right"]
+    for rect, following in zip(bars, bars[1:]):
+        assert rect["right"] <= following["left"], "bars overlap: %s %s" % (rect, following)
+        idle = following["start"] - rect["end"]
         if idle > 0:  # an idle interval is a visible gap as wide as its time
-            assert following["left"] - bar["right"] >= idle * scale - 1.5, (bar, following)
+            assert following["left"] - rect["right"] >= idle * scale - 1.5, (rect, following)
     if case == "burst-5s":
         assert len(bars) == 8 and m["canary"] == 1  # 8 slots (agent-2's attempt shares the one at 10:00:15)
         assert (plot["to"] - plot["from"]) == 75000

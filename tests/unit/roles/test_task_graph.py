@@ -23,8 +23,7 @@ def walk(tasks):
     for task in tasks:
         yield task
         for key in ("block", "rescue", "always"):
-            for inner in walk(task.get(key) or []):
-                yield inner
+            yield from walk(task.get(key) or [])
 
 
 def included(task):

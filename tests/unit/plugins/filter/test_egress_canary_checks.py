@@ -167,7 +167,7 @@ def test_probe_refused_is_1():
 def test_probe_binds_the_source_port_and_falls_back_when_it_is_taken(listener):
     source = free_port()
     assert run_probe("127.0.0.1", listener.getsockname()[1], 2, source) == (0, "connected")
-    peer, _ = listener.accept()
+    peer = listener.accept()[0]
     assert peer.getpeername()[1] == source
     peer.close()
     with socket.socket() as taken:
@@ -175,6 +175,6 @@ def test_probe_binds_the_source_port_and_falls_back_when_it_is_taken(listener):
         taken.listen(1)
         busy = taken.getsockname()[1]
         assert run_probe("127.0.0.1", listener.getsockname()[1], 2, busy) == (0, "connected")
-        peer, _ = listener.accept()
+        peer = listener.accept()[0]
         assert peer.getpeername()[1] != busy
         peer.close()

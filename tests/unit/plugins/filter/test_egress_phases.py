@@ -51,8 +51,8 @@ def test_the_modules_errors_name_the_roles_variables():
 @pytest.mark.parametrize("over,args,message", [
     (dict(dns_mode="filtering", mode="audit", dns_servers=[]), (), "egress_dns_servers is empty: egress_dns_mode=filtering"),
     (dict(dns_set_timeout=15), (), "egress_dns_set_timeout is 15: use 20 to 2147483 seconds"),
-    (dict(), (["agent", "ok.service", "x y.service"],), "egress_dns_before_units must hold systemd unit names such as "
-                                                         "agent.service; invalid: agent, x y.service."),
+    (dict(), (["agent", "ok.service", "x y.service"],),
+     "egress_dns_before_units must hold systemd unit names such as agent.service; invalid: agent, x y.service."),
     (dict(), ([], 5), "egress_rollback_timeout is 5: use 0 (no rollback) or at least 20 seconds"),
     (dict(), ([], 60, ["198.18.0.66:443", "[fd00:19::20]:99999"]),
      "egress_canary_forbidden[1]: '[fd00:19::20]:99999': port '99999' is out of range; ports are 1 to 65535"),
@@ -211,8 +211,8 @@ UNCHANGED = dict(changed=False, rules=RESULT["rules"])
 CHANGED = dict(changed=True, rules=RESULT["rules"])
 
 
-def phases(asked=None, state=None, boot=BOOT, plan=None, lookup=None):
-    return F["egress_phases"](asked or run(), state or host(paths=persisted(BOOT)), DEBIAN, boot,
+def phases(asked=None, state=None, boot=None, plan=None, lookup=None):
+    return F["egress_phases"](asked or run(), state or host(paths=persisted(BOOT)), DEBIAN, BOOT if boot is None else boot,
                               UNCHANGED if plan is None else plan, lookup or {})
 
 

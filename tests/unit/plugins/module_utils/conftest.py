@@ -45,7 +45,7 @@ class Runner(object):
 
 
 def nf(runner):
-    return A.Netfilter(runner, lambda name, required: name)
+    return N.Netfilter(runner, lambda name, required: name)
 
 
 def nf(runner):

@@ -145,8 +145,8 @@ def test_a_bursty_minute_keeps_its_gaps():
     slot = (right - left) / 15.0
     assert chart["interval"] == 5 and (chart["from"], chart["to"]) == (iso(0), iso(75))
     assert [round((b["x"] - left) / slot) for b in chart["bars"]] == filled
-    for bar, following in zip(chart["bars"], chart["bars"][1:]):
-        assert bar["x"] + bar["width"] < following["x"], "bars touch or overlap"
+    for one, following in zip(chart["bars"], chart["bars"][1:]):
+        assert one["x"] + one["width"] < following["x"], "bars touch or overlap"
     # the distance between bars is their distance in time
     assert chart["bars"][-1]["x"] - chart["bars"][-2]["x"] == pytest.approx(2 * slot, abs=0.05)
     assert 3 <= len(chart["yticks"]) <= 5 and chart["yticks"][0]["label"] == "0"
@@ -156,9 +156,9 @@ def test_a_bursty_minute_keeps_its_gaps():
 
 def test_one_short_incident_in_a_300_s_bucket_is_not_one_full_width_block():
     chart = T.chart([[{"start": iso(0), "count": 3}]], 300, window_start=iso(-86400), window_end=iso(100))
-    (bar,) = chart["bars"]
+    (one,) = chart["bars"]
     plot = chart["plot"]
-    assert bar["width"] < (plot["right"] - plot["left"]) / 10.0
+    assert one["width"] < (plot["right"] - plot["left"]) / 10.0
     assert chart["from"] != chart["to"] and len(set(t["label"] for t in chart["xticks"])) == len(chart["xticks"]) >= 2
     # widened within the window: never past its end
     assert chart["to"] == iso(300) and chart["from"] == iso(-11 * 300)

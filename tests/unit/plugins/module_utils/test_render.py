@@ -20,8 +20,6 @@ def policy(**over):
     return P.build_policy(params, lambda name: {"agent": 1000}[name])
 
 
-
-
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 @pytest.mark.parametrize("family,suffix", [("ipv4", "v4"), ("ipv6", "v6")])
 def test_rendered_state_equals_what_the_kernel_saved(backend, family, suffix):

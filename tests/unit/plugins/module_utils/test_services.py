@@ -14,7 +14,7 @@ def policy(**over):
 
 
 def test_detect_by_process_name_each_once_sorted():
-    comms = {"bash", "chronyd", "dhclient", "dhclient", "unattended-upgr", "systemd-network", "sshd"}
+    comms = ["bash", "chronyd", "dhclient", "dhclient", "unattended-upgr", "systemd-network", "sshd"]
     assert S.detect_services(comms) == [
         {"name": "dhclient", "kind": "dhcp"}, {"name": "systemd-networkd", "kind": "dhcp"},
         {"name": "chrony", "kind": "time"}, {"name": "unattended-upgrades", "kind": "updates"}]
@@ -34,8 +34,8 @@ def test_read_comms_of_a_proc_tree(tmp_path):
 def test_what_each_kind_needs():
     running = S.detect_services({"chronyd", "unattended-upgr", "dhclient"})
     blocked = S.blocked_services(policy(dhcp=False), running)
-    assert [(b["name"], b["kind"]) for b in blocked] == [("dhclient", "dhcp"), ("chrony", "time"),
-                                                       ("unattended-upgrades", "updates")]
+    assert [(b["name"], b["kind"]) for b in blocked] == [
+        ("dhclient", "dhcp"), ("chrony", "time"), ("unattended-upgrades", "updates")]
     assert "egress_dhcp: true" in blocked[0]["needs"] and "UDP 123" in blocked[1]["needs"]
     recipes = policy(allow=[
         dict(name="time", host="198.18.0.123", ports=["100-200"], protocol="udp", users=["_chrony"]),

@@ -1,12 +1,11 @@
 """Parsing real iptables-save / ip6tables-save / ipset save output (fixtures captured by capture.sh)."""
-import os
 
 import pytest
 from hypothesis import given, strategies as st
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
 
-from .conftest import FIXTURES, fixture  # noqa: F401  (FIXTURES: some tests list the folder)
+from .conftest import fixture
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
