@@ -30,8 +30,10 @@ def host_result(lines, bucket_seconds, since, now, users=None):
         group["sender_text"] = D.sender_text(group)
     limits = [{"family": f, "table": "filter", "chain": "AGENTGUARD-DENY", "limit": "10/min", "burst": 20}
               for f in ("ipv4", "ipv6")]
+
     def stamp(when):
         return when.isoformat().replace("+00:00", "Z")
+
     return {
         "changed": False, "denials": groups, "records": records, "timeline": D.timeline(records, bucket_seconds),
         "window": {"start": stamp(since), "end": stamp(now), "bucket_seconds": bucket_seconds},
