@@ -1,0 +1,78 @@
+"""The fleet report's aggregation (module_utils._report), computed once for every format."""
+import pytest
+
+from ansible_collections.agentguard.hardening.plugins.filter.egress_report_summary import egress_report_summary
+from ansible_collections.agentguard.hardening.plugins.module_utils._report import summarise, unread_hosts
+from ansible.errors import AnsibleFilterError
+
+
+def denial(dest, attempts, last, canary=False):
+    return {"destination_text": dest, "attempts": attempts, "count": attempts * 2, "last": last, "canary": canary,
+            "protocol": "tcp", "sender_text": "agent (1000)"}
+
+
+def refused(name, count, last, qtype="A"):
+    return {"name": name, "count": count, "last": last, "qtype": qtype}
+
+
+HOSTS = {
+    "b": {"attempts": 5, "total": 9, "forwarded_attempts": 2, "canary_attempts": 1, "refused_total": 4,
+          "log_limit_text": "10/minute, burst 20",
+          "denials": [denial("[fd00::66]:443", 3, "2026-11-30T01:00:00Z"),
+                      denial("198.18.0.66:443", 2, "2026-11-30T02:00:00Z"),
+                      denial("198.18.0.66:443", 1, "2026-11-30T03:00:00Z", canary=True)],
+          "refused_names": [refused("x.attacker.lab", 3, "2026-11-30T01:00:00Z"),
+                            refused("a.attacker.lab", 1, "2026-11-30T00:30:00Z", qtype="TXT")]},
+    "a": {"attempts": 1, "total": 1, "forwarded_total": 1, "refused_total": 2,
+          "log_limit_text": "10/minute, burst 20",
+          "denials": [denial("198.18.0.66:25", 1, "2026-11-30T00:10:00Z")],
+          "refused_names": [refused("x.attacker.lab", 2, "2026-11-30T04:00:00Z", qtype="AAAA")]},
+    "down": {"unreachable": True, "msg": "ssh: connection refused"},
+    "broken": {"failed": True, "msg": "no result"},
+    "empty": {"attempts": 0, "total": 0, "denials": [], "log_limit_text": "5/second, burst 5"},
+}
+
+
+def test_totals_leave_out_the_hosts_that_were_not_read():
+    s = summarise(HOSTS)
+    assert s["unread"] == ["broken", "down"] == unread_hosts(HOSTS)
+    assert (s["attempts"], s["lines"], s["forwarded"], s["canary"], s["refused"]) == (6, 10, 3, 1, 6)
+    assert sorted(s["hosts"]) == ["a", "b", "empty"]
+
+
+def test_host_rows_name_the_busiest_own_denial_and_count_destinations_without_the_canary():
+    row = summarise(HOSTS)["hosts"]["b"]
+    assert row["top"]["destination_text"] == "[fd00::66]:443"
+    assert row["destinations"] == 2          # the canary's 198.18.0.66:443 is the same destination as the agent's
+    assert row["last"] == "2026-11-30T03:00:00Z"   # the canary's time counts for "last seen"
+    empty = summarise(HOSTS)["hosts"]["empty"]
+    assert (empty["top"], empty["destinations"], empty["last"]) == (None, 0, "")
+
+
+def test_only_canary_denials_have_no_busiest_row():
+    canary = denial("198.18.0.66:443", 1, "2026-11-30T01:00:00Z", canary=True)
+    hosts = {"c": {"attempts": 0, "total": 2, "denials": [canary]}}
+    row = summarise(hosts)["hosts"]["c"]
+    assert row["top"] is None and row["destinations"] == 0
+
+
+def test_refused_names_merge_across_hosts_busiest_first():
+    names = summarise(HOSTS)["names"]
+    assert [(n["name"], n["count"]) for n in names] == [("x.attacker.lab", 5), ("a.attacker.lab", 1)]
+    assert names[0]["hosts"] == ["a", "b"] and names[0]["qtypes"] == ["AAAA", "A"]
+    assert names[0]["last"] == "2026-11-30T04:00:00Z"
+
+
+def test_ties_are_ordered_by_name_and_limits_are_distinct():
+    hosts = {"h": {"denials": [], "refused_names": [refused("b.lab", 1, ""), refused("a.lab", 1, "")],
+                   "log_limit_text": "1/second"},
+             "i": {"denials": [], "log_limit_text": "1/second"}}
+    s = summarise(hosts)
+    assert [n["name"] for n in s["names"]] == ["a.lab", "b.lab"]
+    assert s["limits"] == ["1/second"]
+
+
+def test_the_filter_refuses_what_is_not_a_dict():
+    with pytest.raises(AnsibleFilterError, match="expects the report's hosts"):
+        egress_report_summary(["a"])
+    assert egress_report_summary({}) == summarise({})
