@@ -14,7 +14,7 @@ __metaclass__ = type
 
 import difflib
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._state import HOOKS
+from ansible_collections.agentguard.hardening.plugins.module_utils._state import HOOK_TABLES, HOOKS
 
 
 def state_lines(state):
@@ -28,11 +28,12 @@ def state_lines(state):
 
 
 def hook_lines(hooks):
-    """Our part of the other tables ({table: HookState}), each line prefixed with "-t TABLE"."""
+    """Our part of the other hooks ({hook: HookState}), each line prefixed with "-t TABLE" (the hook's real
+    table: nat's OUTPUT hook is "-t nat", as an operator would type it)."""
     lines = []
     for table in sorted(hooks or {}):
         state = hooks[table]
-        prefix = "-t %s " % table
+        prefix = "-t %s " % HOOK_TABLES[table]
         lines.extend(prefix + "-I %s %d %s" % (HOOKS[table], index + 1, spec) for index, spec in sorted(state.jumps))
         for name, rules in state.chains:
             lines.append(prefix + "-N %s" % name)

@@ -23,7 +23,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._render impor
     desired_hooks,
     desired_sets,
     desired_state,
-    render_hook_transaction,
+    hook_transaction_body,
+    merge_section,
     render_persistent,
     render_sets_destroy,
     render_sets_persistent,
@@ -31,8 +32,11 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._render impor
     render_transaction,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
+    EMPTY_HOOK,
+    HOOK_TABLES,
     SET_PREFIXES,
     TEMP_SET_PREFIXES,
+    LiveHook,
     live_state,
     parse_ipset_save,
 )
@@ -69,10 +73,16 @@ def family_transaction(current, current_hooks, desired, desired_hooks_, foreign_
     desired (filter, then the HOOKS tables), or None when nothing differs.
 
     current_hooks is {table: LiveHook}; desired_hooks_ is {table: HookState}."""
-    parts = [render_transaction(current, desired, foreign_output_rules)]
-    for table in sorted(desired_hooks_):
-        have = current_hooks[table]
-        parts.append(render_hook_transaction(table, have.managed, desired_hooks_[table], have.foreign_rules))
+    bodies = {}
+    for hook in sorted(desired_hooks_):
+        have = current_hooks.get(hook) or LiveHook(EMPTY_HOOK, 0)
+        body = hook_transaction_body(hook, have.managed, desired_hooks_[hook], have.foreign_rules)
+        if body is not None:
+            bodies.setdefault(HOOK_TABLES[hook], []).append(body)
+    # One section per table (one commit each), the filter table first.
+    filter_extra = [line for body in bodies.pop("filter", []) for line in body]
+    parts = [render_transaction(current, desired, foreign_output_rules, filter_extra)]
+    parts.extend(merge_section(table, bodies[table]) for table in sorted(bodies))
     text = "".join(part for part in parts if part)
     return text or None
 

@@ -47,10 +47,12 @@ USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 # prefix wildcard. Linux refuses "/", ":" and white space in names; iptables reads "!" as negation.
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,14}[A-Za-z0-9_.@+-]$")
 
-Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains", "users"])
-Destination.__new__.__defaults__ = (False, ())
+Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains", "users", "tls", "tls_ports"])
+Destination.__new__.__defaults__ = (False, (), None, ())
 """kind is "name", "ipv4" or "ipv6"; for addresses host is the canonical network string.
-users: User tuples; when not empty only their processes may connect (an owner match)."""
+users: User tuples; when not empty only their processes may connect (an owner match).
+tls: the entry's tls key (None when unset); tls_ports: the TCP ports the TLS gate covers (ints,
+sorted; empty when the gate is off or the entry is not gated)."""
 
 User = namedtuple("User", ["name", "uid"])
 
@@ -61,8 +63,16 @@ or "ipv4"/"ipv6" (value: the canonical network)."""
 Policy = namedtuple("Policy", [
     "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
     "mode", "scope", "users", "families", "state", "dns_mode", "resolver_user", "dns_set_timeout", "resolvers",
-    "networks", "dhcp",
+    "networks", "dhcp", "tls_gate", "tls_gate_user", "tls_gate_port", "tls_listeners", "tls_ungated",
 ])
+Policy.__new__.__defaults__ = ("off", None, 10443, (), ())
+"""tls_gate: off, audit or enforce; tls_gate_user: the gate's User; tls_listeners: ((upstream port,
+listen port), ...) in ascending order; tls_ungated: the plan's warnings about entries the gate
+does not cover (dicts, as returned in tls_gate.ungated)."""
+GATE_MODES = ("off", "audit", "enforce")
+# Listeners are unprivileged ports, so the gate needs no capability.
+MIN_GATE_PORT = 1024
+GATE_PORT = 443
 DNS_MODES = ("pinned", "filtering")
 # In filtering mode the resolver adds answers to the sets with this lifetime at least.
 MIN_SET_TIMEOUT = 10
@@ -297,10 +307,14 @@ def _destination(entry, index, errors, lookup_user=None):
     if not isinstance(entry, dict):
         errors.append("%s: %s is not a mapping with name, host, ports and protocol" % (where, _repr(entry)))
         return None
-    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol", "subdomains", "users"})
+    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol", "subdomains", "users", "tls"})
     if unknown:
-        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol, subdomains, users"
+        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol, subdomains, users, tls"
                       % (where, ", ".join(unknown)))
+    tls = entry.get("tls")
+    if tls is not None and not isinstance(tls, bool):
+        errors.append("%s.tls: %s is not a boolean (leave it out to gate port 443 only)" % (where, _repr(tls)))
+        tls = None
     subdomains = entry.get("subdomains", False)
     if subdomains is None:
         subdomains = False
@@ -350,7 +364,96 @@ def _destination(entry, index, errors, lookup_user=None):
     if subdomains and kind != "name":
         errors.append("%s.subdomains: true only applies to a DNS name, not %s" % (where, _repr(entry.get("host"))))
         return None
-    return Destination(name, host, kind, tuple(specs), protocol, subdomains, users)
+    return Destination(name, host, kind, tuple(specs), protocol, subdomains, users, tls)
+
+
+def _gated_ports(dest, where, errors):
+    """The TCP ports of an entry the gate covers, by its tls key: unset, port 443 if it has it;
+    true, every port (an error for udp or a range); false, none."""
+    if dest.tls is False or dest.protocol != "tcp" and dest.tls is None:
+        return ()
+    if dest.protocol != "tcp":
+        return ()  # refused in _tls_gate
+    if dest.tls is None:
+        return (GATE_PORT,) if str(GATE_PORT) in dest.ports else ()
+    ranges = [p for p in dest.ports if ":" in p]
+    if ranges:
+        errors.append("%s.ports: %s is a range, which tls: true cannot gate (one listener per port); list the ports"
+                      % (where, _repr(ranges[0].replace(":", "-"))))
+        return ()
+    return tuple(sorted(int(p) for p in dest.ports))
+
+
+def _tls_gate(params, allow, labels, state, scope, users, resolver_user, lookup_user, errors):
+    """Validate the TLS gate options; return (mode, user, port, allow with tls_ports, listeners, ungated)."""
+    mode = params.get("tls_gate") or "off"
+    if mode not in GATE_MODES:
+        errors.append("tls_gate: %s is not one of %s" % (_repr(mode), ", ".join(GATE_MODES)))
+        mode = "off"
+    port = params.get("tls_gate_port", 10443)
+    if port is None:
+        port = 10443
+    try:
+        port = _int_in(port, MIN_GATE_PORT, 65535, "tls_gate_port")
+    except ValueError as exc:
+        errors.append(str(exc))
+        port = None
+    for dest in allow:
+        if dest.tls is True and dest.protocol != "tcp":
+            errors.append("allow[%d].tls: true needs protocol tcp (the entry's protocol is %s); TLS over UDP (QUIC) "
+                          "cannot be gated" % (labels[dest.name], _repr(dest.protocol)))
+        if dest.tls is True and mode != "off" and dest.kind != "name":
+            errors.append("allow[%d].host: %s is an address; an address has no server name to check; set tls: false"
+                          % (labels[dest.name], _repr(dest.host)))
+    if mode == "off" or state != "present":
+        return mode, None, port, allow, (), ()
+    user = None
+    if not params.get("tls_gate_user"):
+        errors.append("tls_gate_user: %s is empty; tls_gate=%s needs the user the gate runs as (its connections are "
+                      "not redirected)" % (_repr(params.get("tls_gate_user")), mode))
+    else:
+        gate_users, user_errors = parse_users([params.get("tls_gate_user")], lookup_user, where="tls_gate_user")
+        errors.extend(e.replace("tls_gate_user[0]", "tls_gate_user") for e in user_errors)
+        user = gate_users[0] if gate_users else None
+    if user is not None:
+        # Its connections skip the gate: a user that anything else runs as would skip it too.
+        if user.uid == 0:
+            errors.append("tls_gate_user: %s is uid 0; every root process would bypass the gate, give it a user of "
+                          "its own" % _repr(params.get("tls_gate_user")))
+        if resolver_user is not None and resolver_user.uid == user.uid:
+            errors.append("tls_gate_user: %s is also dns_resolver_user; give the gate a user of its own"
+                          % _repr(params.get("tls_gate_user")))
+        if scope == "users" and any(u.uid == user.uid for u in users):
+            errors.append("tls_gate_user: %s is one of users; a restricted user's connections must go through the "
+                          "gate, not around it" % _repr(params.get("tls_gate_user")))
+    gated = []
+    ungated = []
+    for dest in allow:
+        where = "allow[%d]" % labels[dest.name]
+        ports = _gated_ports(dest, where, errors)
+        if ports and dest.users:
+            if dest.tls:
+                errors.append("%s.tls: true cannot combine with users %s (the gate's own user would need the way "
+                              "out); set tls: false" % (where, _repr([u.name for u in dest.users])))
+            else:
+                ungated.append({"entry": "egress_" + where, "host": dest.host, "ports": list(ports),
+                                "reason": "only for users %s: the gate does not cover an entry with users"
+                                % ", ".join(u.name for u in dest.users)})
+            ports = ()
+        if ports and dest.kind != "name":
+            # tls unset (true was refused above): nothing to check, and the plan says so.
+            ungated.append({"entry": "egress_" + where, "host": dest.host, "ports": list(ports),
+                            "reason": "an address has no server name to check: TLS to it is not gated"})
+            ports = ()
+        gated.append(dest._replace(tls_ports=ports))
+    upstream = sorted(set(p for dest in gated for p in dest.tls_ports))
+    if not upstream and not errors:
+        errors.append("tls_gate: %s but no allow entry is gated (a DNS name with port 443, or tls: true)" % _repr(mode))
+    if port is not None and upstream and port + len(upstream) - 1 > 65535:
+        errors.append("tls_gate_port: %s leaves no room for %d listeners (one per gated port) below 65536"
+                      % (_repr(port), len(upstream)))
+    listeners = tuple((p, (port or 0) + i) for i, p in enumerate(upstream))
+    return mode, user, port, tuple(gated), listeners, tuple(ungated)
 
 
 def build_policy(params, lookup_user):
@@ -466,6 +569,9 @@ def build_policy(params, lookup_user):
     if not resolvers:
         resolvers = list(dns_servers)
 
+    tls_gate, gate_user, gate_port, allow, listeners, ungated = _tls_gate(
+        params, allow, labels, state, scope, users, resolver_user, lookup_user, errors)
+
     dhcp = params.get("dhcp", True)
     if not isinstance(dhcp, bool):
         errors.append("dhcp: %s is not a boolean" % _repr(dhcp))
@@ -478,4 +584,4 @@ def build_policy(params, lookup_user):
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
                   mode, scope, tuple(users), families, state, dns_mode, resolver_user, dns_set_timeout, tuple(resolvers),
-                  tuple(networks), dhcp)
+                  tuple(networks), dhcp, tls_gate, gate_user, gate_port, listeners, ungated)

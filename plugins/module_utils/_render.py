@@ -18,6 +18,7 @@ import ipaddress
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
     BUILTIN_FILTER_CHAINS,
     EMPTY_HOOK,
+    HOOK_TABLES,
     HOOKS,
     SET_PREFIXES,
     HookState,
@@ -35,10 +36,18 @@ CHAIN_FWD = "AGENTGUARD-FORWARD"
 CHAIN_FWD_ALLOW = "AGENTGUARD-FWD-ALLOW"
 CHAIN_FWD_DENY = "AGENTGUARD-FWD-DENY"
 CHAIN_DNS = "AGENTGUARD-DNS"
+# The TLS gate: local connections redirected in nat OUTPUT, forwarded ones in nat PREROUTING, and
+# connections to its listeners that were not redirected dropped in filter INPUT.
+CHAIN_TLS = "AGENTGUARD-TLS"
+CHAIN_TLS_FWD = "AGENTGUARD-TLS-FWD"
+CHAIN_TLS_IN = "AGENTGUARD-TLS-IN"
+TLS_LOG_PREFIX = "[EGRESS-TLS] "
+LOOPBACK = {"ipv4": "127.0.0.1/32", "ipv6": "::1/128"}
 # Every table's builtin chains, for a complete table at boot (policies are always ACCEPT there).
 TABLE_CHAINS = {
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
 }
 
 # Above this many addresses per family, a destination is matched with an ipset
@@ -113,6 +122,11 @@ def desired_sets(policy, resolved):
 
 def _allow_rules(policy, resolved, family, sets):
     rules = ["-o lo -j ACCEPT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    if gate_redirects_local(policy) and family in policy.families:
+        # A connection redirected to the gate keeps the output device of its original route in filter
+        # OUTPUT, so "-o lo" above does not match it (docs/tls-gate.md): accept it by its DNAT state.
+        rules.append("-d %s -p tcp -m tcp --dport %s -m conntrack --ctstate DNAT %s -j ACCEPT"
+                     % (LOOPBACK[family], listener_ports(policy), _comment("tls gate")))
     if family == "ipv6":
         for icmp_type in ND_TYPES:
             rules.append("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 %s -j ACCEPT"
@@ -171,17 +185,41 @@ def _deny_rules(policy, family):
     return rules
 
 
+def restricted_users(policy):
+    """The users whose egress the filter table restricts with scope users (or none): the gate's user
+    too, since its upstream connections are held to the allowlist like everyone's."""
+    users = list(policy.users) if policy.scope == "users" else []
+    if gate_on(policy) and policy.tls_gate_user is not None and all(u.uid != policy.tls_gate_user.uid for u in users):
+        users.append(policy.tls_gate_user)
+    return sorted(users, key=lambda user: user.uid)
+
+
 def _entry_rules(policy):
     if policy.scope == "host":
         return ["-j " + CHAIN_ALLOW]
     return ["-m owner --uid-owner %d %s -j %s" % (user.uid, _comment("user " + user.name), CHAIN_ALLOW)
-            for user in policy.users]
+            for user in restricted_users(policy)]
+
+
+def gate_on(policy):
+    return policy.state == "present" and policy.tls_gate != "off" and bool(policy.tls_listeners)
+
+
+def gate_redirects_local(policy):
+    """Local processes are redirected with scope host or users; scope none restricts none."""
+    return gate_on(policy) and policy.scope in ("host", "users")
+
+
+def listener_ports(policy):
+    """The listeners as one --dport value: they are consecutive ports ("10443" or "10443:10444")."""
+    first, last = policy.tls_listeners[0][1], policy.tls_listeners[-1][1]
+    return str(first) if first == last else "%d:%d" % (first, last)
 
 
 def desired_state(policy, resolved, family, sets=None):
-    """The ManagedState this family's filter table should have (nothing with scope none: no local
-    process is restricted, only forwarded traffic, see desired_hooks)."""
-    if policy.state != "present" or policy.scope == "none":
+    """The ManagedState this family's filter table should have (with scope none, nothing: no local
+    process is restricted, only forwarded traffic, see desired_hooks; but the TLS gate's user)."""
+    if policy.state != "present" or policy.scope == "none" and not gate_on(policy):
         return ManagedState("ACCEPT", (), ())
     if sets is None:
         sets = desired_sets(policy, resolved)
@@ -265,10 +303,13 @@ def desired_hooks(policy, resolved, family, sets=None):
     """{table: HookState} for the tables of HOOKS: the forward path (mangle) when the policy has
     scope_networks, and the DNS redirect (nat) when it also uses the filtering resolver."""
     hooks = dict((table, EMPTY_HOOK) for table in HOOKS)
-    if policy.state != "present" or not policy.networks:
+    if policy.state != "present":
         return hooks
     if sets is None:
         sets = desired_sets(policy, resolved)
+    hooks.update(_gate_hooks(policy, resolved, family, sets))
+    if not policy.networks:
+        return hooks
     dispatch = []
     for network in policy.networks:
         match = _network_match(network, family, "in")
@@ -282,6 +323,8 @@ def desired_hooks(policy, resolved, family, sets=None):
         CHAIN_FWD_DENY: tuple(_fwd_deny_rules(policy)),
     }
     hooks["mangle"] = HookState(((0, "-j " + CHAIN_FWD),), tuple(sorted(chains.items())))
+    nat_jumps = []
+    nat_chains = []
     if policy.dns_mode == "filtering":
         redirect = []
         for network in policy.networks:
@@ -291,31 +334,124 @@ def desired_hooks(policy, resolved, family, sets=None):
             for protocol in ("udp", "tcp"):
                 redirect.append("%s %s %s -j REDIRECT --to-ports 53"
                                 % (match, _dport(protocol, 53), _comment("dns to the filtering resolver")))
-        hooks["nat"] = HookState(((0, "-j " + CHAIN_DNS),), ((CHAIN_DNS, tuple(redirect)),))
+        nat_jumps.append("-j " + CHAIN_DNS)
+        nat_chains.append((CHAIN_DNS, tuple(redirect)))
+    gate_rules = _gate_redirects(policy, resolved, family, sets, forwarded=True)
+    if gate_rules:
+        # One jump per network: the chain then names each destination once.
+        for network in policy.networks:
+            match = _network_match(network, family, "in")
+            if match:
+                nat_jumps.append("%s %s -j %s" % (match, _comment(_network_label(network)), CHAIN_TLS_FWD))
+        nat_chains.append((CHAIN_TLS_FWD, tuple(gate_rules)))
+    if nat_jumps:
+        hooks["nat"] = HookState(tuple(enumerate(nat_jumps)), tuple(sorted(nat_chains)))
     return hooks
 
 
-def render_hook_persistent(table, state):
-    """A complete `table` holding only what we manage (None when we manage nothing there)."""
-    if not state.jumps and not state.chains:
+def _gate_destinations(policy, resolved, family, sets):
+    """(match, port, label) for each gated destination address (or set) and port of this family."""
+    result = []
+    if family not in policy.families:
+        return result
+    for dest in policy.allow:
+        if not dest.tls_ports:
+            continue
+        name = set_name(family, dest.name)
+        for port in dest.tls_ports:
+            if name in sets:
+                result.append(("-p tcp -m set --match-set %s dst -m tcp --dport %d" % (name, port), port, dest.name))
+                continue
+            for address in sort_networks(resolved.get(dest.name, {}).get(family, [])):
+                result.append(("-d %s %s" % (_addr(address, family), _dport("tcp", port)), port, dest.name))
+    return result
+
+
+def _gate_redirects(policy, resolved, family, sets, forwarded):
+    """The LOG and REDIRECT rule pairs of the gate's nat chain: NEW TCP connections to the gated
+    destinations go to the listener of their port. The LOG line (uid for a local process, the source
+    address for a container) is what joins a refusal in the gate's log to its sender."""
+    if not gate_on(policy) or not forwarded and not gate_redirects_local(policy):
+        return []
+    listen = dict(policy.tls_listeners)
+    rules = []
+    if not forwarded:
+        # The gate's own upstream connections go where it decided, held to the allowlist in filter.
+        rules.append("-m owner --uid-owner %d %s -j RETURN" % (policy.tls_gate_user.uid, _comment("tls gate user")))
+    log = "-m limit --limit %s --limit-burst %d -j LOG --log-prefix \"%s\"%s" % (
+        policy.log_limit, policy.log_burst, TLS_LOG_PREFIX, "" if forwarded else " --log-uid")
+    for match, port, label in _gate_destinations(policy, resolved, family, sets):
+        head = "%s -m conntrack --ctstate NEW %s" % (match, _comment("tls " + label))
+        rules.append("%s %s" % (head, log))
+        rules.append("%s -j REDIRECT --to-ports %d" % (head, listen[port]))
+    return rules if len(rules) > (0 if forwarded else 1) else []
+
+
+def _gate_hooks(policy, resolved, family, sets):
+    """The gate's nat OUTPUT redirect (local processes) and filter INPUT guard of its listeners."""
+    hooks = {}
+    if not gate_on(policy):
+        return hooks
+    local = _gate_redirects(policy, resolved, family, sets, forwarded=False)
+    if local:
+        if policy.scope == "host":
+            jumps = ["-j " + CHAIN_TLS]
+        else:
+            gate_uid = policy.tls_gate_user.uid
+            jumps = ["-m owner --uid-owner %d %s -j %s" % (user.uid, _comment("user " + user.name), CHAIN_TLS)
+                     for user in restricted_users(policy) if user.uid != gate_uid]
+        hooks["nat-output"] = HookState(tuple(enumerate(jumps)), ((CHAIN_TLS, tuple(local)),))
+    # Never an open proxy: the listeners take redirected connections only (they listen on the
+    # wildcard addresses, since a redirect in PREROUTING targets the incoming interface's address).
+    guard = ("-p tcp -m tcp --dport %s -m conntrack ! --ctstate DNAT %s -j DROP"
+             % (listener_ports(policy), _comment("tls gate: redirected connections only")),)
+    hooks["filter-input"] = HookState(((0, "-j " + CHAIN_TLS_IN),), ((CHAIN_TLS_IN, guard),))
+    return hooks
+
+
+def _persistent_body(hook, state):
+    """(chain declarations, rules) of one hook's part of a persistent table."""
+    declare = [":%s - [0:0]" % name for name, rules in state.chains]
+    lines = ["-A %s %s" % (HOOKS[hook], spec) for index, spec in sorted(state.jumps)]
+    for name, rules in state.chains:
+        lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    return declare, lines
+
+
+def render_hook_persistent(table, state, hooks=None):
+    """A complete `table` holding only what we manage (None when we manage nothing there).
+
+    hooks: {hook name: HookState} of every hook of this table (state is then unused)."""
+    hooks = hooks if hooks is not None else {table: state}
+    parts = [_persistent_body(hook, hooks[hook]) for hook in sorted(hooks) if hooks[hook].jumps or hooks[hook].chains]
+    if not parts:
         return None
     lines = ["*" + table]
     lines.extend(":%s ACCEPT [0:0]" % chain for chain in TABLE_CHAINS[table])
-    lines.extend(":%s - [0:0]" % name for name, rules in state.chains)
-    lines.extend("-A %s %s" % (HOOKS[table], spec) for index, spec in sorted(state.jumps))
-    for name, rules in state.chains:
-        lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    for declare, rules in parts:
+        lines.extend(declare)
+    for declare, rules in parts:
+        lines.extend(rules)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
 def render_hook_transaction(table, current, desired, foreign_rules):
-    """iptables-restore --noflush section turning our part of `table` from `current` into `desired`
-    (None when equal). Like render_transaction: only our chains and jumps are named."""
+    """iptables-restore --noflush section turning our part of hook `table` from `current` into
+    `desired` (None when equal). Like render_transaction: only our chains and jumps are named."""
+    body = hook_transaction_body(table, current, desired, foreign_rules)
+    if body is None:
+        return None
+    return "\n".join(["*" + HOOK_TABLES[table]] + body + ["COMMIT"]) + "\n"
+
+
+def hook_transaction_body(table, current, desired, foreign_rules):
+    """The lines of render_hook_transaction between "*table" and "COMMIT" (None when equal), so
+    that two hooks of one table go in one section (one commit)."""
     if current == desired:
         return None
     hook = HOOKS[table]
-    lines = ["*" + table]
+    lines = []
     desired_names = [name for name, rules in desired.chains]
     obsolete = [name for name, rules in current.chains if name not in desired_names]
     lines.extend(":%s - [0:0]" % name for name in desired_names + obsolete)
@@ -326,8 +462,7 @@ def render_hook_transaction(table, current, desired, foreign_rules):
     for name, rules in desired.chains:
         lines.extend("-A %s %s" % (name, spec) for spec in rules)
     lines.extend("-X %s" % name for name in obsolete)
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def render_persistent(state, policies, hooks=None):
@@ -336,30 +471,40 @@ def render_persistent(state, policies, hooks=None):
 
     policies gives the live INPUT/FORWARD policies so that booting does not change them.
     """
+    hooks = hooks or {}
+    filter_hooks = [hook for hook in sorted(hooks) if HOOK_TABLES[hook] == "filter"]
     lines = ["*filter"]
     for chain in BUILTIN_FILTER_CHAINS:
         verdict = state.policy if chain == "OUTPUT" else policies.get(chain, "ACCEPT")
         lines.append(":%s %s [0:0]" % (chain, verdict))
     lines.extend(":%s - [0:0]" % name for name, rules in state.chains)
+    parts = [_persistent_body(hook, hooks[hook]) for hook in filter_hooks]
+    for declare, rules in parts:
+        lines.extend(declare)
     lines.extend("-A OUTPUT %s" % spec for index, spec in sorted(state.jumps))
     for name, rules in state.chains:
         lines.extend("-A %s %s" % (name, spec) for spec in rules)
+    for declare, rules in parts:
+        lines.extend(rules)
     lines.append("COMMIT")
     text = "\n".join(lines) + "\n"
-    for table in sorted(hooks or {}):
-        text += render_hook_persistent(table, hooks[table]) or ""
+    for table in sorted(set(HOOK_TABLES[hook] for hook in hooks) - {"filter"}):
+        text += render_hook_persistent(table, None, dict((h, hooks[h]) for h in hooks if HOOK_TABLES[h] == table)) or ""
     return text
 
 
-def render_transaction(current, desired, foreign_output_rules):
+def render_transaction(current, desired, foreign_output_rules, extra=None):
     """iptables-restore --noflush payload that turns `current` into `desired` in one commit.
 
     Only our objects are named: our chains are declared (which flushes them under
     --noflush) and refilled, our jumps deleted and inserted, obsolete chains
     removed; every other chain and rule is left alone. Returns None when nothing differs.
+    extra: lines of other hooks of the filter table (hook_transaction_body), in the same commit.
     """
-    if current == desired:
+    if current == desired and not extra:
         return None
+    if current == desired:
+        return merge_section("filter", [extra])
     lines = ["*filter"]
     if current.policy != desired.policy:
         # No counters: the policy changes, the OUTPUT counters are kept.
@@ -375,8 +520,15 @@ def render_transaction(current, desired, foreign_output_rules):
     for name, rules in desired.chains:
         lines.extend("-A %s %s" % (name, spec) for spec in rules)
     lines.extend("-X %s" % name for name in obsolete)
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return merge_section("filter", [lines[1:]] + ([extra] if extra else []))
+
+
+def merge_section(table, bodies):
+    """One "*table ... COMMIT" section from several hooks' lines: every chain declaration (and the
+    policy line) first, then the rest in order, so the whole table changes in one commit."""
+    declare = [line for body in bodies for line in body if line.startswith(":")]
+    rest = [line for body in bodies for line in body if not line.startswith(":")]
+    return "\n".join(["*" + table] + declare + rest + ["COMMIT"]) + "\n"
 
 
 def _maxelem(count):

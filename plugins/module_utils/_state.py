@@ -51,9 +51,26 @@ LiveHook = namedtuple("LiveHook", ["managed", "foreign_rules"])
 
 # Forwarded traffic is judged in mangle FORWARD, which runs before every filter-table FORWARD rule
 # (Docker's, netavark's, libvirt's), so no runtime can outrank it; in filtering DNS mode, DNS from
-# the container networks is redirected to the local resolver in nat PREROUTING.
-HOOKS = {"mangle": "FORWARD", "nat": "PREROUTING"}
+# the container networks is redirected to the local resolver in nat PREROUTING, and so are TLS
+# connections to the TLS gate. The gate adds two hooks: local TLS connections redirected in nat
+# OUTPUT, and connections to its listeners that were not redirected dropped in filter INPUT.
+# Keys are hook names (the table, or table-chain where a table has a second hook), values the
+# builtin chain holding our jumps.
+HOOKS = {"mangle": "FORWARD", "nat": "PREROUTING", "nat-output": "OUTPUT", "filter-input": "INPUT"}
+HOOK_TABLES = {"mangle": "mangle", "nat": "nat", "nat-output": "nat", "filter-input": "filter"}
+# The chains of a hook that is not the first in its table; the table's first hook (the filter
+# table's OUTPUT, ManagedState) owns every other chain of ours there.
+HOOK_CHAINS = {"nat-output": ("AGENTGUARD-TLS",), "filter-input": ("AGENTGUARD-TLS-IN",)}
 EMPTY_HOOK = HookState((), ())
+
+
+def hook_of_chain(table, chain):
+    """The hook name owning our chain `chain` of `table` (None: the filter table's ManagedState)."""
+    for hook, chains in HOOK_CHAINS.items():
+        if HOOK_TABLES[hook] == table and chain in chains:
+            return hook
+    return None if table == "filter" else table
+
 
 # Matches that make the kernel track connections in the rule's network namespace and family.
 TRACKING_MATCHES = ("conntrack", "state")
@@ -126,10 +143,12 @@ def is_managed_chain(name):
     return name.startswith(CHAIN_PREFIX)
 
 
-def _owned(table, hook):
+def _owned(table, hook, owner=None):
     """(jumps, chains, foreign): our jumps in `hook` with their index among all its rules, our chains'
-    rules by chain name, and the number of hook rules that are not ours."""
-    chains = dict((name, []) for name, policy in table.chains if is_managed_chain(name))
+    rules by chain name (those hook_of_chain gives to `owner`), and the number of hook rules that
+    are not ours."""
+    chains = dict((name, []) for name, policy in table.chains
+                  if is_managed_chain(name) and hook_of_chain(table.name, name) == owner)
     jumps = []
     foreign = 0
     index = 0
@@ -150,11 +169,11 @@ def live_hooks(tables):
     """{table: LiveHook} for the tables of HOOKS; a table that is not loaded owns nothing."""
     hooks = {}
     for name in sorted(HOOKS):
-        table = tables.get(name)
+        table = tables.get(HOOK_TABLES[name])
         if table is None:
             hooks[name] = LiveHook(EMPTY_HOOK, 0)
             continue
-        jumps, chains, foreign = _owned(table, HOOKS[name])
+        jumps, chains, foreign = _owned(table, HOOKS[name], name)
         hooks[name] = LiveHook(HookState(jumps, chains), foreign)
     return hooks
 

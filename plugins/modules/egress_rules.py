@@ -33,6 +33,16 @@ description:
     every C(filter) table C(FORWARD) rule, so Docker's C(DOCKER-USER) and isolation chains, netavark's
     chains and their restarts can neither outrank nor remove it.
   - Rules land in whichever backend the C(iptables) alternatives select (nf_tables or legacy).
+  - With O(tls_gate), restricted NEW TCP connections to the TLS ports of allowlisted names are redirected
+    (C(nat) table, chains C(AGENTGUARD-TLS) for local processes and C(AGENTGUARD-TLS-FWD) for O(scope_networks))
+    to a local TLS gate (nginx stream with C(ssl_preread), run by the role C(agentguard.hardening.egress)
+    from RV tls_gate). It passes a connection only when its server name (SNI) is allowlisted, and then
+    connects only to that name's own addresses, never to the address the client chose. Each redirect is
+    logged first (prefix C([EGRESS-TLS] ), uid or container address, original destination, same rate limit
+    as denials), so a refusal in the gate's log can be joined to its sender. Connections to the gate's
+    listeners that were not redirected are dropped (C(filter) table, chain C(AGENTGUARD-TLS-IN)), so the
+    gate is never an open proxy. The gate cannot stop domain fronting (the allowed name in the SNI, another
+    in the encrypted Host header) nor see data sent to the allowed name itself.
 author:
   - agentguard.hardening developers (@agentguard)
 requirements:
@@ -90,6 +100,14 @@ options:
             meaningful for names; the module itself records it for the resolver's configuration.
         type: bool
         default: false
+      tls:
+        description:
+          - Which TCP ports of this destination the TLS gate covers when O(tls_gate) is not V(off). Unset, its
+            port 443 if it has it; V(true), every port (single ports, TCP only); V(false), none.
+          - The gate checks server names, so with the gate on V(true) on an address or CIDR fails; unset on
+            such an entry with port 443 leaves it ungated and the plan says so (RV tls_gate.ungated).
+          - An entry with O(allow[].users) is not gated (V(true) fails).
+        type: bool
       users:
         description:
           - User names or numeric uids; only their processes may connect to this destination (an owner
@@ -234,6 +252,31 @@ options:
     type: list
     elements: str
     default: []
+  tls_gate:
+    description:
+      - V(enforce) redirects every restricted NEW TCP connection to a gated destination (see O(allow[].tls))
+        to the TLS gate, which lets it through only with an allowlisted server name, to that name's own
+        addresses. V(audit) redirects the same way; the gate also passes names not on the list (logging
+        them C(would-refuse-sni)). A connection without a server name, with an IP literal, or that is not
+        TLS is refused in both modes, since the gate cannot know where it was going.
+      - V(off) adds no gate rules (and removes them).
+      - The gate itself is run by the role C(agentguard.hardening.egress); this module writes the rules and
+        returns RV tls_gate, from which the role renders the gate's configuration.
+    type: str
+    choices: ['off', audit, enforce]
+    default: 'off'
+  tls_gate_user:
+    description:
+      - The user the TLS gate runs as; required when O(tls_gate) is not V(off), and it must exist. Its
+        connections are not redirected; they are still held to the allowlist (with O(scope=users) or
+        O(scope=none) it is restricted like O(users)). Not root, not O(dns_resolver_user), not one of O(users).
+    type: str
+  tls_gate_port:
+    description:
+      - The gate's first listener port (1024 to 65535). Listener i serves the i-th gated destination port in
+        ascending order on O(tls_gate_port) + i.
+    type: int
+    default: 10443
   resolve_timeout:
     description: Seconds to wait for one DNS answer from one resolver (0.1 to 30).
     type: float
@@ -279,6 +322,15 @@ EXAMPLES = r"""
     mode: audit
     allow: [{name: inference-api, host: api.openclaw.security}]
     dns_servers: [10.0.0.2]
+
+- name: Let TLS to the API through only with its own server name, to its own addresses
+  agentguard.hardening.egress_rules:
+    allow:
+      - {name: inference-api, host: api.openclaw.security}
+      - {name: status, host: 203.0.113.80, ports: [443], tls: false}
+    dns_servers: [10.0.0.2]
+    tls_gate: enforce
+    tls_gate_user: agentguard-tlsgate
 
 - name: Remove everything this module manages
   agentguard.hardening.egress_rules:
@@ -394,6 +446,23 @@ services:
   sample:
     running: []
     blocked: []
+tls_gate:
+  description:
+    - What the TLS gate must do, for the role to render its configuration; returned in check mode too.
+    - C(listeners) maps each gated destination port to the gate's listener; C(names) are the allowlisted
+      names with their gated ports and, in O(dns_mode=pinned), the addresses this run resolved (the only
+      ones the gate connects to); in O(dns_mode=filtering) C(addresses) is empty (the gate asks the
+      filtering resolver). C(ungated) lists entries with a TLS port that the gate does not cover, and why.
+    - With O(tls_gate=off) or O(state=absent), mode V(off) and empty lists.
+  returned: always
+  type: dict
+  sample:
+    mode: enforce
+    user: agentguard-tlsgate
+    uid: 998
+    listeners: [{port: 443, listen: 10443}]
+    names: [{name: api.openclaw.security, subdomains: false, ports: [443], addresses: [203.0.113.10]}]
+    ungated: [{entry: "egress_allow[1]", host: 10.20.0.0/24, ports: [443], reason: an address has no server name to check}]
 families:
   description: The families that were managed (ipv6 is absent only on a kernel without IPv6).
   returned: always
@@ -433,6 +502,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._services imp
     read_comms,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
+from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import gate_result
 
 ARGUMENT_SPEC = dict(
     allow=dict(type="list", elements="dict", default=[], options=dict(
@@ -442,6 +512,7 @@ ARGUMENT_SPEC = dict(
         protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
         subdomains=dict(type="bool", default=False),
         users=dict(type="list", elements="str"),
+        tls=dict(type="bool"),
     )),
     dhcp=dict(type="bool", default=True),
     dns_servers=dict(type="list", elements="str", default=[]),
@@ -461,6 +532,9 @@ ARGUMENT_SPEC = dict(
     resolvers=dict(type="list", elements="str", default=[]),
     resolve_timeout=dict(type="float", default=3.0),
     resolve_retries=dict(type="int", default=2),
+    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
+    tls_gate_user=dict(type="str"),
+    tls_gate_port=dict(type="int", default=10443),
 )
 
 
@@ -524,7 +598,11 @@ def main():
         sets=plan.sets_payload,
         tracking=dict((f, plan.live[f].tracking) for f in families),
         families=families,
+        tls_gate=gate_result(policy, resolved),
     )
+    for item in result["tls_gate"]["ungated"]:
+        module.warn("the TLS gate does not cover %s (%s, ports %s): %s"
+                    % (item["entry"], item["host"], ", ".join(str(p) for p in item["ports"]), item["reason"]))
     if policy.state == "present":
         # Never silent: container bridges the forward path does not reach, in check mode too.
         bridges, warnings = read_networks(run, is_physical)

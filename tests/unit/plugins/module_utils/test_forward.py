@@ -112,7 +112,7 @@ def test_a_family_not_opened_is_still_locked_down_for_containers():
 
 
 def test_no_networks_no_forward_path_and_scope_none_no_filter_rules():
-    assert R.desired_hooks(policy(scope_networks=[]), RESOLVED, "ipv4") == {"mangle": S.EMPTY_HOOK, "nat": S.EMPTY_HOOK}
+    assert R.desired_hooks(policy(scope_networks=[]), RESOLVED, "ipv4") == dict((t, S.EMPTY_HOOK) for t in S.HOOKS)
     assert R.desired_state(policy(scope="none"), RESOLVED, "ipv4") == S.ManagedState("ACCEPT", (), ())
     assert R.desired_state(policy(), RESOLVED, "ipv4").policy == "DROP"
 

@@ -1,0 +1,362 @@
+"""The TLS gate on a real kernel: egress_rules' redirect rules, and a real nginx (stream, ssl_preread)
+running the configuration rendered from the module's tls_gate result, as an unprivileged user.
+
+Topology (conftest.Lab): the hardened host namespace (the module's rules, the gate on 10443) with a
+Docker-like bridge docker0 and one container behind it; the peer namespace holds the trusted
+resolver and, here, a TLS server on 443 (both families) at the allowed address .10/::10 that also
+answers a co-tenant name (one address, two names, as on a CDN) and at the forbidden address
+.66/::66; its certificate comes from a throwaway CA made by the test. The server logs every
+connection it accepts and the server name of every handshake, and packets are counted AT THE
+DESTINATION (conftest.Arrivals), so "refused" means the gate never opened a connection upstream.
+"""
+import ipaddress
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import _tlsgate as G
+
+from .conftest import PYTHON, V4, V6, Arrivals, sh
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+GATE_USER = "nobody"
+GATE_UID = 65534
+AGENT_UID = 4242  # the local client: any uid, restricted like every process with scope host
+GATE_PORT = 10443
+
+POLICY = dict(
+    allow=[dict(name="inference-api", host="api.test", ports=[443])],
+    dns_servers=[V4["dns"], V6["dns"]],
+    scope_networks=["docker0"],
+    resolve_timeout=1.0,
+    log_limit="100/second",
+    log_burst=1000,
+    tls_gate="enforce",
+    tls_gate_user=GATE_USER,
+    tls_gate_port=GATE_PORT,
+)
+
+# The TLS server of the peer namespace: one dual-stack listener on 443, one certificate for both
+# names; one log line per accepted connection, and one per handshake with the name it carried.
+SERVER = r'''
+import json, socket, ssl, sys, threading
+cert, key, log_path = sys.argv[1:4]
+lock = threading.Lock()
+def log(**entry):
+    with lock, open(log_path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+def remember(tls, name, context):
+    tls.agentguard_sni = name
+ctx.sni_callback = remember
+def serve(conn, peer):
+    local = conn.getsockname()[0]
+    log(event="accept", local=local, peer=peer[0])
+    try:
+        conn.settimeout(5)
+        tls = ctx.wrap_socket(conn, server_side=True)
+        name = getattr(tls, "agentguard_sni", None)
+        log(event="handshake", local=local, peer=peer[0], sni=name)
+        tls.recv(4096)
+        tls.sendall(("HTTP/1.0 200 OK\r\n\r\nhello %s at %s\n" % (name, local)).encode())
+        tls.close()
+    except (OSError, ssl.SSLError) as exc:
+        log(event="failed", local=local, peer=peer[0], error=str(exc)[:80])
+        conn.close()
+sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+sock.bind(("::", 443))
+sock.listen(64)
+print("ready", flush=True)
+while True:
+    conn, peer = sock.accept()
+    threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+'''
+
+# The clients: each case in its own thread, every socket with a timeout; one JSON object out.
+CLIENT = r'''
+import json, os, socket, ssl, struct, sys, threading
+cafile, cases = sys.argv[1], json.loads(sys.argv[2])
+def connect(addr, timeout):
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect((addr, 443))
+    return sock
+def hello(sni):
+    """A TLS 1.3 ClientHello carrying `sni` as it is (Python's ssl never sends an IP literal)."""
+    name = sni.encode()
+    entry = b"\x00" + struct.pack(">H", len(name)) + name
+    names = struct.pack(">H", len(entry)) + entry
+    exts = struct.pack(">HH", 0, len(names)) + names
+    exts += struct.pack(">HHHHH", 10, 6, 4, 0x001D, 0x0017)
+    exts += struct.pack(">HHHHHH", 13, 8, 6, 0x0403, 0x0804, 0x0401)
+    exts += struct.pack(">HHB", 43, 5, 4) + struct.pack(">HH", 0x0304, 0x0303)
+    share = struct.pack(">HH", 0x001D, 32) + os.urandom(32)
+    exts += struct.pack(">HH", 51, len(share) + 2) + struct.pack(">H", len(share)) + share
+    body = (b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + struct.pack(">HHHH", 6, 0x1301, 0x1302, 0xC02B)
+            + b"\x01\x00" + struct.pack(">H", len(exts)) + exts)
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack(">H", len(handshake)) + handshake
+def tls(addr, sni, timeout):
+    ctx = ssl.create_default_context(cafile=cafile)
+    if sni is None:
+        ctx.check_hostname = False
+    with connect(addr, timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            for _ in range(16):
+                piece = conn.recv(4096)
+                if not piece:
+                    break
+                data += piece
+    return "answered: " + data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()
+def raw(addr, payload, timeout):
+    with connect(addr, timeout) as sock:
+        sock.sendall(payload)
+        try:
+            got = sock.recv(4096)
+        except socket.timeout:
+            return "no answer"
+    return "bytes back" if got else "closed"
+def run(key, case):
+    kind, addr = case[0], case[1]
+    try:
+        if kind == "tls":
+            results[key] = tls(addr, case[2], case[3])
+        elif kind == "hello":
+            results[key] = raw(addr, hello(case[2]), case[3])
+        else:
+            results[key] = raw(addr, b"GET / HTTP/1.0\r\nHost: api.test\r\n\r\n", case[2])
+    except socket.timeout:
+        results[key] = "timeout"
+    except (OSError, ssl.SSLError) as exc:
+        results[key] = "refused: %s" % type(exc).__name__
+results = {}
+threads = [threading.Thread(target=run, args=(key, case)) for key, case in cases.items()]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(30)
+print(json.dumps(results))
+'''
+
+
+def openssl(work, *argv):
+    sh("openssl", *argv, cwd=work)
+
+
+def make_ca(work):
+    """A throwaway CA and one server certificate for api.test and the co-tenant (EC P-256)."""
+    openssl(work, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=agentguard test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign", "-keyout", "ca.key", "-out", "ca.pem")
+    openssl(work, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=api.test",
+            "-keyout", "server.key", "-out", "server.csr")
+    with open(os.path.join(work, "san.ext"), "w") as handle:
+        handle.write("subjectAltName=DNS:api.test,DNS:cotenant.test\nextendedKeyUsage=serverAuth\n")
+    openssl(work, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", "san.ext", "-out", "server.pem")
+    os.chmod(os.path.join(work, "ca.pem"), 0o644)
+
+
+class Gate(object):
+    """The lab with the TLS server in place of the plain one, a container, and the gate's files."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.work = os.path.join(lab.tmp, "tls")
+        os.mkdir(self.work)
+        os.chmod(lab.tmp, 0o755)
+        os.chmod(self.work, 0o755)
+        make_ca(self.work)
+        # As on a CDN, DNS puts the co-tenant at the allowed name's address: only the gate's list
+        # (not a failed lookup) can keep it out.
+        lab.move_name("cotenant.test", [V4["allowed"], V6["allowed"]])
+        # First the container (its readiness probe wants the plain server's answer), then the TLS server.
+        bridge = lab.add_bridge("docker0", 30)
+        self.container = lab.add_container(bridge, 2)
+        for proc in [p for p in lab.procs if "server.py" in " ".join(p.args)]:
+            proc.terminate()  # the plain server holds port 443
+            proc.wait(timeout=5)
+            lab.procs.remove(proc)
+        self.server_log = os.path.join(self.work, "server.log")
+        code = os.path.join(self.work, "server_code.py")
+        with open(code, "w") as handle:
+            handle.write(SERVER)
+        lab.spawn(lab.peer, [PYTHON, code, os.path.join(self.work, "server.pem"), os.path.join(self.work, "server.key"),
+                             self.server_log], ready=True)
+        # The gate's own directory: nobody writes its log and pid file there, and nothing else.
+        self.gate_dir = os.path.join(self.work, "gate")
+        os.mkdir(self.gate_dir)
+        os.chown(self.gate_dir, GATE_UID, GATE_UID)
+        self.access_log = os.path.join(self.gate_dir, "access.log")
+        self.proc = None
+
+    def start(self, result):
+        """(Re)start nginx as the gate user with the configuration rendered from result.tls_gate."""
+        self.stop()
+        conf = os.path.join(self.work, "nginx.conf")
+        with open(conf, "w") as handle:
+            handle.write(G.render_nginx(result["tls_gate"], "pinned", [V4["dns"], V6["dns"]], self.access_log,
+                                        os.path.join(self.gate_dir, "nginx.pid"), os.path.join(self.gate_dir, "error.log")))
+        os.chmod(conf, 0o644)
+        argv = ["setpriv", "--reuid=%d" % GATE_UID, "--regid=%d" % GATE_UID, "--clear-groups",
+                NGINX, "-c", conf, "-e", os.path.join(self.gate_dir, "error.log"), "-g", "daemon off;"]
+        self.proc = self.lab.spawn(self.lab.host, argv)
+        deadline = time.monotonic() + 10
+        while ":%d " % GATE_PORT not in self.lab.run("ss", "-Hltn").stdout:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the gate did not start: %s" % self.proc.stderr.read())
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.lab.procs.remove(self.proc)
+            self.proc = None
+
+    def clients(self, cases, ns=None, uid=None):
+        argv = ["ip", "netns", "exec", ns or self.lab.host]
+        if uid is not None:
+            argv += ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
+        argv += ["/usr/bin/python3", "-c", CLIENT, os.path.join(self.work, "ca.pem"), json.dumps(cases)]
+        return json.loads(sh(*argv, timeout=60).stdout)
+
+    def server_events(self):
+        if not os.path.exists(self.server_log):
+            return []
+        with open(self.server_log) as handle:
+            return [json.loads(line) for line in handle]
+
+    def gate_log(self):
+        with open(self.access_log) as handle:
+            return G.parse_gate_log(handle)
+
+
+@pytest.fixture
+def gate(lab):
+    if not os.path.exists(G.STREAM_MODULE) or shutil.which("openssl") is None or not os.path.exists(NGINX):
+        pytest.skip("needs nginx with its stream module (nginx-light, libnginx-mod-stream) and openssl")
+    gate = Gate(lab)
+    yield gate
+    gate.stop()
+
+
+def cases_for(addr4, addr6, forbidden4, forbidden6, timeout=1.5):
+    """Every case of the matrix, both families."""
+    cases = {}
+    for family, allowed, forbidden in (("v4", addr4, forbidden4), ("v6", addr6, forbidden6)):
+        cases.update({
+            family + " allowed": ["tls", allowed, "api.test", 5],
+            family + " co-tenant": ["tls", allowed, "cotenant.test", 5],
+            family + " no sni": ["tls", allowed, None, 5],
+            family + " ip literal": ["hello", allowed, allowed, 5],
+            family + " plain tcp": ["plain", allowed, 5],
+            family + " allowed name, forbidden address": ["tls", forbidden, "api.test", timeout],
+        })
+    return cases
+
+
+def test_enforce_allows_the_name_only_to_its_addresses(lab, egress, gate, kernel_log):
+    before = (lab.save_all("ipv4"), lab.save_all("ipv6"))
+    plan = egress(POLICY, check=True)
+    assert plan["changed"] is True and plan["tls_gate"]["listeners"] == [{"port": 443, "listen": GATE_PORT}]
+    assert "-t nat -I OUTPUT 1 -j AGENTGUARD-TLS" in plan["changes"]["ipv6"]["added"]
+    assert (lab.save_all("ipv4"), lab.save_all("ipv6")) == before, "check mode must not touch the kernel"
+    result = egress(POLICY)
+    assert result["changed"] is True and result["tls_gate"] == plan["tls_gate"]
+    for family in ("ipv4", "ipv6"):
+        live = [line for line in lab.save_all(family).splitlines() if "AGENTGUARD-TLS" in line]
+        assert sorted(live) == sorted(line for line in result["rules"][family].splitlines() if "AGENTGUARD-TLS" in line)
+    assert result["tls_gate"] == {
+        "mode": "enforce", "user": GATE_USER, "uid": GATE_UID, "listeners": [{"port": 443, "listen": GATE_PORT}],
+        "names": [{"name": "api.test", "subdomains": False, "ports": [443], "addresses": [V4["allowed"], V6["allowed"]]}],
+        "ungated": []}
+    gate.start(result)
+    forbidden = ["tcp:%s:443" % V4["forbidden"], "tcp:[%s]:443" % V6["forbidden"]]
+    arrivals = Arrivals(lab.peer, forbidden)
+    mark = kernel_log.mark()
+    cases = cases_for(V4["allowed"], V6["allowed"], V4["forbidden"], V6["forbidden"])
+    local = gate.clients(cases, uid=AGENT_UID)
+    container = gate.clients(cases, ns=gate.container.ns)
+
+    for where, results in (("local", local), ("container", container)):
+        for family in ("v4", "v6"):
+            assert results[family + " allowed"].startswith("answered: hello api.test at "), (where, results)
+            for case in ("co-tenant", "no sni"):
+                assert results["%s %s" % (family, case)].startswith("refused: "), (where, case, results)
+            assert results[family + " ip literal"] == "closed", (where, results)
+            assert results[family + " plain tcp"] == "closed", (where, results)
+            assert results[family + " allowed name, forbidden address"] == "timeout", (where, results)
+
+    # At the server: exactly the four allowed handshakes, all from the gate (the host), all for
+    # api.test; no connection at all for the refused cases; nothing at the forbidden address.
+    events = gate.server_events()
+    assert len([e for e in events if e["event"] == "accept"]) == 4, events
+    assert sorted(e["sni"] for e in events if e["event"] == "handshake") == ["api.test"] * 4, events
+    assert set(e["peer"].replace("::ffff:", "") for e in events) <= {V4["host"], V6["host"]}, events
+    assert all(ipaddress.ip_address(e["local"].replace("::ffff:", "")) in
+               (ipaddress.ip_address(V4["allowed"]), ipaddress.ip_address(V6["allowed"])) for e in events), events
+    assert arrivals.since() == dict.fromkeys(forbidden, 0)
+
+    # Every refusal is in the gate's log, and the [EGRESS-TLS] kernel line joined to it names the
+    # sender (the uid, or the container's address) and where the client was going.
+    records = gate.gate_log()
+    joined = G.join_tls_log(records, G.parse_tls_kernel_log(kernel_log.since(mark)))
+    reasons = {"co-tenant": "not-allowed", "no sni": "no-sni", "ip literal": "ip-literal", "plain tcp": "not-tls"}
+    for where, source in (("local", None), ("container", gate.container)):
+        for family in ("v4", "v6"):
+            client = (source.v4 if family == "v4" else source.v6) if source else (V4["host"] if family == "v4" else V6["host"])
+            mine = [j for j in joined if j["client"] == client]
+            assert sorted(j["reason"] for j in mine) == sorted(reasons.values()), (where, family, records)
+            for item in mine:
+                assert item["logged"] and item["dst"] == (V4["allowed"] if family == "v4" else V6["allowed"]), item
+                assert item["dpt"] == 443 and item["listen"] == GATE_PORT
+                if source:
+                    assert item["uid"] is None and item["source"] == client and item["network"] == "docker0", item
+                else:
+                    assert item["uid"] == AGENT_UID and item["source"] is None, item
+            allowed = [r for r in records if r["client"] == client and r["reason"] == "allowed"]
+            assert len(allowed) == 1 and allowed[0]["sni"] == "api.test" and allowed[0]["status"] == 200
+
+    # Not an open proxy: the listener, reached directly (not redirected) from outside or from the
+    # container, is dropped before nginx sees it.
+    seen = len(records)
+    for ns, targets in ((lab.peer, ["%s:%d" % (V4["host"], GATE_PORT), "[%s]:%d" % (V6["host"], GATE_PORT)]),
+                        (gate.container.ns, ["%s:%d" % (gate.container.bridge.gw4, GATE_PORT),
+                                             "[%s]:%d" % (gate.container.bridge.gw6, GATE_PORT)])):
+        results = lab.probe(["tcp:" + t for t in targets], ns=ns, timeout=1.0)
+        assert set(results.values()) == {"timeout"}, results
+    assert len(gate.gate_log()) == seen
+
+    again = egress(POLICY)
+    assert again["changed"] is False and again["changes"]["ipv4"] == {"added": [], "removed": []}
+    removed = egress(dict(state="absent"))
+    assert removed["changed"] is True
+    assert "AGENTGUARD" not in lab.save_all("ipv4") and "AGENTGUARD" not in lab.save_all("ipv6")
+
+
+def test_audit_passes_the_cotenant_and_logs_it(lab, egress, gate, kernel_log):
+    result = egress(dict(POLICY, tls_gate="audit"))
+    assert result["tls_gate"]["mode"] == "audit"
+    gate.start(result)
+    cases = {"v4 co-tenant": ["tls", V4["allowed"], "cotenant.test", 5],
+             "v6 co-tenant": ["tls", V6["allowed"], "cotenant.test", 5],
+             "v4 no sni": ["tls", V4["allowed"], None, 5], "v6 ip literal": ["hello", V6["allowed"], V6["allowed"], 5]}
+    results = gate.clients(cases, uid=AGENT_UID)
+    assert results["v4 co-tenant"].startswith("answered: hello cotenant.test at "), results
+    assert results["v6 co-tenant"].startswith("answered: hello cotenant.test at "), results
+    # Audit cannot pass what has no name: nginx would not know where it was going.
+    assert results["v4 no sni"].startswith("refused: ") and results["v6 ip literal"] == "closed", results
+    handshakes = [e["sni"] for e in gate.server_events() if e["event"] == "handshake"]
+    assert handshakes == ["cotenant.test"] * 2
+    records = gate.gate_log()
+    assert sorted(r["reason"] for r in records) == ["ip-literal", "no-sni", "would-refuse-sni", "would-refuse-sni"]
+    assert all(r["status"] == 200 for r in records if r["reason"] == "would-refuse-sni")
