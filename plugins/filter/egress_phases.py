@@ -98,8 +98,6 @@ OPTION_VARS = {
     "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout", "dhcp": "egress_dhcp",
 }
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
-# The module accepts a set timeout from 10 s (and says so below); the filtering resolver needs 20.
-MIN_RESOLVER_SET_TIMEOUT = 20
 RESOLVED_UNIT = "systemd-resolved.service"
 LOOPBACK_RESOLVERS = ["127.0.0.1"]
 # Sockets on port 53 that collide with the filtering resolver's (systemd-resolved's 127.0.0.53/54 do not).
@@ -151,10 +149,6 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
             and options.get("mode") != "enforce" and not options.get("dns_servers")):
         errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
                       "local filtering resolver forwards the allowed names to.")
-    timeout = options.get("dns_set_timeout")
-    if 10 <= _int(timeout) < MIN_RESOLVER_SET_TIMEOUT:
-        errors.append("egress_dns_set_timeout is %s: use %d to 2147483 seconds (the resolver hands out answers "
-                      "for half of it)." % (timeout, MIN_RESOLVER_SET_TIMEOUT))
     invalid = [str(unit) for unit in dns_before_units or [] if not UNIT_RE.match(str(unit))]
     if invalid:
         errors.append("egress_dns_before_units must hold systemd unit names such as agent.service; invalid: %s."

@@ -74,8 +74,9 @@ GATE_MODES = ("off", "audit", "enforce")
 MIN_GATE_PORT = 1024
 GATE_PORT = 443
 DNS_MODES = ("pinned", "filtering")
-# In filtering mode the resolver adds answers to the sets with this lifetime at least.
-MIN_SET_TIMEOUT = 10
+# In filtering mode the resolver adds answers to the sets with this lifetime at least. The role's
+# resolver hands out answers for half of it (dnsmasq max-ttl), so 20 keeps every answer 10 s usable.
+MIN_SET_TIMEOUT = 20
 MAX_SET_TIMEOUT = 2147483
 # Seconds per DNS answer and extra attempts: a run must stay well inside the role's apply timeout.
 MIN_RESOLVE_TIMEOUT = 0.1

@@ -238,8 +238,8 @@ options:
   dns_set_timeout:
     description:
       - With O(dns_mode=filtering), seconds an address stays in a destination's set after the resolver's
-        last answer that carried it (10 to 2147483). Configure the resolver never to hand out or cache
-        an answer longer than this (the role sets dnsmasq's C(max-ttl) and C(max-cache-ttl) to it), so an
+        last answer that carried it (20 to 2147483). Configure the resolver never to hand out or cache
+        an answer longer than this (the role sets dnsmasq's C(max-ttl) and C(max-cache-ttl) to half of it), so an
         address stays allowed for as long as any client may use the answer, and a short TTL never cuts a
         connection (established connections pass by conntrack anyway).
     type: int

@@ -65,7 +65,7 @@ BAD = [
     ({"egress_allow": [{"name": "api", "host": "api.example.com", "subdomains": True}]}, INPUT_CHECK,
      ["egress_allow", "'api'", "subdomains: true", "dns_mode=filtering"]),
     ({"egress_rollback_timeout": 5}, INPUT_CHECK, ["egress_rollback_timeout is 5"]),
-    ({"egress_dns_set_timeout": 15, "egress_dns_mode": "filtering"}, INPUT_CHECK, ["egress_dns_set_timeout is 15"]),
+    ({"egress_dns_set_timeout": 15, "egress_dns_mode": "filtering"}, INPUT_CHECK, ["egress_dns_set_timeout: 15 is out of range"]),
     ({"egress_canary_forbidden": ["198.18.0.99"]}, INPUT_CHECK, ["egress_canary_forbidden", "198.18.0.99"]),
     # A connect that fails on the port, not on the firewall, must not count as blocked.
     ({"egress_canary_forbidden": ["198.18.0.66:443", "[fd00:19::20]:99999"]}, INPUT_CHECK,

@@ -214,7 +214,7 @@ def test_dynamic_set_members_are_not_drift():
 
 @pytest.mark.parametrize("over,fragment", [
     (dict(dns_resolver_user="nosuchuser"), "dns_resolver_user: user 'nosuchuser' does not exist"),
-    (dict(dns_set_timeout=5), "dns_set_timeout: 5 is out of range (10 to 2147483)"),
+    (dict(dns_set_timeout=5), "dns_set_timeout: 5 is out of range (20 to 2147483)"),
     (dict(dns_mode="recursive"), "dns_mode: 'recursive' is not one of pinned, filtering"),
     (dict(resolvers=["localhost"]), "resolvers[0]: 'localhost' is not an IP address"),
     (dict(allow=[dict(name="x", host="a.example", subdomains="yes")]), "allow[0].subdomains: 'yes' is not a boolean"),
