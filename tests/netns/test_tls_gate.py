@@ -8,6 +8,8 @@ answers a co-tenant name (one address, two names, as on a CDN) and at the forbid
 .66/::66; its certificate comes from a throwaway CA made by the test. The server logs every
 connection it accepts and the server name of every handshake, and packets are counted AT THE
 DESTINATION (conftest.Arrivals), so "refused" means the gate never opened a connection upstream.
+Scope host with pinned DNS first; then scope users (only the listed users are redirected, the gate's
+user is held to the allowlist) and dns_mode filtering (the gate asks a real filtering dnsmasq).
 """
 import ipaddress
 import json
@@ -198,15 +200,19 @@ class Gate(object):
         self.access_log = os.path.join(self.gate_dir, "access.log")
         self.proc = None
 
-    def start(self, result):
-        """(Re)start nginx as the gate user with the configuration rendered from result.tls_gate."""
+    def start(self, result, dns_mode="pinned", resolvers=(V4["dns"], V6["dns"])):
+        """(Re)start nginx as the gate user (result.tls_gate.uid) with the configuration rendered from
+        result.tls_gate; in filtering mode `resolvers` is the filtering resolver."""
         self.stop()
+        uid = result["tls_gate"]["uid"]
+        for path in [self.gate_dir] + [os.path.join(self.gate_dir, n) for n in os.listdir(self.gate_dir)]:
+            os.chown(path, uid, uid)
         conf = os.path.join(self.work, "nginx.conf")
         with open(conf, "w") as handle:
-            handle.write(G.render_nginx(result["tls_gate"], "pinned", [V4["dns"], V6["dns"]], self.access_log,
+            handle.write(G.render_nginx(result["tls_gate"], dns_mode, list(resolvers), self.access_log,
                                         os.path.join(self.gate_dir, "nginx.pid"), os.path.join(self.gate_dir, "error.log")))
         os.chmod(conf, 0o644)
-        argv = ["setpriv", "--reuid=%d" % GATE_UID, "--regid=%d" % GATE_UID, "--clear-groups",
+        argv = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
                 NGINX, "-c", conf, "-e", os.path.join(self.gate_dir, "error.log"), "-g", "daemon off;"]
         self.proc = self.lab.spawn(self.lab.host, argv)
         deadline = time.monotonic() + 10
@@ -360,3 +366,153 @@ def test_audit_passes_the_cotenant_and_logs_it(lab, egress, gate, kernel_log):
     records = gate.gate_log()
     assert sorted(r["reason"] for r in records) == ["ip-literal", "no-sni", "would-refuse-sni", "would-refuse-sni"]
     assert all(r["status"] == 200 for r in records if r["reason"] == "would-refuse-sni")
+
+
+OTHER_UID = 4343  # a local user that scope users does not restrict
+
+
+def test_users_scope_gates_only_the_restricted_users(lab, egress, gate, kernel_log):
+    """scope users: the restricted user's TLS goes through the gate (the co-tenant refused), another
+    user's does not (it reaches the server directly, and the gate never hears of it), and the gate's
+    own user, not redirected, is still held to the allowlist by the owner match in filter OUTPUT."""
+    result = egress(dict(POLICY, scope="users", users=[str(AGENT_UID)]))
+    assert result["tls_gate"]["uid"] == GATE_UID and result["tls_gate"]["listeners"] == [{"port": 443, "listen": GATE_PORT}]
+    gate.start(result)
+    forbidden = ["tcp:%s:443" % V4["forbidden"], "tcp:[%s]:443" % V6["forbidden"]]
+    arrivals = Arrivals(lab.peer, forbidden)
+    mark = kernel_log.mark()
+
+    # The gate's user goes where it decides, but only where the allowlist lets it: not to the forbidden server.
+    own = gate.clients({"v4 forbidden": ["tls", V4["forbidden"], "api.test", 1.5],
+                        "v6 forbidden": ["tls", V6["forbidden"], "api.test", 1.5]}, uid=GATE_UID)
+    assert own == {"v4 forbidden": "timeout", "v6 forbidden": "timeout"}, own
+    assert arrivals.since() == dict.fromkeys(forbidden, 0)
+
+    restricted = gate.clients({"v4 allowed": ["tls", V4["allowed"], "api.test", 5],
+                               "v6 allowed": ["tls", V6["allowed"], "api.test", 5],
+                               "v4 co-tenant": ["tls", V4["allowed"], "cotenant.test", 5],
+                               "v6 co-tenant": ["tls", V6["allowed"], "cotenant.test", 5]}, uid=AGENT_UID)
+    for family in ("v4", "v6"):
+        assert restricted[family + " allowed"].startswith("answered: hello api.test at "), restricted
+        assert restricted[family + " co-tenant"].startswith("refused: "), restricted
+    seen = gate.gate_log()
+    assert sorted((r["reason"], r["sni"]) for r in seen) == [("allowed", "api.test")] * 2 + [("not-allowed", "cotenant.test")] * 2
+
+    # Not redirected: the co-tenant answers this user itself (the gate would never pass it in enforce
+    # mode), and so does the forbidden server (the control: it was up when the gate's user tried it).
+    other = gate.clients({"v4 co-tenant": ["tls", V4["allowed"], "cotenant.test", 5],
+                          "v6 co-tenant": ["tls", V6["allowed"], "cotenant.test", 5],
+                          "v4 forbidden": ["tls", V4["forbidden"], "api.test", 5]}, uid=OTHER_UID)
+    # (The server listens on "::": an IPv4 client reaches it at the IPv4-mapped address.)
+    assert other["v4 co-tenant"] == "answered: hello cotenant.test at ::ffff:%s" % V4["allowed"], other
+    assert other["v6 co-tenant"] == "answered: hello cotenant.test at %s" % V6["allowed"], other
+    assert other["v4 forbidden"] == "answered: hello api.test at ::ffff:%s" % V4["forbidden"], other
+    assert arrivals.since()["tcp:%s:443" % V4["forbidden"]] > 0
+    assert gate.gate_log() == seen, "the unrestricted user's connections must not reach the gate"
+
+    # At the server: the two allowed handshakes (through the gate), the other user's three, nothing else.
+    # (The gate may take either family upstream: only the name is fixed for its two.)
+    handshakes = [(e["sni"], e["local"].replace("::ffff:", "")) for e in gate.server_events() if e["event"] == "handshake"]
+    assert sorted(h for h in handshakes if h[0] == "cotenant.test" or h[1] == V4["forbidden"]) == [
+        ("api.test", V4["forbidden"]), ("cotenant.test", V4["allowed"]), ("cotenant.test", V6["allowed"])], handshakes
+    assert sorted(h[0] for h in handshakes) == ["api.test"] * 3 + ["cotenant.test"] * 2, handshakes
+    assert len([e for e in gate.server_events() if e["event"] == "accept"]) == 5
+
+    # The refusals name the restricted user; no [EGRESS-TLS] line names the other user or the gate's
+    # (the kernel log is the machine's: other namespaces' lines may be there too).
+    kernel = G.parse_tls_kernel_log(kernel_log.since(mark))
+    assert not [k for k in kernel if k["uid"] in (OTHER_UID, GATE_UID)], kernel
+    joined = G.join_tls_log(seen, kernel)
+    assert [(j["uid"], j["dpt"], j["logged"]) for j in joined] == [(AGENT_UID, 443, True)] * 2, joined
+
+
+FILTERING_GATE_UID = 4344  # the filtering resolver runs as nobody; the gate needs a user of its own
+FILTERING = dict(POLICY, dns_mode="filtering", dns_resolver_user="nobody", resolvers=["127.0.0.1"], dns_set_timeout=20,
+                 tls_gate_user=str(FILTERING_GATE_UID))
+
+
+def test_filtering_mode_gate_resolves_through_the_filtering_resolver(lab, egress, gate):
+    """dns_mode filtering: the gate asks the filtering resolver (allowlisted names only, answers fill
+    the destination's sets) for the SNI, and connects to what it answered; a name not on the list is
+    refused by the gate without a query, and a co-tenant on the allowed address is refused."""
+    lab.start_filtering_resolver([("inference-api", "api.test")], set_timeout=20)
+
+    def resolver_log():
+        with open(os.path.join(lab.tmp, "filtering.log")) as handle:
+            return handle.readlines()
+
+    result = egress(FILTERING)
+    assert result["tls_gate"]["names"] == [{"name": "api.test", "subdomains": False, "ports": [443], "addresses": []}]
+    assert result["tls_gate"]["uid"] == FILTERING_GATE_UID
+    # The module seeds the sets from its own resolution: empty them, so only the resolver's answers count.
+    sets = ["ag4-inference-api", "ag6-inference-api"]
+    for name in sets:
+        lab.run("ipset", "flush", name)
+    gate.start(result, "filtering", ["127.0.0.1"])
+    forbidden = ["tcp:%s:443" % V4["forbidden"], "tcp:[%s]:443" % V6["forbidden"]]
+    arrivals = Arrivals(lab.peer, forbidden)
+
+    # Before any answer, the allowed address is in no set: not redirected, and denied.
+    before = gate.clients({"v4 allowed": ["tls", V4["allowed"], "api.test", 1.5]}, uid=AGENT_UID)
+    assert before == {"v4 allowed": "timeout"}, before
+    # The agent asks the filtering resolver, as it would through resolv.conf: the answers fill the sets.
+    asked = ["udp-dns:127.0.0.1:api.test", "udp-dns:127.0.0.1:api.test/AAAA"]
+    assert lab.probe(asked, uid=AGENT_UID) == dict.fromkeys(asked, "ok")
+    members = lab.ipset()
+    assert "add ag4-inference-api %s" % V4["allowed"] in members and "add ag6-inference-api %s" % V6["allowed"] in members, members
+
+    mark = len(resolver_log())
+    upstream_before = len(lab.upstream_queries())
+    cases = {}
+    for family, allowed, forbidden_addr in (("v4", V4["allowed"], V4["forbidden"]), ("v6", V6["allowed"], V6["forbidden"])):
+        cases.update({family + " allowed": ["tls", allowed, "api.test", 5],
+                      family + " co-tenant": ["tls", allowed, "cotenant.test", 5],
+                      family + " not listed": ["tls", allowed, "forbidden.test", 5],
+                      family + " allowed name, forbidden address": ["tls", forbidden_addr, "api.test", 1.5]})
+    results = gate.clients(cases, uid=AGENT_UID)
+    for family in ("v4", "v6"):
+        assert results[family + " allowed"].startswith("answered: hello api.test at "), results
+        assert results[family + " co-tenant"].startswith("refused: "), results
+        assert results[family + " not listed"].startswith("refused: "), results
+        assert results[family + " allowed name, forbidden address"] == "timeout", results
+
+    # nginx resolved api.test through the filtering resolver (the clients connect by address and ask
+    # nothing), and asked about no other name, here or upstream.
+    queries = [line for line in resolver_log()[mark:] if "query[" in line]
+    assert queries and all(" api.test from 127.0.0.1" in q for q in queries), queries
+    assert not [q for q in lab.upstream_queries()[upstream_before:] if "cotenant" in q or "forbidden" in q]
+    records = gate.gate_log()
+    assert sorted(r["reason"] for r in records) == ["allowed"] * 2 + ["not-allowed"] * 4, records
+    assert set(r["upstream"] for r in records if r["reason"] == "allowed") <= {
+        "%s:443" % V4["allowed"], "[%s]:443" % V6["allowed"]}, records
+
+    # At the destination: the two allowed handshakes, from the gate; nothing at the forbidden address.
+    events = gate.server_events()
+    assert sorted(e["sni"] for e in events if e["event"] == "handshake") == ["api.test"] * 2, events
+    assert len([e for e in events if e["event"] == "accept"]) == 2, events
+    assert set(e["peer"].replace("::ffff:", "") for e in events) <= {V4["host"], V6["host"]}, events
+    assert arrivals.since() == dict.fromkeys(forbidden, 0)
+    # What the resolver added to the sets is not drift, for the gate's redirect rules either.
+    assert egress(FILTERING)["changed"] is False
+
+    # audit passes a name that is not on the list to what the trusted resolver gives for it; in
+    # filtering mode that is the filtering resolver, which refuses it itself: nothing asks upstream,
+    # nothing connects, and the gate's log shows the refusal (the status), not a pass.
+    audit = egress(dict(FILTERING, tls_gate="audit"))
+    assert audit["tls_gate"]["mode"] == "audit"
+    gate.start(audit, "filtering", ["127.0.0.1"])
+    mark = len(resolver_log())
+    seen = len(gate.gate_log())
+    results = gate.clients({"v4 co-tenant": ["tls", V4["allowed"], "cotenant.test", 5],
+                            "v6 not listed": ["tls", V6["allowed"], "forbidden.test", 5]}, uid=AGENT_UID)
+    assert set(v.split(":")[0] for v in results.values()) == {"refused"}, results
+    queries = resolver_log()[mark:]
+    for name in ("cotenant.test", "forbidden.test"):
+        assert [q for q in queries if "query[" in q and " %s from 127.0.0.1" % name in q], queries
+        assert [q for q in queries if "config %s is NXDOMAIN" % name in q], queries
+    assert not [q for q in lab.upstream_queries()[upstream_before:] if "cotenant" in q or "forbidden" in q]
+    records = gate.gate_log()[seen:]
+    # (nginx logs a name its resolver could not resolve with status 500 in the run: anything but 200.)
+    assert sorted((r["reason"], r["sni"], r["status"] == 200) for r in records) == [
+        ("would-refuse-sni", "cotenant.test", False), ("would-refuse-sni", "forbidden.test", False)], records
+    assert sorted(e["sni"] for e in gate.server_events() if e["event"] == "handshake") == ["api.test"] * 2
