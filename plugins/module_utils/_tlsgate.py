@@ -88,7 +88,9 @@ def render_nginx(gate, dns_mode, resolvers, log_path, pid_path, error_log_path):
     Enforce: a connection passes only with an allowlisted SNI on a gated port, to the name's
     addresses (pinned: upstream blocks from the module's resolution; filtering: the filtering
     resolver's answer). Audit: a name that is not on the list passes too, to what the resolver gives
-    for it, logged as would-refuse-sni. A connection without SNI, with an IP literal, or that is not
+    for it, logged as would-refuse-sni (the filtering resolver gives nothing for such a name: in
+    filtering mode it is refused even so, logged would-refuse-sni with a status other than 200,
+    and parse_gate_log marks it refused). A connection without SNI, with an IP literal, or that is not
     TLS is refused in both modes: nginx cannot know where it was going.
     """
     _check_gate(gate, dns_mode)
@@ -205,8 +207,9 @@ def _split_client(text):
 
 def parse_gate_log(lines):
     """Records of the gate's access log lines ({time, client, client_port, sni, reason, listen,
-    status, upstream, bytes_received, bytes_sent}); lines of any other shape (a syslog or journal
-    prefix is skipped) are ignored."""
+    status, upstream, bytes_received, bytes_sent, refused}); lines of any other shape (a syslog or
+    journal prefix is skipped) are ignored. refused: the connection did not pass (a refusal reason,
+    or would-refuse-sni that could not be passed: nginx's status for a passed stream is 200)."""
     records = []
     for line in lines:
         match = LOG_LINE_RE.search(line)
@@ -217,14 +220,17 @@ def parse_gate_log(lines):
         except ValueError:
             continue
         upstream = match.group("upstream")
+        reason = match.group("reason") or "not-resolved"
+        status = int(match.group("status"))
         records.append({
             "time": match.group("time"),
             "client": client,
             "client_port": client_port,
             "sni": match.group("sni"),
-            "reason": match.group("reason") or "not-resolved",
+            "reason": reason,
             "listen": int(match.group("listen")),
-            "status": int(match.group("status")),
+            "status": status,
+            "refused": reason in REFUSALS or status != 200,
             "upstream": "" if upstream == "-" else upstream,
             "bytes_received": int(match.group("received")) if match.group("received") else None,
             "bytes_sent": int(match.group("sent")) if match.group("sent") else None,

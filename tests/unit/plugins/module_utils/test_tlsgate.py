@@ -109,15 +109,20 @@ LOG = [
     'reason=not-allowed status=500 upstream="-" bytes=517/0',
     "2026/11/30 03:00:01 [error] 12#12: *1 no host in upstream \"\"",
     "time=garbage client=nohost listen=1",
+    # audit in filtering DNS mode: the filtering resolver has no answer for a name not on the list
+    'time=2026-11-30T03:00:06+00:00 client=198.18.49.1:56002 listen=10443 sni="cotenant.agtg.test" '
+    'reason=would-refuse-sni status=500 upstream="-" bytes=517/0',
+    'time=2026-11-30T03:00:07+00:00 client=198.18.49.1:56004 listen=10443 sni="cotenant.agtg.test" '
+    'reason=would-refuse-sni status=200 upstream="198.18.49.10:443" bytes=900/4000',
 ]
 
 
 def test_parse_gate_log():
     records = G.parse_gate_log(LOG)
-    assert len(records) == 5
+    assert len(records) == 7
     assert records[0] == {"time": "2026-11-30T03:00:01+00:00", "client": "198.18.48.2", "client_port": 49982,
                           "sni": "cotenant.agtg.test", "reason": "not-allowed", "listen": 10443, "status": 500,
-                          "upstream": "", "bytes_received": 517, "bytes_sent": 0}
+                          "upstream": "", "bytes_received": 517, "bytes_sent": 0, "refused": True}
     assert records[1]["client"] == "fd00:48:1::2" and records[1]["client_port"] == 56872
     assert records[1]["reason"] == "allowed" and records[1]["upstream"] == "[fd00:48:2::10]:443"
     assert records[2]["sni"] == "" and records[2]["reason"] == "not-tls"
@@ -125,6 +130,7 @@ def test_parse_gate_log():
     assert records[3]["reason"] == "not-resolved" and records[3]["status"] == 502
     # nginx escapes the quote: a server name cannot forge the reason field.
     assert records[4]["reason"] == "not-allowed" and records[4]["sni"] == "a b\\x22 reason=allowed"
+    assert [r["refused"] for r in records] == [True, False, True, True, True, True, False]
 
 
 KERNEL = [
@@ -149,7 +155,8 @@ def test_parse_kernel_lines_keeps_ours_only():
 def test_join_adds_uid_or_container_and_the_original_destination():
     joined = G.join_tls_log(G.parse_gate_log(LOG), G.parse_tls_kernel_log(KERNEL))
     assert [(j["client"], j["client_port"]) for j in joined] == [
-        ("198.18.48.2", 49982), ("198.18.49.1", 55996), ("198.18.49.1", 55998), ("198.18.49.1", 56000)]
+        ("198.18.48.2", 49982), ("198.18.49.1", 55996), ("198.18.49.1", 55998), ("198.18.49.1", 56000),
+        ("198.18.49.1", 56002), ("198.18.49.1", 56004)]
     forwarded, local = joined[0], joined[1]
     assert forwarded["source"] == "198.18.48.2" and forwarded["network"] == "br0" and forwarded["uid"] is None
     assert forwarded["dst"] == "198.18.49.10" and forwarded["dpt"] == 443 and forwarded["logged"]
@@ -157,7 +164,7 @@ def test_join_adds_uid_or_container_and_the_original_destination():
     # No kernel line (rate limit): kept, with nothing joined.
     assert joined[2]["logged"] is False and joined[2]["uid"] is None and joined[2]["dst"] is None
     everything = G.join_tls_log(G.parse_gate_log(LOG), G.parse_tls_kernel_log(KERNEL), refusals_only=False)
-    assert len(everything) == 5 and everything[1]["reason"] == "allowed"
+    assert len(everything) == 7 and everything[1]["reason"] == "allowed"
 
 
 def test_the_last_kernel_line_for_a_reused_port_wins():
