@@ -258,7 +258,7 @@ options:
         to the TLS gate, which lets it through only with an allowlisted server name, to that name's own
         addresses. V(audit) redirects the same way; the gate also passes names not on the list (logging
         them C(would-refuse-sni)) to what the resolver answers for them. With O(dns_mode=filtering) that
-        resolver is the filtering one, which answers no name that is not on the list: audit then refuses
+        resolver is the filtering one, which answers no name that is not on the list, so audit then refuses
         such names too (logged C(would-refuse-sni) with a status other than 200, which the log readers
         count as a refusal); audit a new policy's names in pinned mode. A connection without a server
         name, with an IP literal, or that is not TLS is refused in both modes, since the gate cannot know
