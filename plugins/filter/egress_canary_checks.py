@@ -62,8 +62,8 @@ _value:
 import re
 from collections import OrderedDict
 
-from ansible.errors import AnsibleFilterError
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host, parse_port
+from ansible_collections.agentguard.hardening.plugins.plugin_utils._filters import parse_each
 
 # host:port, IPv6 as [address]:port. The port part is checked by parse_port, the host by parse_host.
 _BRACKETED = re.compile(r"^\[([^\[\]]*)\]:([^:\[\]]*)$")
@@ -114,16 +114,7 @@ def canary_target(entry, where):
 
 def egress_canary_targets(forbidden):
     """The probes of egress_canary_forbidden, in order: [{entry, host, port}]."""
-    if not isinstance(forbidden, list):
-        raise AnsibleFilterError("egress_canary_targets expects the list egress_canary_forbidden, got %s"
-                                 % type(forbidden).__name__)
-    targets = []
-    for index, entry in enumerate(forbidden):
-        try:
-            targets.append(canary_target(entry, "egress_canary_forbidden[%d]" % index))
-        except ValueError as exc:
-            raise AnsibleFilterError(str(exc))
-    return targets
+    return parse_each("egress_canary_targets", "egress_canary_forbidden", forbidden, canary_target)
 
 
 def egress_canary_checks(allow, resolved, families=FAMILIES):

@@ -39,20 +39,13 @@ _value:
   elements: str
 """
 
-from ansible.errors import AnsibleFilterError
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import parse_network
+from ansible_collections.agentguard.hardening.plugins.plugin_utils._filters import parse_each
 
 
 def egress_dns_interfaces(networks):
-    if not isinstance(networks, list):
-        raise AnsibleFilterError("egress_dns_interfaces expects the list egress_scope_networks, got %s"
-                                 % type(networks).__name__)
     result = []
-    for index, value in enumerate(networks):
-        try:
-            network = parse_network(value, "egress_scope_networks[%d]" % index)
-        except ValueError as exc:
-            raise AnsibleFilterError(str(exc))
+    for network in parse_each("egress_dns_interfaces", "egress_scope_networks", networks, parse_network):
         if network.kind != "iface":
             continue
         pattern = network.value[:-1] + "*" if network.value.endswith("+") else network.value

@@ -5,19 +5,19 @@
 
 """Read the names the filtering resolver refused from its query log.
 
-Private to agentguard.hardening. The kernel's denied-egress lines are read by _denials.
+Private to agentguard.hardening. The kernel's denied-egress lines are read by _kernlog; where the
+resolver's lines come from (its journal, a file) is _log_sources' part.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import datetime
 import ipaddress
 import json
 import re
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._denials import UTC, epoch, strip_timestamp
+from ansible_collections.agentguard.hardening.plugins.module_utils._logtime import epoch, iso_text, journal_fields, strip_timestamp
 
 # The filtering resolver (dnsmasq, log-queries=extra) logs every query and its fate, one line each,
 # numbered per query ("serial") and prefixed with the client's address and port:
@@ -50,11 +50,7 @@ def split_dns_line(line, now=None):
         entry = json.loads(line)  # ValueError: a damaged journal line
         if not isinstance(entry, dict):
             raise ValueError("not a journal entry")
-        message = entry.get("MESSAGE", "")
-        if isinstance(message, list):  # journald stores non-UTF-8 messages as byte arrays
-            message = bytes(message).decode("utf-8", "replace")
-        stamp = entry.get("__REALTIME_TIMESTAMP")
-        when = datetime.datetime.fromtimestamp(int(stamp) / 1e6, UTC) if stamp else None
+        when, message = journal_fields(entry)
         return when, entry.get("SYSLOG_IDENTIFIER"), entry.get("_PID") or entry.get("SYSLOG_PID"), str(message)
     when, rest = strip_timestamp(line, now)
     tag = DNSMASQ_TAG_RE.match(rest)
@@ -128,7 +124,7 @@ def collect_refused(lines, since=None, now=None, identifier="dnsmasq"):
             "name": fields["name"],
             "qtype": query["qtype"] if query else None,
             "client": query["client"] if query else fields["client"],
-            "time": when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None,
+            "time": iso_text(when) if when else None,
         })
     return records, stats
 

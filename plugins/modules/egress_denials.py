@@ -35,16 +35,11 @@ description:
     its query log and returns the names it refused (answered NXDOMAIN from its own configuration, never asked upstream) in
     RV(refused_names), since the name an attacker tried is often the most telling evidence. Allowed,
     forwarded and cached queries are not returned.
-  - It only reads; check mode returns the same result.
 author:
   - agentguard.hardening developers (@agentguard)
 extends_documentation_fragment:
+  - agentguard.hardening.linux
   - agentguard.hardening.read_only
-attributes:
-  platform:
-    support: full
-    platforms: posix
-    description: Linux hosts.
 options:
   prefix:
     description: The log prefix of the deny rules, as set by O(agentguard.hardening.egress_rules#module:log_prefix).
@@ -53,7 +48,8 @@ options:
   source:
     description:
       - Where to read. V(auto) tries the journal, then O(path), then the kernel ring buffer,
-        and uses the first that holds at least one line with the prefix.
+        and uses the first that holds at least one line with the prefix; it warns when none of them can be read.
+      - A source named here that cannot be read fails the module, the message saying why.
       - V(journal) reads C(journalctl -k -o json); V(file) reads O(path); V(dmesg) reads the kernel
         ring buffer (C(dmesg --time-format iso)), which only holds recent lines.
     type: str
@@ -276,233 +272,34 @@ dns_stats:
   sample: {lines: 67, queries: 24, refused: 16, malformed: 0, foreign: 4, older: 0, no_time: 0}
 """
 
-import datetime
-import json
-import os
-import pwd
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.agentguard.hardening.plugins.module_utils._denials import (
-    UTC,
-    aggregate,
-    collect,
-    limit_text,
-    log_limits,
-    mark_attempts,
-    mark_canary,
-    parse_since,
-    sender_text,
-    time_order,
-    timeline,
+from ansible_collections.agentguard.hardening.plugins.module_utils._log_sources import Failure, HostIO, denials_result
+
+ARGUMENT_SPEC = dict(
+    prefix=dict(type="str", default="[EGRESS-DENIED] "),
+    source=dict(type="str", choices=["auto", "journal", "file", "dmesg"], default="auto"),
+    path=dict(type="path", default="/var/log/kern.log"),
+    since=dict(type="str"),
+    local_only=dict(type="bool", default=True),
+    bucket_seconds=dict(type="int", default=300),
+    max_records=dict(type="int", default=200),
+    dns_source=dict(type="str", choices=["auto", "journal", "file", "none"], default="auto"),
+    dns_unit=dict(type="str", default="agentguard-dns.service"),
+    dns_path=dict(type="path", default="/var/log/syslog"),
+    dns_max_names=dict(type="int", default=200),
+    canary_source_port=dict(type="int", default=30999),
 )
-from ansible_collections.agentguard.hardening.plugins.module_utils._dnslog import aggregate_refused, collect_refused
-
-
-def local_links(module):
-    """(addresses, interface names) of this host, from `ip -j addr`; (None, None) when unknown."""
-    ip = module.get_bin_path("ip")
-    if ip is None:
-        return None, None
-    rc, out, err = module.run_command([ip, "-j", "addr", "show"], environ_update={"LC_ALL": "C"})
-    if rc != 0:
-        return None, None
-    import ipaddress
-    found, names = set(), set()
-    for link in json.loads(out or "[]"):
-        if link.get("ifname"):
-            names.add(link["ifname"])
-        for info in link.get("addr_info", []):
-            try:
-                found.add(str(ipaddress.ip_address(info["local"])))
-            except (KeyError, ValueError):
-                continue
-    return found, names
-
-
-def user_name(uid):
-    if uid is None:
-        return None
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-def boot_time():
-    with open("/proc/stat") as handle:
-        for line in handle:
-            if line.startswith("btime "):
-                return datetime.datetime.fromtimestamp(int(line.split()[1]), UTC)
-    return None
-
-
-def read_source(module, source, since):
-    """Return (label, lines) for one source, or (label, None) if it cannot be read."""
-    if source == "journal":
-        journalctl = module.get_bin_path("journalctl")
-        if journalctl is None:
-            return "journal", None
-        argv = [journalctl, "-k", "-o", "json", "--no-pager", "-q"]
-        if since is not None:
-            argv += ["--since", since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")]
-        rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
-        return "journal", out.splitlines() if rc == 0 else None
-    if source == "file":
-        return _file_lines(module.params["path"])
-    dmesg = module.get_bin_path("dmesg")
-    if dmesg is None:
-        return "dmesg", None
-    rc, out, err = module.run_command([dmesg, "--time-format", "iso"], environ_update={"LC_ALL": "C"})
-    if rc != 0:
-        rc, out, err = module.run_command([dmesg], environ_update={"LC_ALL": "C"})
-    return "dmesg", out.splitlines() if rc == 0 else None
-
-
-def _file_lines(path):
-    """(path, lines) of a readable file; (path, None) when it cannot be read."""
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        return path, None
-    with open(path, errors="replace") as handle:
-        return path, handle.read().splitlines()
-
-
-def read_dns(module, since):
-    """(label, lines) of the resolver's query log; (label, None) when the requested source cannot be read."""
-    source, unit = module.params["dns_source"], module.params["dns_unit"]
-    if source == "none":
-        return "none", []
-    if source == "file":
-        return _file_lines(module.params["dns_path"])
-    journalctl = module.get_bin_path("journalctl")
-    if journalctl is None:
-        return ("none", []) if source == "auto" else ("journal", None)
-    if source == "auto":
-        systemctl = module.get_bin_path("systemctl")
-        known = False
-        if systemctl is not None:
-            rc, out, err = module.run_command([systemctl, "show", "--property=LoadState", "--value", unit],
-                                              environ_update={"LC_ALL": "C"})
-            known = rc == 0 and out.strip() not in ("", "not-found")
-        if not known:
-            rc, out, err = module.run_command([journalctl, "-u", unit, "-n", "1", "-o", "cat", "--no-pager", "-q"],
-                                              environ_update={"LC_ALL": "C"})
-            known = rc == 0 and bool(out.strip())
-        if not known:
-            return "none", []
-    # Only the fields the parser needs: a query log is large.
-    argv = [journalctl, "-u", unit, "-o", "json", "--output-fields=MESSAGE,SYSLOG_IDENTIFIER,_PID,SYSLOG_PID",
-            "--no-pager", "-q"]
-    if since is not None:
-        argv += ["--since", since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")]
-    rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
-    if rc != 0:
-        if source == "auto":
-            module.warn("cannot read the journal of %s: %s" % (unit, (err or out).strip()))
-            return "none", []
-        return "journal", None
-    return "journal", out.splitlines()
-
-
-def read_limits(module, prefix):
-    """The logging rules with this prefix in the live rules of both families, with their rate limit."""
-    found = []
-    for family, command in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
-        binary = module.get_bin_path(command)
-        if binary is None:
-            continue
-        rc, out, err = module.run_command([binary], environ_update={"LC_ALL": "C"})
-        if rc == 0:
-            found += log_limits(out, prefix, family)
-    return found
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            prefix=dict(type="str", default="[EGRESS-DENIED] "),
-            source=dict(type="str", choices=["auto", "journal", "file", "dmesg"], default="auto"),
-            path=dict(type="path", default="/var/log/kern.log"),
-            since=dict(type="str"),
-            local_only=dict(type="bool", default=True),
-            bucket_seconds=dict(type="int", default=300),
-            max_records=dict(type="int", default=200),
-            dns_source=dict(type="str", choices=["auto", "journal", "file", "none"], default="auto"),
-            dns_unit=dict(type="str", default="agentguard-dns.service"),
-            dns_path=dict(type="path", default="/var/log/syslog"),
-            dns_max_names=dict(type="int", default=200),
-            canary_source_port=dict(type="int", default=30999),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
-    if not params["prefix"]:
-        module.fail_json(msg="prefix: '' must be the non-empty log prefix of the deny rules")
-    if params["bucket_seconds"] < 1 or params["max_records"] < 0 or params["dns_max_names"] < 0:
-        module.fail_json(msg="bucket_seconds must be at least 1, max_records and dns_max_names at least 0 (got %s, %s, %s)"
-                         % (params["bucket_seconds"], params["max_records"], params["dns_max_names"]))
-    if not 0 <= params["canary_source_port"] <= 65535:
-        module.fail_json(msg="canary_source_port must be a port (0 for none), got %s" % params["canary_source_port"])
-    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    host = HostIO(run=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}),
+                  which=module.get_bin_path, warn=module.warn)
     try:
-        since = parse_since(params["since"], now=now)
-    except ValueError as exc:
+        result = denials_result(host, module.params)
+    except Failure as exc:
         module.fail_json(msg=str(exc))
-    local, interfaces = local_links(module) if params["local_only"] else (None, None)
-    if params["local_only"] and local is None:
-        module.warn("cannot list this host's addresses (no `ip`); records of every host are returned")
-
-    order = ["journal", "file", "dmesg"] if params["source"] == "auto" else [params["source"]]
-    label, records, stats = "none", [], {"lines": 0, "matched": 0, "malformed": 0, "other_hosts": 0, "older": 0, "no_time": 0}
-    unreadable = []
-    for source in order:
-        where, lines = read_source(module, source, since)
-        if lines is None:
-            unreadable.append(where)
-            continue
-        found, found_stats = collect(lines, params["prefix"], since=since, local_addresses=local, boot_time=boot_time(),
-                                     local_interfaces=interfaces)
-        if params["source"] != "auto" or found_stats["matched"] or found_stats["older"] or found_stats["other_hosts"]:
-            label, records, stats = where, found, found_stats
-            break
-    if params["source"] != "auto" and label == "none":
-        module.fail_json(msg="cannot read %s" % ", ".join(unreadable))
-
-    limits = read_limits(module, params["prefix"])
-    dns_label, dns_lines = read_dns(module, since)
-    if dns_lines is None:
-        module.fail_json(msg="cannot read the resolver's log from %s" % dns_label)
-    refused, dns_stats = collect_refused(dns_lines, since=since)
-    names = aggregate_refused(refused)
-
-    records.sort(key=time_order)
-    mark_attempts(mark_canary(records, params["canary_source_port"]))
-    groups = aggregate(records)
-    for group in groups:
-        group["user"] = user_name(group["uid"])
-        group["sender_text"] = sender_text(group)
-    module.exit_json(
-        changed=False,
-        denials=groups,
-        records=records[-params["max_records"]:] if params["max_records"] else [],
-        timeline=timeline(records, params["bucket_seconds"]),
-        window={"start": since.astimezone(UTC).isoformat().replace("+00:00", "Z") if since else None,
-                "end": now.isoformat().replace("+00:00", "Z"), "bucket_seconds": params["bucket_seconds"]},
-        total=len(records),
-        attempts=sum(1 for record in records if record["attempt"] and not record["canary"]),
-        forwarded_total=sum(1 for record in records if record["direction"] == "forward"),
-        forwarded_attempts=sum(1 for record in records if record["direction"] == "forward" and record["attempt"]),
-        canary_total=sum(1 for record in records if record["canary"]),
-        canary_attempts=sum(1 for record in records if record["canary"] and record["attempt"]),
-        log_limits=limits,
-        log_limit_text=limit_text(limits),
-        source=label,
-        stats=stats,
-        refused_names=names[:params["dns_max_names"]],
-        refused_total=len(refused),
-        refused_distinct=len(names),
-        dns_source=dns_label,
-        dns_stats=dns_stats,
-    )
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ description:
     with O(runtime_users), which runtime API sockets those users can connect to.
   - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
     an unchanged host costs this module and the plan of M(agentguard.hardening.egress_rules).
-  - It only reads; check mode returns the same result.
 author:
   - agentguard.hardening developers (@agentguard)
 extends_documentation_fragment:
+  - agentguard.hardening.linux
   - agentguard.hardening.read_only
 attributes:
   platform:
-    support: full
-    platforms: posix
     description: Linux hosts with C(dpkg) (Debian family) or C(rpm) (Red Hat family).
 options:
   packages:

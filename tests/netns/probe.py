@@ -9,34 +9,34 @@ icmp needs a raw socket (root).
 With --repeat N, each target is tried N times (at most 50 at once) and its result is a
 count per outcome, e.g. {"timeout": 1000}.
 """
+import contextlib
 import json
 import socket
 import sys
 import threading
 
 
-def tcp(host, port, timeout):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+@contextlib.contextmanager
+def connected(kind, host, port, timeout):
+    """A socket of the address's family (SOCK_STREAM or SOCK_DGRAM) connected to host:port, closed after."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     sock.settimeout(timeout)
     try:
         sock.connect((host, int(port)))
-        data = sock.recv(64)
-        return "ok" if data else "ok-empty"
+        yield sock
     finally:
         sock.close()
+
+
+def tcp(host, port, timeout):
+    with connected(socket.SOCK_STREAM, host, port, timeout) as sock:
+        return "ok" if sock.recv(64) else "ok-empty"
 
 
 def udp(host, port, timeout):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect((host, int(port)))
+    with connected(socket.SOCK_DGRAM, host, port, timeout) as sock:
         sock.send(b"agentguard-probe\n")
         return "ok" if sock.recv(512) else "ok-empty"
-    finally:
-        sock.close()
 
 
 def icmp(host, timeout):

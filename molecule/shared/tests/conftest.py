@@ -319,15 +319,21 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 
 
+def made_once(cache, key, make):
+    """make(), made the first time key is asked for and then kept in cache: a test host, a probe run, ...
+    is shared by the tests of every module that asks for it (the fixtures' scope is the module)."""
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 _TARGETS = {}
 
 
 @pytest.fixture(scope="module")
 def target(request):
     name = request.param
-    if name not in _TARGETS:
-        _TARGETS[name] = Target(name, inventory_hosts(request.config)[name], role_defaults())
-    return _TARGETS[name]
+    return made_once(_TARGETS, name, lambda: Target(name, inventory_hosts(request.config)[name], role_defaults()))
 
 
 @pytest.fixture(scope="session")
@@ -336,26 +342,40 @@ def sibling():
 
 
 # ------------------------------------------------------------------------------- probe sets
-def blocked_probes(family):
-    """What the policy must deny (and log), one attempt each, for one family."""
+def lab_probes(family, qname="api.openclaw.security"):
+    """Every probe the scenarios try against the lab, by name, for one family (qname: the name the DNS
+    probes ask the rogue resolver). A scenario picks its set with probe_set()."""
     forbidden, api, resolver = (lab_addr(r, family) for r in ("forbidden", "api", "resolver"))
     tcp = {"kind": "tcp", "timeout": TCP_TIMEOUT, "proto": "TCP"}
-    probes = [
-        dict(tcp, what="forbidden host on 443 by address", host=forbidden, port=443),
-        dict(tcp, what="forbidden host on 443 by name", host="exfil.attacker.lab", port=443),
-        dict(tcp, what="allowed host on plain HTTP 80", host=api, port=80),
-        dict(kind="udp", what="allowed host on UDP 443 (QUIC)", host=api, port=443, timeout=DGRAM_TIMEOUT, proto="UDP"),
-        dict(kind="dns-udp", what="rogue resolver on UDP 53", host=forbidden, port=53, timeout=DGRAM_TIMEOUT,
-             proto="UDP", qname="api.openclaw.security"),
-        dict(kind="dns-tcp", what="rogue resolver on TCP 53", host=forbidden, port=53, timeout=TCP_TIMEOUT,
-             proto="TCP", qname="api.openclaw.security"),
-        dict(tcp, what="DNS-over-TLS 853 to the trusted resolver", host=resolver, port=853),
-        dict(tcp, what="SMTP 25 to the forbidden host", host=forbidden, port=25),
-        dict(tcp, what="SSH 22 to the forbidden host", host=forbidden, port=22),
-        dict(kind="icmp", what="ICMP echo to the forbidden host", host=forbidden, timeout=DGRAM_TIMEOUT,
-             proto="ICMP" if family == 4 else "ICMPv6"),
-    ]
-    return with_ids(probes, family)
+    return {
+        "forbidden-443": dict(tcp, what="forbidden host on 443 by address", host=forbidden, port=443),
+        "forbidden-name-443": dict(tcp, what="forbidden host on 443 by name", host="exfil.attacker.lab", port=443),
+        "forbidden-80": dict(tcp, what="forbidden host on plain HTTP 80", host=forbidden, port=80),
+        "api-80": dict(tcp, what="allowed host on plain HTTP 80", host=api, port=80),
+        "api-quic": dict(kind="udp", what="allowed host on UDP 443 (QUIC)", host=api, port=443, timeout=DGRAM_TIMEOUT,
+                         proto="UDP"),
+        "rogue-dns-udp": dict(kind="dns-udp", what="rogue resolver on UDP 53", host=forbidden, port=53,
+                              timeout=DGRAM_TIMEOUT, proto="UDP", qname=qname),
+        "rogue-dns-tcp": dict(kind="dns-tcp", what="rogue resolver on TCP 53", host=forbidden, port=53,
+                              timeout=TCP_TIMEOUT, proto="TCP", qname=qname),
+        "dot-853": dict(tcp, what="DNS-over-TLS 853 to the trusted resolver", host=resolver, port=853),
+        "smtp-25": dict(tcp, what="SMTP 25 to the forbidden host", host=forbidden, port=25),
+        "ssh-22": dict(tcp, what="SSH 22 to the forbidden host", host=forbidden, port=22),
+        "icmp": dict(kind="icmp", what="ICMP echo to the forbidden host", host=forbidden, timeout=DGRAM_TIMEOUT,
+                     proto="ICMP" if family == 4 else "ICMPv6"),
+    }
+
+
+def probe_set(family, names, **options):
+    """The lab_probes() of these names, in this order, with their ids (with_ids)."""
+    catalog = lab_probes(family, **options)
+    return with_ids([catalog[name] for name in names], family)
+
+
+def blocked_probes(family):
+    """What the policy must deny (and log), one attempt each, for one family."""
+    return probe_set(family, ("forbidden-443", "forbidden-name-443", "api-80", "api-quic", "rogue-dns-udp",
+                              "rogue-dns-tcp", "dot-853", "smtp-25", "ssh-22", "icmp"))
 
 
 def with_ids(probes, family):
@@ -406,9 +426,7 @@ _RUNS = {}
 @pytest.fixture(scope="module")
 def blocked_run(target):
     """The blocked probe set, run once per test host (all probes in parallel, about 1.5 s)."""
-    if target.name not in _RUNS:
-        _RUNS[target.name] = BlockedRun(target)
-    return _RUNS[target.name]
+    return made_once(_RUNS, target.name, lambda: BlockedRun(target))
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from conftest import (DGRAM_TIMEOUT, PROBE_SOURCE, TCP_TIMEOUT, dmesg_lines, dmesg_mark, lab_addr, log_match,
-                      parse_log_line, service_log_since, service_log_sizes, wait_for_log_budget, with_ids)
+from conftest import (PROBE_SOURCE, dmesg_lines, dmesg_mark, lab_addr, log_match, made_once, parse_log_line,
+                      probe_set, service_log_since, service_log_sizes, wait_for_log_budget)
 
 API = "api.openclaw.security"
 API_BODY = "agentguard-lab api ok"
@@ -81,34 +81,16 @@ _SOURCES = {}
 
 
 def source_of(target, name):
-    key = (target.name, name)
-    if key not in _SOURCES:
-        _SOURCES[key] = Source(target, name)
-    return _SOURCES[key]
+    return made_once(_SOURCES, (target.name, name), lambda: Source(target, name))
 
 
 # ------------------------------------------------------------------------------------- probes
 def probes_for(family):
-    forbidden, api, resolver = (lab_addr(r, family) for r in ("forbidden", "api", "resolver"))
-    tcp = {"kind": "tcp", "timeout": TCP_TIMEOUT, "proto": "TCP"}
-    probes = [
-        dict(tcp, what="forbidden host on 443 by address", host=forbidden, port=443),
-        dict(tcp, what="forbidden host on 443 by name", host="exfil.attacker.lab", port=443),
-        dict(tcp, what="forbidden host on plain HTTP 80", host=forbidden, port=80),
-        dict(tcp, what="allowed host on plain HTTP 80", host=api, port=80),
-        dict(kind="udp", what="allowed host on UDP 443 (QUIC)", host=api, port=443, timeout=DGRAM_TIMEOUT, proto="UDP"),
-        # A name outside the allowlist: the rogue resolver answers it with its own address, the
-        # filtering resolver (DNS from containers is redirected to it) with NXDOMAIN.
-        dict(kind="dns-udp", what="rogue resolver on UDP 53", host=forbidden, port=53, timeout=DGRAM_TIMEOUT,
-             proto="UDP", qname="exfil.attacker.lab"),
-        dict(kind="dns-tcp", what="rogue resolver on TCP 53", host=forbidden, port=53, timeout=TCP_TIMEOUT,
-             proto="TCP", qname="exfil.attacker.lab"),
-        dict(tcp, what="DNS-over-TLS 853 to the trusted resolver", host=resolver, port=853),
-        dict(tcp, what="SMTP 25 to the forbidden host", host=forbidden, port=25),
-        dict(kind="icmp", what="ICMP echo to the forbidden host", host=forbidden, timeout=DGRAM_TIMEOUT,
-             proto="ICMP" if family == 4 else "ICMPv6"),
-    ]
-    return with_ids(probes, family)
+    # A name outside the allowlist: the rogue resolver answers it with its own address, the
+    # filtering resolver (DNS from containers is redirected to it) with NXDOMAIN.
+    return probe_set(family, ("forbidden-443", "forbidden-name-443", "forbidden-80", "api-80", "api-quic",
+                              "rogue-dns-udp", "rogue-dns-tcp", "dot-853", "smtp-25", "icmp"),
+                     qname="exfil.attacker.lab")
 
 
 PROBES = probes_for(4) + probes_for(6)
@@ -193,9 +175,7 @@ _RUNS = {}
 
 @pytest.fixture(scope="module")
 def ctr_run(target):
-    if target.name not in _RUNS:
-        _RUNS[target.name] = ContainerRun(target)
-    return _RUNS[target.name]
+    return made_once(_RUNS, target.name, lambda: ContainerRun(target))
 
 
 @pytest.fixture(params=CASES, ids=CASE_IDS)

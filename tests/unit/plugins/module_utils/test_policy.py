@@ -27,31 +27,20 @@ def dest(**over):
     return entry
 
 
-MALFORMED = [
-    # (params, expected fragment of the message)
-    (base(allow=[dest(host="bad..name")]), "allow[0].host: 'bad..name' is not a valid DNS name"),
-    (base(allow=[dest(host="-bad.example")]), "allow[0].host: '-bad.example' is not a valid DNS name"),
-    (base(allow=[dest(host="bad-.example")]), "allow[0].host: 'bad-.example' is not a valid DNS name"),
-    (base(allow=[dest(host="exa mple.com")]), "allow[0].host: 'exa mple.com' is not a valid DNS name"),
-    (base(allow=[dest(host="a" * 64 + ".com")]), "is not a valid DNS name"),
-    (base(allow=[dest(host=("a" * 60 + ".") * 5 + "com")]), "is not a valid DNS name"),
-    (base(allow=[dest(host="")]), "allow[0].host: '' is not a host"),
-    (base(allow=[dest(host=None)]), "allow[0].host: None is not a host"),
-    (base(allow=[dest(host="256.1.1.1")]), "allow[0].host: '256.1.1.1' is not a valid IP address or CIDR"),
-    (base(allow=[dest(host="1.2.3")]), "allow[0].host: '1.2.3' is not a valid IP address or CIDR"),
-    (base(allow=[dest(host="10.0.0.1/8")]), "allow[0].host: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?"),
-    (base(allow=[dest(host="10.0.0.0/33")]), "allow[0].host: '10.0.0.0/33' is not a valid IP address or CIDR"),
-    (base(allow=[dest(host="0.0.0.0/0")]), "allow[0].host: '0.0.0.0/0' allows every address"),
-    (base(allow=[dest(host="::/0")]), "allow[0].host: '::/0' allows every address"),
-    (base(allow=[dest(host="fd00::1::2")]), "allow[0].host: 'fd00::1::2' is not a valid IP address or CIDR"),
-    (base(allow=[dest(host="fd00::1/129")]), "allow[0].host: 'fd00::1/129' is not a valid IP address or CIDR"),
-    (base(allow=[dest(host="api.example.com/24")]), "allow[0].host: 'api.example.com/24' is not a valid DNS name"),
-    (base(allow=[dest(name="")]), "allow[0].name: '' is not a valid label"),
-    (base(allow=[dest(name="has space")]), "allow[0].name: 'has space' is not a valid label"),
-    (base(allow=[dest(name="-lead")]), "allow[0].name: '-lead' is not a valid label"),
-    (base(allow=[dest(name="x" * 27)]), "allow[0].name: '%s' is not a valid label" % ("x" * 27)),
-    (base(allow=[dest(name='quo"te')]), "allow[0].name: 'quo\"te' is not a valid label"),
-    (base(allow=[dest(name=None)]), "allow[0].name: None is not a valid label"),
+def bad_entries(field, problem, *values):
+    """MALFORMED rows: an allow entry per value of field, each failing with this problem, the message naming the value."""
+    return [(base(allow=[dest(**{field: value})]), "allow[0].%s: %r %s" % (field, value, problem)) for value in values]
+
+
+# (params, expected fragment of the message)
+MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.example", "bad-.example", "exa mple.com",
+                        "a" * 64 + ".com", ("a" * 60 + ".") * 5 + "com", "api.example.com/24") \
+    + bad_entries("host", "is not a host", "", None) \
+    + bad_entries("host", "is not a valid IP address or CIDR", "256.1.1.1", "1.2.3", "10.0.0.0/33", "fd00::1::2",
+                  "fd00::1/129") \
+    + bad_entries("host", "has host bits set; did you mean 10.0.0.0/8?", "10.0.0.1/8") \
+    + bad_entries("host", "allows every address", "0.0.0.0/0", "::/0") \
+    + bad_entries("name", "is not a valid label", "", "has space", "-lead", "x" * 27, 'quo"te', None) + [
     (base(allow=[dest(ports=[0])]), "allow[0].ports[0]: 0 is out of range; ports are 1 to 65535"),
     (base(allow=[dest(ports=[70000])]), "allow[0].ports[0]: 70000 is out of range; ports are 1 to 65535"),
     (base(allow=[dest(ports=[-1])]), "allow[0].ports[0]: -1 is out of range"),
