@@ -34,14 +34,17 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description:
-    - C(attempts), C(lines), C(forwarded), C(canary) and C(refused), summed over the hosts that were read.
+    - C(attempts), C(lines), C(forwarded), C(canary), C(refused) (DNS) and C(tls_refused) (connections the TLS
+      gate refused), summed over the hosts that were read.
     - C(unread), the sorted names of the hosts that could not be read.
     - C(hosts), host name to its row (C(attempts), C(lines), C(forwarded), C(canary), C(refused), C(top), the
-      busiest denial that is not the role's canary or null, C(destinations), the number of distinct
+      busiest denial that is not the role's canary or null, C(tls_refused), C(destinations), the number of distinct
       destinations of those, C(last), the latest time a denial was seen).
     - C(limits), the distinct logging rate limits the hosts reported, in host order.
     - C(names), the refused DNS names merged across hosts (C(name), C(count), C(hosts), C(qtypes), C(last)),
       busiest first, then by name.
+    - C(server_names), the TLS gate's refusals merged across hosts by server name and reason (C(sni), C(reason),
+      C(count), C(passed), connections audit let through, C(hosts), C(last)), busiest first.
   type: dict
 """
 

@@ -20,20 +20,23 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import errno
 import ipaddress
 import json
 import os
 import pwd
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._denials import summarize
+from ansible_collections.agentguard.hardening.plugins.module_utils._denials import sender_text, summarize
 from ansible_collections.agentguard.hardening.plugins.module_utils._dnslog import aggregate_refused, collect_refused
 from ansible_collections.agentguard.hardening.plugins.module_utils._kernlog import (
+    destination_text,
     collect,
     empty_stats,
     limit_text,
     log_limits,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._logtime import UTC, iso_text, journal_since, parse_since
+from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import join_tls_log, parse_gate_log
 
 # source: auto tries these in order and keeps the first that holds a line with the prefix.
 AUTO_ORDER = ("journal", "file", "dmesg")
@@ -75,6 +78,8 @@ class HostIO(object):
         self.open_text = open_text
         self.now = now
         self.getpwuid = getpwuid
+        # What one section read that a later one needs: the kernel log's lines (the TLS gate's join).
+        self.cache = {}
 
     def user_name(self, uid):
         """The name of a uid on this host; None for no uid or a uid without a name."""
@@ -192,9 +197,13 @@ def read_kernel_records(host, params, since, now):
         except Unreadable as exc:
             unreadable.append(str(exc))
             continue
+        # The first readable source, or the one chosen: where the gate's [EGRESS-TLS] lines are looked up.
+        if "kernel_lines" not in host.cache or not auto:
+            host.cache["kernel_lines"] = lines
         records, stats = collect(lines, params["prefix"], since=since, local_addresses=local, boot_time=boot, now=now,
                                  local_interfaces=interfaces)
         if not auto or stats["matched"] or stats["older"] or stats["other_hosts"]:
+            host.cache["kernel_lines"] = lines
             return label, records, stats
     if not auto:
         raise Failure("cannot read %s" % unreadable[0])
@@ -280,17 +289,103 @@ def refused_names(host, params, since, now):
             "refused_distinct": len(names), "dns_source": label, "dns_stats": stats}
 
 
+# ------------------------------------------------------------------------- the TLS gate's log
+def _gate_time(text):
+    """nginx's $time_iso8601 (local time with its offset) as the module's UTC text."""
+    try:
+        return iso_text(datetime.datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=_offset(text[19:])))
+    except ValueError:
+        return None
+
+
+def _offset(text):
+    if text in ("", "Z"):
+        return UTC
+    sign = -1 if text[0] == "-" else 1
+    hours, minutes = int(text[1:3]), int(text[-2:])
+    return datetime.timezone(sign * datetime.timedelta(hours=hours, minutes=minutes))
+
+
+def read_gate_log(host, path):
+    """The gate's access log lines; None when the file does not exist (no gate on this host)."""
+    try:
+        with host.open_text(path) as handle:
+            return handle.read().splitlines()
+    except (IOError, OSError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOENT:
+            return None
+        raise Failure("cannot read the TLS gate's log %s (%s)" % (path, getattr(exc, "strerror", None) or exc))
+
+
+def group_refusals(joined, user_name):
+    """The gate's refusals grouped by server name, reason, sender and original destination, busiest first."""
+    groups = {}
+    for record in joined:
+        forwarded = record.get("network") is not None
+        key = (record["sni"], record["reason"], record["uid"], record["source"], record["network"],
+               record["dst"], record["dpt"])
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {
+                "sni": record["sni"], "reason": record["reason"], "uid": record["uid"],
+                "user": user_name(record["uid"]), "source": record["source"], "network": record["network"],
+                "direction": "forward" if forwarded else ("output" if record["logged"] else None),
+                "dst": record["dst"], "dpt": record["dpt"],
+                "destination_text": destination_text(record["dst"], record["dpt"]) if record["dst"] else None,
+                "count": 0, "first": record["time"], "last": record["time"], "passed": 0,
+            }
+        group["count"] += 1
+        group["passed"] += 0 if record["refused"] else 1
+        group["first"] = min(group["first"], record["time"])
+        group["last"] = max(group["last"], record["time"])
+    for group in groups.values():
+        group["sender_text"] = (sender_text(group) if group["direction"] else
+                                "unknown (no [EGRESS-TLS] line: rate-limited or rotated)")
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["sni"], g["reason"], g["last"]))
+
+
+def tls_refusals(host, params, since, now):
+    """What the TLS gate refused (and, in audit, would have refused), joined to the [EGRESS-TLS] kernel
+    lines for the sender (uid or container) and the destination the client asked for."""
+    path = params["tls_log"]
+    lines = read_gate_log(host, path) if path else None
+    if lines is None:
+        return {"tls_refusals": [], "tls_refused_total": 0, "tls_would_refuse_total": 0, "tls_source": "none",
+                "tls_stats": {"lines": 0, "connections": 0, "unlogged": 0}}
+    start = iso_text(since) if since is not None else None
+    records = []
+    for record in parse_gate_log(lines):
+        record["time"] = _gate_time(record["time"])
+        if record["time"] is not None and (start is None or record["time"] >= start):
+            records.append(record)
+    kernel, _stats = collect(host.cache.get("kernel_lines", []), params["tls_prefix"], since=since,
+                             boot_time=boot_time(host), now=now)
+    joined = join_tls_log(records, kernel)
+    groups = group_refusals(joined, host.user_name)
+    return {
+        "tls_refusals": groups[:params["tls_max_refusals"]],
+        "tls_refused_total": sum(1 for r in joined if r["refused"]),
+        "tls_would_refuse_total": sum(1 for r in joined if not r["refused"]),
+        "tls_source": path,
+        "tls_stats": {"lines": len(lines), "connections": len(records),
+                      "unlogged": sum(1 for r in joined if not r["logged"])},
+    }
+
+
 # Read in this order; a Failure of one stops the module before the next is read.
-SECTIONS = (kernel_denials, refused_names)
+SECTIONS = (kernel_denials, refused_names, tls_refusals)
 
 
 def check_params(params):
     """Failure naming the option and its value, for values the argument spec cannot refuse."""
     if not params["prefix"]:
         raise Failure("prefix: '' must be the non-empty log prefix of the deny rules")
-    if params["bucket_seconds"] < 1 or params["max_records"] < 0 or params["dns_max_names"] < 0:
-        raise Failure("bucket_seconds must be at least 1, max_records and dns_max_names at least 0 (got %s, %s, %s)"
-                      % (params["bucket_seconds"], params["max_records"], params["dns_max_names"]))
+    if params["bucket_seconds"] < 1 or min(params["max_records"], params["dns_max_names"], params["tls_max_refusals"]) < 0:
+        raise Failure("bucket_seconds must be at least 1, max_records, dns_max_names and tls_max_refusals at least 0 "
+                      "(got %s, %s, %s, %s)" % (params["bucket_seconds"], params["max_records"], params["dns_max_names"],
+                                                params["tls_max_refusals"]))
+    if not params["tls_prefix"]:
+        raise Failure("tls_prefix: '' must be the non-empty log prefix of the TLS gate's redirect rules")
     if not 0 <= params["canary_source_port"] <= 65535:
         raise Failure("canary_source_port must be a port (0 for none), got %s" % params["canary_source_port"])
 

@@ -29,6 +29,7 @@ def _host_row(result):
         "forwarded": result.get("forwarded_attempts", result.get("forwarded_total", 0)) or 0,
         "canary": result.get("canary_attempts", 0) or 0,
         "refused": result.get("refused_total", 0) or 0,
+        "tls_refused": result.get("tls_refused_total", 0) or 0,
         # denials come sorted busiest first from egress_denials: the first of the agent's own is the busiest
         "top": own[0] if own else None,
         "destinations": len(set(d.get("destination_text") for d in own)),
@@ -39,8 +40,8 @@ def _host_row(result):
 def summarise(hosts):
     """Fleet totals, the per-host rows and the refused DNS names merged across hosts."""
     unread = unread_hosts(hosts)
-    rows, names, limits = {}, {}, []
-    totals = dict(attempts=0, lines=0, forwarded=0, canary=0, refused=0)
+    rows, names, server_names, limits = {}, {}, {}, []
+    totals = dict(attempts=0, lines=0, forwarded=0, canary=0, refused=0, tls_refused=0)
     for host in sorted(hosts):
         if host in unread:
             continue
@@ -61,5 +62,15 @@ def summarise(hosts):
             qtype = refused.get("qtype")
             if qtype and qtype not in entry["qtypes"]:
                 entry["qtypes"].append(qtype)
+        for refusal in result.get("tls_refusals") or []:
+            key = (refusal.get("sni") or "", refusal.get("reason") or "")
+            entry = server_names.setdefault(
+                key, {"sni": key[0], "reason": key[1], "count": 0, "passed": 0, "hosts": [], "last": ""})
+            entry["count"] += refusal.get("count", 0) or 0
+            entry["passed"] += refusal.get("passed", 0) or 0
+            entry["last"] = max(entry["last"], refusal.get("last") or "")
+            if host not in entry["hosts"]:
+                entry["hosts"].append(host)
     return dict(totals, unread=unread, hosts=rows, limits=limits,
-                names=sorted(names.values(), key=lambda e: (-e["count"], e["name"])))
+                names=sorted(names.values(), key=lambda e: (-e["count"], e["name"])),
+                server_names=sorted(server_names.values(), key=lambda e: (-e["count"], e["sni"], e["reason"])))

@@ -114,6 +114,24 @@ options:
         (RV(refused_total) and RV(refused_distinct) count all). A DNS tunnel makes a new name per query.
     type: int
     default: 200
+  tls_log:
+    description:
+      - The TLS gate's access log (role C(agentguard.hardening.egress) with C(egress_tls_gate) on), one
+        C(key=value) line per connection. A missing file means no gate on this host (RV(tls_source) V(none));
+        an unreadable one fails the module. An empty value skips it.
+    type: path
+    default: /var/log/agentguard-tlsgate/access.log
+  tls_prefix:
+    description:
+      - The log prefix of the gate's redirect rules (O(agentguard.hardening.egress_rules#module:tls_gate)). Their
+        kernel lines give each refusal its sender (uid, or container address and network) and the
+        destination the client asked for, joined on the client's address and port.
+    type: str
+    default: "[EGRESS-TLS] "
+  tls_max_refusals:
+    description: How many aggregated gate refusals to return in RV(tls_refusals), busiest first.
+    type: int
+    default: 200
 """
 
 EXAMPLES = r"""
@@ -270,6 +288,40 @@ dns_stats:
   returned: always
   type: dict
   sample: {lines: 67, queries: 24, refused: 16, malformed: 0, foreign: 4, older: 0, no_time: 0}
+tls_refusals:
+  description:
+    - The TLS gate's refusals in the window, and in audit mode the names it would have refused, grouped by
+      C(sni) (the server name the client sent; empty for none), C(reason) (V(no-sni), V(ip-literal),
+      V(not-allowed), V(not-tls), V(not-resolved), V(would-refuse-sni)), the sender and the original
+      destination; busiest first, at most O(tls_max_refusals).
+    - C(uid) and C(user) (a local process), or C(source) and C(network) (a container), and C(dst), C(dpt),
+      C(destination_text) come from the redirect rule's kernel line; they are null when that line is missing
+      (rate-limited, or rotated out of the kernel log), and C(sender_text) then says so. C(passed) counts the
+      connections of the group the gate let through (audit).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {sni: cotenant.cdn.example, reason: not-allowed, count: 3, passed: 0, uid: 1000, user: agent, source: null,
+       network: null, direction: output, dst: 198.51.100.7, dpt: 443, destination_text: "198.51.100.7:443",
+       sender_text: agent (1000), first: "2026-11-30T03:00:01Z", last: "2026-11-30T03:05:12Z"}
+tls_refused_total:
+  description: Connections the gate refused in the window (all of them, not only the groups returned).
+  returned: always
+  type: int
+tls_would_refuse_total:
+  description: Connections the gate let through in audit mode that enforce would refuse.
+  returned: always
+  type: int
+tls_source:
+  description: The gate's log that was read, or V(none) (no gate on this host, or O(tls_log) empty).
+  returned: always
+  type: str
+tls_stats:
+  description: The gate log's lines, its connections in the window, and how many refusals had no kernel line.
+  returned: always
+  type: dict
+  sample: {lines: 120, connections: 118, unlogged: 0}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -288,6 +340,9 @@ ARGUMENT_SPEC = dict(
     dns_path=dict(type="path", default="/var/log/syslog"),
     dns_max_names=dict(type="int", default=200),
     canary_source_port=dict(type="int", default=30999),
+    tls_log=dict(type="path", default="/var/log/agentguard-tlsgate/access.log"),
+    tls_prefix=dict(type="str", default="[EGRESS-TLS] "),
+    tls_max_refusals=dict(type="int", default=200),
 )
 
 

@@ -17,6 +17,8 @@ UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 25, 6, 0, 0, 123456, tzinfo=UTC)
 BOOT = 1795581717  # 2026-11-25T04:41:57Z: dmesg-raw.log's seconds since boot land on dmesg-iso.log's times
 PREFIX = "[EGRESS-DENIED] "
+TLS_PREFIX = "[EGRESS-TLS] "
+GATE_LOG = "/var/log/agentguard-tlsgate/access.log"
 ISO = fixture("denials/dmesg-iso.log")
 RAW = fixture("denials/dmesg-raw.log")
 KERN = fixture("denials/kern-rfc3339.log")
@@ -80,7 +82,7 @@ class FakeHost(S.HostIO):
 def params(**over):
     base = dict(prefix=PREFIX, source="auto", path="/var/log/kern.log", since=None, local_only=True, bucket_seconds=300,
                 max_records=200, dns_source="none", dns_unit="agentguard-dns.service", dns_path="/var/log/syslog",
-                dns_max_names=200, canary_source_port=30999)
+                dns_max_names=200, canary_source_port=30999, tls_log=GATE_LOG, tls_prefix=TLS_PREFIX, tls_max_refusals=200)
     base.update(over)
     return base
 
@@ -339,9 +341,12 @@ def test_result_window_and_since_filter():
 
 @pytest.mark.parametrize("over, message", [
     (dict(prefix=""), "prefix: '' must be the non-empty log prefix of the deny rules"),
-    (dict(bucket_seconds=0), "bucket_seconds must be at least 1, max_records and dns_max_names at least 0 (got 0, 200, 200)"),
-    (dict(max_records=-1), "(got 300, -1, 200)"),
-    (dict(dns_max_names=-1), "(got 300, 200, -1)"),
+    (dict(bucket_seconds=0), "bucket_seconds must be at least 1, max_records, dns_max_names and tls_max_refusals at "
+                             "least 0 (got 0, 200, 200, 200)"),
+    (dict(max_records=-1), "(got 300, -1, 200, 200)"),
+    (dict(dns_max_names=-1), "(got 300, 200, -1, 200)"),
+    (dict(tls_max_refusals=-1), "(got 300, 200, 200, -1)"),
+    (dict(tls_prefix=""), "tls_prefix: '' must be the non-empty log prefix of the TLS gate's redirect rules"),
     (dict(canary_source_port=65536), "canary_source_port must be a port (0 for none), got 65536"),
     (dict(since="yesterday"), "since: 'yesterday' is not a time"),
 ])
@@ -373,3 +378,79 @@ def test_result_counts_and_the_newest_records():
     assert result["canary_total"] == 1 and result["forwarded_total"] == routed
     assert result["attempts"] == sum(group["attempts"] for group in result["denials"] if not group["canary"])
     assert S.denials_result(host, params(source="dmesg", local_only=False, max_records=0))["records"] == []
+
+
+# ------------------------------------------------------------------------- the TLS gate's log
+def gate_line(when, client, port, sni, reason, status=500, offset="+00:00"):
+    upstream = '"198.18.0.10:443"' if status == 200 else '"-"'
+    return ('time=%s%s client=%s:%d listen=10443 sni="%s" reason=%s status=%d upstream=%s bytes=517/0'
+            % (when, offset, client, port, sni, reason, status, upstream))
+
+
+def tls_kernel(when, src, spt, dst, uid=None, inside=""):
+    owner = " UID=%d GID=%d" % (uid, uid) if uid is not None else ""
+    return ("%s,000000+00:00 %sIN=%s OUT=eth0 SRC=%s DST=%s LEN=60 TTL=64 PROTO=TCP SPT=%d DPT=443 SYN%s"
+            % (when, TLS_PREFIX, inside, src, dst, spt, owner))
+
+
+GATE = "\n".join([
+    gate_line("2026-11-25T05:50:00", "198.18.77.2", 40001, "cotenant.cdn.lab", "not-allowed"),
+    # the same refusal again, from another port, with the time in another zone (06:51 at +01:00 = 05:51Z)
+    gate_line("2026-11-25T06:51:00", "198.18.77.2", 40002, "cotenant.cdn.lab", "not-allowed", offset="+01:00"),
+    gate_line("2026-11-25T05:52:00", "198.18.77.2", 40003, "api.openclaw.security", "allowed", status=200),
+    gate_line("2026-11-25T05:53:00", "198.18.240.2", 40004, "", "no-sni"),
+    gate_line("2026-11-25T05:54:00", "198.18.77.2", 40005, "198.18.0.66", "ip-literal"),   # no kernel line
+    gate_line("2026-11-25T05:55:00", "198.18.77.2", 40006, "other.cdn.lab", "would-refuse-sni", status=200),
+    gate_line("2026-11-25T04:00:00", "198.18.77.2", 40007, "old.cdn.lab", "not-allowed"),   # before since
+]) + "\n"
+TLS_DMESG = "\n".join([
+    tls_kernel("2026-11-25T05:50:00", "198.18.77.2", 40001, "198.18.0.10", uid=4242),
+    tls_kernel("2026-11-25T05:51:00", "198.18.77.2", 40002, "198.18.0.10", uid=4242),
+    tls_kernel("2026-11-25T05:52:00", "198.18.77.2", 40003, "198.18.0.10", uid=4242),
+    tls_kernel("2026-11-25T05:53:00", "198.18.240.2", 40004, "198.18.0.10", inside="docker0"),
+    tls_kernel("2026-11-25T05:55:00", "198.18.77.2", 40006, "198.18.0.10", uid=0),
+]) + "\n"
+
+
+def test_no_gate_log_means_no_gate():
+    host = FakeHost({"dmesg": dmesg(ok(ISO))})
+    result = S.denials_result(host, params(source="dmesg"))
+    assert (result["tls_source"], result["tls_refusals"], result["tls_refused_total"]) == ("none", [], 0)
+    assert S.denials_result(host, params(source="dmesg", tls_log=""))["tls_source"] == "none"
+
+
+def test_gate_refusals_are_joined_to_their_kernel_lines_and_grouped():
+    host = FakeHost({"dmesg": dmesg(ok(ISO + TLS_DMESG))}, files={GATE_LOG: GATE}, users={4242: "agent", 0: "root"})
+    since = datetime.datetime(2026, 11, 25, 5, 0, tzinfo=UTC)
+    S.read_kernel_records(host, params(source="dmesg", local_only=False), since, NOW)   # fills the kernel cache
+    result = S.tls_refusals(host, params(source="dmesg"), since, NOW)
+    groups = {(g["sni"], g["reason"]): g for g in result["tls_refusals"]}
+    assert set(groups) == {("cotenant.cdn.lab", "not-allowed"), ("", "no-sni"), ("198.18.0.66", "ip-literal"),
+                           ("other.cdn.lab", "would-refuse-sni")}
+    cotenant = result["tls_refusals"][0]
+    assert (cotenant["sni"], cotenant["count"], cotenant["passed"]) == ("cotenant.cdn.lab", 2, 0)
+    assert (cotenant["uid"], cotenant["user"], cotenant["sender_text"]) == (4242, "agent", "agent (4242)")
+    assert cotenant["destination_text"] == "198.18.0.10:443" and cotenant["direction"] == "output"
+    assert (cotenant["first"], cotenant["last"]) == ("2026-11-25T05:50:00Z", "2026-11-25T05:51:00Z")
+    container = groups[("", "no-sni")]
+    assert container["sender_text"] == "container 198.18.240.2 on docker0" and container["uid"] is None
+    unlogged = groups[("198.18.0.66", "ip-literal")]
+    assert unlogged["uid"] is None and unlogged["dst"] is None and unlogged["sender_text"].startswith("unknown")
+    assert groups[("other.cdn.lab", "would-refuse-sni")]["passed"] == 1
+    assert (result["tls_refused_total"], result["tls_would_refuse_total"]) == (4, 1)
+    assert result["tls_stats"] == {"lines": 7, "connections": 6, "unlogged": 1}
+    assert result["tls_source"] == GATE_LOG
+
+
+def test_the_whole_result_carries_the_gate_section_from_the_chosen_kernel_source():
+    host = FakeHost({"journalctl": ok(journal(ISO + TLS_DMESG))}, files={GATE_LOG: GATE}, users={4242: "agent"})
+    result = S.denials_result(host, params(source="journal", local_only=False, tls_max_refusals=1))
+    assert [g["sni"] for g in result["tls_refusals"]] == ["cotenant.cdn.lab"]
+    assert result["tls_refusals"][0]["user"] == "agent" and result["tls_refused_total"] == 5   # no since: all
+
+
+def test_an_unreadable_gate_log_fails_naming_it():
+    host = FakeHost({"dmesg": dmesg(ok(ISO))}, files={GATE_LOG: errno.EACCES})
+    with pytest.raises(S.Failure) as info:
+        S.denials_result(host, params(source="dmesg"))
+    assert str(info.value) == "cannot read the TLS gate's log %s (Permission denied)" % GATE_LOG

@@ -76,3 +76,22 @@ def test_the_filter_refuses_what_is_not_a_dict():
     with pytest.raises(AnsibleFilterError, match="expects the report's hosts"):
         egress_report_summary(["a"])
     assert egress_report_summary({}) == summarise({})
+
+
+def test_tls_gate_refusals_merge_by_server_name_and_reason():
+    def refusal(sni, reason, count, last, passed=0):
+        return {"sni": sni, "reason": reason, "count": count, "passed": passed, "last": last}
+    hosts = {
+        "g1": {"denials": [], "tls_refused_total": 4,
+               "tls_refusals": [refusal("cotenant.cdn.lab", "not-allowed", 3, "2026-11-30T01:00:00Z"),
+                                refusal("", "no-sni", 1, "2026-11-30T02:00:00Z")]},
+        "g2": {"denials": [], "tls_refused_total": 2,
+               "tls_refusals": [refusal("cotenant.cdn.lab", "not-allowed", 2, "2026-11-30T03:00:00Z"),
+                                refusal("cotenant.cdn.lab", "would-refuse-sni", 1, "2026-11-30T00:00:00Z", passed=1)]},
+        "down": {"unreachable": True},
+    }
+    s = summarise(hosts)
+    assert s["tls_refused"] == 6 and s["hosts"]["g2"]["tls_refused"] == 2
+    assert [(e["sni"], e["reason"], e["count"], e["passed"]) for e in s["server_names"]] == [
+        ("cotenant.cdn.lab", "not-allowed", 5, 0), ("", "no-sni", 1, 0), ("cotenant.cdn.lab", "would-refuse-sni", 1, 1)]
+    assert s["server_names"][0]["hosts"] == ["g1", "g2"] and s["server_names"][0]["last"] == "2026-11-30T03:00:00Z"
