@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""TLS gate engines, side by side: behaviour checks, handshake rate, time to first byte, memory.
+"""The TLS gate as shipped, and the engines, side by side: behaviour checks, handshake rate, time to
+first byte, memory.
 
 Three network namespaces (nothing else is touched; addresses only in 198.18.0.0/15 and fd00::/8):
 
@@ -12,22 +13,33 @@ Three network namespaces (nothing else is touched; addresses only in 198.18.0.0/
                                              address
                198.18.49.66 fd00:48:2::66    a forbidden address, serving the same names
 
-Configurations ("sides"), all with the same filter ruleset on the host (FORWARD: only the API's
-addresses on 443; OUTPUT: only the gate's uid, only to the API's addresses on 443):
-  direct   no redirect: the client's connection is routed straight through
-  nginx    nat PREROUTING/OUTPUT REDIRECT to nginx stream + ssl_preread on 8443
-  haproxy  the same to HAProxy (req.ssl_sni, do-resolve, set-dst) on 8444
-  squid    the same to Squid (ssl_bump peek + splice, host_verify_strict) on 8445
+Configurations ("sides"):
+  shipped      the gate as the collection ships it (the default): the host's rules are exactly what
+               egress_rules renders for an empty host (_policy.build_policy, _plan.make_plan) with
+               tls_gate=enforce, dns_mode=pinned, scope host (local processes) and scope_networks
+               [agtg-h0] (the client namespace's link: the container path), applied as the module applies
+               them (ipset restore, iptables-restore --noflush); nginx runs _tlsgate.render_nginx's
+               output verbatim on 10443
+  direct       the same module-rendered ruleset with tls_gate off: what "shipped" is compared against
+  nginx, haproxy, squid
+               the engine comparison (docs/tls-gate.md): hand-written rules (FORWARD: only the API's
+               addresses on 443; OUTPUT: only the gate's uid, only to them) plus a nat PREROUTING/OUTPUT
+               REDIRECT to nginx stream + ssl_preread (8443), HAProxy (req.ssl_sni, do-resolve, set-dst;
+               8444) or Squid (ssl_bump peek + splice, host_verify_strict; 8445), with hand-written
+               configurations
+  direct-hand  the hand-written filter rules without a redirect: what those three are compared against
 
 First the behaviour checks (both families, the forwarded and the local-process path), each read
 from the server's own SYN counters; then REPS repetitions of SECONDS of load at each concurrency,
-the sides in rotating order; the gate's RSS is sampled while it carries the load.
+the sides in rotating order; each gate's rate and median TTFB are paired with its own baseline's
+within a repetition; the gate's RSS is sampled while it carries the load. Every side starts from
+empty tables (filter, nat, mangle, raw; no sets) and a flushed conntrack table.
 
 Usage (root): .venv/bin/python bench/tlsgate/run.py [--reps 5] [--seconds 5] [--clients 1,50]
-              [--family 4] [--engines nginx,haproxy,squid] [--no-checks] [--out bench/results/tlsgate.json]
-              [--keep]
+              [--family 4] [--engines shipped[,nginx,haproxy,squid]] [--no-checks]
+              [--out bench/results/tlsgate.json] [--keep]
 Needs: nginx-light (or nginx) with libnginx-mod-stream, haproxy, squid-openssl, dnsmasq-base, openssl,
-gcc and libssl-dev (apt-get install --no-install-recommends).
+gcc, libssl-dev, ipset and conntrack (apt-get install --no-install-recommends).
 """
 import argparse
 import json
@@ -43,6 +55,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, ".cache", "collections"))
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import (  # noqa: E402
+    _plan, _policy, _state, _tlsgate,
+)
+
 TOOL = os.path.join(ROOT, ".cache", "tlsload")
 PROBE = os.path.join(HERE, "probe.py")
 PYTHON = "/usr/bin/python3"  # the probes need only the standard library, and run as the gate's uid too
@@ -53,7 +71,17 @@ API4, API6 = "198.18.49.10", "fd00:48:2::10"
 BAD4, BAD6 = "198.18.49.66", "fd00:48:2::66"
 ALLOWED, COTENANT = "api.agtg.test", "cotenant.agtg.test"
 SUBDOMAIN_ALLOWED = "svc.agtg.test"  # an entry with subdomains: true
-PORTS = {"nginx": 8443, "haproxy": 8444, "squid": 8445}
+PORTS = {"nginx": 8443, "haproxy": 8444, "squid": 8445, "shipped": 10443}
+# Each gate against the side with its own filter rules and no redirect.
+BASELINE = {"shipped": "direct", "nginx": "direct-hand", "haproxy": "direct-hand", "squid": "direct-hand"}
+# The policy of the shipped side: one allowed name at the API's addresses, local processes (scope
+# host) and the client namespace's link (the container path) restricted, the gate in enforce mode
+# as uid 65534 in pinned DNS mode (the gate connects only to the module's own resolution).
+SHIPPED_POLICY = {"allow": [{"name": "api", "host": ALLOWED, "ports": [443]}], "dns_servers": ["127.0.0.1", "::1"],
+                  "scope": "host", "scope_networks": ["agtg-h0"], "dns_mode": "pinned",
+                  "tls_gate": "enforce", "tls_gate_user": str(GATE_UID), "tls_gate_port": PORTS["shipped"]}
+SHIPPED_RESOLVED = {"api": {"ipv4": [API4], "ipv6": [API6]}}
+FAMILIES = {"4": "ipv4", "6": "ipv6"}
 
 PROCS = []
 
@@ -72,12 +100,15 @@ def loadavg():
         return " ".join(handle.read().split()[:3])
 
 
+def unprivileged(uid):
+    """The argv prefix that runs a command as `uid` with no capabilities (and none to gain)."""
+    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--no-new-privs",
+            "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
 def spawn(ns, argv, log, uid=None):
     """A long-running process in `ns` (as `uid`, without capabilities, when given)."""
-    prefix = ["ip", "netns", "exec", ns]
-    if uid is not None:
-        prefix += ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "--no-new-privs",
-                   "--inh-caps=-all", "--bounding-set=-all", "--"]
+    prefix = ["ip", "netns", "exec", ns] + (unprivileged(uid) if uid is not None else [])
     proc = subprocess.Popen(prefix + argv, stdout=open(log, "a"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     PROCS.append(proc)
@@ -331,25 +362,20 @@ defaults
     timeout server 1h
     log-format "{log_format}"
 
-frontend tls_gate_v4
-    bind 0.0.0.0:{port}
-    default_backend upstream
-    tcp-request connection set-var(sess.odst) dst
-    tcp-request connection set-var(sess.odport) dst_port
-    tcp-request inspect-delay 5s
-{rules_v4}
-
-frontend tls_gate_v6
-    bind [::]:{port} v6only
-    default_backend upstream
-    tcp-request connection set-var(sess.odst) dst
-    tcp-request connection set-var(sess.odport) dst_port
-    tcp-request inspect-delay 5s
-{rules_v6}
-
+{frontends}
 backend upstream
     # 0.0.0.0: connect to the session's destination, which set-dst made the resolved address.
     server upstream 0.0.0.0:443
+"""
+
+# One frontend per family: do-resolve asks for the client's own family.
+HAPROXY_FRONTEND = """frontend tls_gate_v{version}
+    bind {bind}
+    default_backend upstream
+    tcp-request connection set-var(sess.odst) dst
+    tcp-request connection set-var(sess.odport) dst_port
+    tcp-request inspect-delay 5s
+{rules}
 """
 
 HAPROXY_LOG = ('%t gate=haproxy client=%ci:%cp orig_dst=%[var(sess.odst)]:%[var(sess.odport)] '
@@ -429,6 +455,13 @@ def start_nginx(work):
     return proc
 
 
+def haproxy_config(gate):
+    port = PORTS["haproxy"]
+    frontends = [HAPROXY_FRONTEND.format(version=version, bind=bind, rules=HAPROXY_RULES.format(gate=gate, family=family))
+                 for version, bind, family in (("4", "0.0.0.0:%d" % port, "ipv4"), ("6", "[::]:%d v6only" % port, "ipv6"))]
+    return HAPROXY_GATE.format(log_format=HAPROXY_LOG, frontends="\n".join(frontends))
+
+
 def start_haproxy(work):
     gate = gate_dir(work)
     with open(os.path.join(gate, "allow-exact.txt"), "w") as handle:
@@ -437,10 +470,7 @@ def start_haproxy(work):
         handle.write(".%s\n" % SUBDOMAIN_ALLOWED)
     conf = os.path.join(gate, "haproxy.cfg")
     with open(conf, "w") as handle:
-        handle.write(HAPROXY_GATE.format(
-            port=PORTS["haproxy"], log_format=HAPROXY_LOG,
-            rules_v4=HAPROXY_RULES.format(gate=gate, family="ipv4"),
-            rules_v6=HAPROXY_RULES.format(gate=gate, family="ipv6")))
+        handle.write(haproxy_config(gate))
     sh("haproxy", "-c", "-f", conf)
     proc = spawn(HOST, ["haproxy", "-db", "-f", conf], os.path.join(gate, "haproxy.log"), uid=GATE_UID)
     wait_port(HOST, "0.0.0.0", PORTS["haproxy"])
@@ -467,21 +497,68 @@ def start_squid(work):
     return proc
 
 
+def start_shipped(work, gate_result):
+    """nginx with _tlsgate.render_nginx's output, unchanged, as the role writes it for pinned mode
+    (the trusted resolvers are egress_dns_servers); started as the role's unit starts it."""
+    gate = gate_dir(work)
+    conf = os.path.join(gate, "shipped.conf")
+    with open(conf, "w") as handle:
+        handle.write(_tlsgate.render_nginx(gate_result, "pinned", SHIPPED_POLICY["dns_servers"],
+                                           os.path.join(gate, "shipped-access.log"),
+                                           os.path.join(gate, "shipped-nginx.pid"),
+                                           os.path.join(gate, "shipped-error.log")))
+    os.chmod(conf, 0o644)
+    # As the unit's ExecStartPre: checked as the gate's user, so the files it opens are the user's.
+    nsx(HOST, *unprivileged(GATE_UID), "nginx", "-t", "-q", "-e", "stderr", "-c", conf)
+    proc = spawn(HOST, ["nginx", "-e", "stderr", "-c", conf, "-g", "daemon off;"],
+                 os.path.join(gate, "shipped.out"), uid=GATE_UID)
+    wait_port(HOST, "0.0.0.0", PORTS["shipped"])
+    return proc
+
+
 def refusal_log(work, engine):
     path = os.path.join(work, "gate", {"nginx": "refusals.log", "haproxy": "haproxy.log",
-                                       "squid": "squid-access.log"}[engine])
+                                       "squid": "squid-access.log", "shipped": "shipped-access.log"}[engine])
     try:
         with open(path) as handle:
-            return handle.read().splitlines()
+            lines = handle.read().splitlines()
     except FileNotFoundError:
         return []
+    if engine == "shipped":  # the shipped gate logs every connection: keep what it did not pass as allowed
+        lines = [line for line in lines if any(r["reason"] != "allowed" for r in _tlsgate.parse_gate_log([line]))]
+    return lines
 
 
 # --- the rulesets ------------------------------------------------------------------------------
 
+def module_payloads(tls_gate):
+    """What egress_rules applies to an empty host for SHIPPED_POLICY with `tls_gate`: ({"4": v4
+    iptables-restore --noflush payload, "6": v6 payload}, ipset restore payload, the tls_gate result
+    the role renders nginx.conf from). Bad input fails here, before any namespace exists."""
+    def lookup(name):
+        raise KeyError(name)  # the gate's user is given as a uid: no passwd entry needed
+    policy = _policy.build_policy(dict(SHIPPED_POLICY, tls_gate=tls_gate), lookup)
+    families = sorted(FAMILIES.values())
+    plan = _plan.make_plan(policy, SHIPPED_RESOLVED, families, dict((f, _state.live_state("")) for f in families), {})
+    rules = dict((fam, plan.transactions[family]) for fam, family in FAMILIES.items())
+    return rules, plan.sets_update, _tlsgate.gate_result(policy, SHIPPED_RESOLVED)
+
+
+# Empty tables, every policy ACCEPT and no chain of ours: where every side starts.
+BUILTIN_CHAINS = (("filter", ("INPUT", "FORWARD", "OUTPUT")),
+                  ("nat", ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")),
+                  ("mangle", ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")),
+                  ("raw", ("PREROUTING", "OUTPUT")))
+EMPTY_TABLES = "".join("*%s\n%sCOMMIT\n" % (table, "".join(":%s ACCEPT [0:0]\n" % chain for chain in chains))
+                       for table, chains in BUILTIN_CHAINS)
+
+MODULE_SIDES = {}  # "shipped" and "direct": (rules, sets) from module_payloads, filled by main()
+
+
 def ruleset(engine):
-    """iptables-restore payloads (v4, v6) for the host: the same filter rules for every side, plus
-    the REDIRECT of NEW TCP to 443 to the gate's port when `engine` is a gate."""
+    """Hand-written iptables-restore payloads (v4, v6) for the engine comparison: the same filter
+    rules for every side, plus the REDIRECT of NEW TCP to 443 to the gate's port when `engine` is a
+    gate (not direct-hand)."""
     out = {}
     for fam, api, client_if in (("4", API4, "agtg-h0"), ("6", API6, "agtg-h0")):
         lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT DROP [0:0]",
@@ -495,7 +572,7 @@ def ruleset(engine):
         if fam == "6":
             lines.insert(4, "-A FORWARD -p ipv6-icmp -j ACCEPT")
             lines.insert(7, "-A OUTPUT -p ipv6-icmp -j ACCEPT")
-        if engine != "direct":
+        if engine != "direct-hand":
             port = PORTS[engine]
             # A local process's connection, redirected to the loopback: filter OUTPUT still sees the
             # output device of the route before the NAT (not lo), so accept it by its new destination.
@@ -509,13 +586,25 @@ def ruleset(engine):
     return out
 
 
-def apply_ruleset(engine):
-    rules = ruleset(engine)
-    nsx(HOST, "iptables-restore", input=rules["4"])
-    nsx(HOST, "ip6tables-restore", input=rules["6"])
+def apply_ruleset(side):
+    """The host's rules for `side`, from empty tables: the module's payloads as the module applies
+    them (sets first, then iptables-restore --noflush), or the hand-written ones."""
+    for cmd in ("iptables-restore", "ip6tables-restore"):
+        nsx(HOST, cmd, "--wait", "10", input=EMPTY_TABLES)
+    nsx(HOST, "ipset", "destroy")
+    if side in MODULE_SIDES:
+        rules, sets = MODULE_SIDES[side]
+        if sets:
+            nsx(HOST, "ipset", "restore", input=sets)
+        nsx(HOST, "iptables-restore", "--noflush", "--wait", "10", input=rules["4"])
+        nsx(HOST, "ip6tables-restore", "--noflush", "--wait", "10", input=rules["6"])
+    else:
+        rules = ruleset(side)
+        nsx(HOST, "iptables-restore", "--wait", "10", input=rules["4"])
+        nsx(HOST, "ip6tables-restore", "--wait", "10", input=rules["6"])
     # Connections tracked under the previous side would keep its NAT decision.
-    if shutil.which("conntrack"):
-        nsx(HOST, "conntrack", "-F", check=False)
+    for family in ("ipv4", "ipv6"):
+        nsx(HOST, "conntrack", "-F", "-f", family)
 
 
 # --- the behaviour checks ----------------------------------------------------------------------
@@ -532,10 +621,15 @@ def checks(work, engine, ca):
     """Each case: the probe's result, the SYNs the server's two addresses received, and a verdict."""
     cases = []
     for fam, api, bad in (("4", API4, BAD4), ("6", API6, BAD6)):
+        if engine == "shipped":  # pinned mode takes no subdomains: true entry, so the name is not on the list
+            subdomain = ("v%s subdomain eu.%s (pinned: not allowlisted)" % (fam, SUBDOMAIN_ALLOWED), CLIENT,
+                         ["tls", api, "eu." + SUBDOMAIN_ALLOWED, ca], {"refuse": True})
+        else:
+            subdomain = ("v%s allowed subdomain eu.%s" % (fam, SUBDOMAIN_ALLOWED), CLIENT,
+                         ["tls", api, "eu." + SUBDOMAIN_ALLOWED, ca], {"pass": (API4, API6)})
         cases += [
             ("v%s allowed name" % fam, CLIENT, ["tls", api, ALLOWED, ca], {"pass": (API4, API6)}),
-            ("v%s allowed subdomain eu.%s" % (fam, SUBDOMAIN_ALLOWED), CLIENT,
-             ["tls", api, "eu." + SUBDOMAIN_ALLOWED, ca], {"pass": (API4, API6)}),
+            subdomain,
             ("v%s look-alike x%s" % (fam, SUBDOMAIN_ALLOWED), CLIENT,
              ["hello", api, "x" + SUBDOMAIN_ALLOWED, "0", "2"], {"refuse": True}),
             ("v%s co-tenant on the allowed address" % fam, CLIENT, ["tls", api, COTENANT, ca], {"refuse": True}),
@@ -559,7 +653,7 @@ def checks(work, engine, ca):
         ]
     results = []
     for name, ns, args, expect in cases:
-        if engine == "direct" and ns == HOST:
+        if engine in BASELINE.values() and ns == HOST:
             continue
         before = syn_counts()
         res = probe(ns, *args)
@@ -588,7 +682,7 @@ def checks(work, engine, ca):
         print("%-8s %-55s %-4s %s %s" % (engine, name, "ok" if good else "FAIL", reached,
                                          res.get("body") or res.get("outcome")), file=sys.stderr, flush=True)
     # The gate's own uid is still held to the allowlist: it cannot reach the forbidden address.
-    if engine != "direct":
+    if engine not in BASELINE.values():
         res = probe(HOST, "raw", BAD4, b"x".hex(), "2", uid=GATE_UID)
         good = "Error" in res["outcome"] or "timed out" in res["outcome"]
         results.append({"case": "v4 gate uid connects to the forbidden address itself", "result": res,
@@ -662,6 +756,27 @@ def load(address, clients, seconds, ca):
     return {"ok": ok, "errors": errors, "rate": ok / elapsed, "p50_ms": p50 / 1000.0, "p99_ms": p99 / 1000.0}
 
 
+def nat_redirects():
+    """NEW connections the host's nat REDIRECT rules sent to a gate since the side's rules were
+    applied (both families), from the rules' counters."""
+    total = 0
+    for cmd in ("iptables-save", "ip6tables-save"):
+        for line in nsx(HOST, cmd, "-c", "-t", "nat").stdout.splitlines():
+            if line.startswith("[") and "-j REDIRECT" in line:
+                total += int(line[1:].split(":", 1)[0])
+    return total
+
+
+def prove_path(side, run):
+    """The load took the side's path: every handshake through the gate's redirect (none without a
+    gate), and at least one SYN at the server per handshake."""
+    gated = side not in BASELINE.values()
+    if (gated and run["redirected"] < run["ok"]) or (not gated and run["redirected"]):
+        raise RuntimeError("%s: %d connections redirected for %d handshakes" % (side, run["redirected"], run["ok"]))
+    if sum(run["server_syns"].values()) < run["ok"]:
+        raise RuntimeError("%s: %s SYNs at the server for %d handshakes" % (side, run["server_syns"], run["ok"]))
+
+
 def dns_queries(work):
     with open(os.path.join(work, "dnsmasq.log")) as handle:
         return sum(1 for line in handle if " query[" in line)
@@ -672,6 +787,13 @@ def build_tool():
     if not os.path.exists(TOOL) or os.path.getmtime(TOOL) < os.path.getmtime(src):
         os.makedirs(os.path.dirname(TOOL), exist_ok=True)
         sh("gcc", "-O2", "-Wall", "-pthread", "-o", TOOL, src, "-lssl", "-lcrypto")
+
+
+def commit():
+    """The checkout's commit, and whether bench/ or plugins/ differ from it (what ran is not only HEAD)."""
+    head = sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD", check=False).stdout.strip()
+    dirty = sh("git", "-C", ROOT, "status", "--porcelain", "--", "bench", "plugins", check=False).stdout.strip()
+    return head + (" (with uncommitted changes under bench/ or plugins/)" if dirty else "")
 
 
 def versions():
@@ -687,7 +809,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", default="1,50")
     parser.add_argument("--family", choices=("4", "6"), default="4")
-    parser.add_argument("--engines", default="nginx,haproxy,squid")
+    parser.add_argument("--engines", default="shipped",
+                        help="comma-separated, among shipped, nginx, haproxy, squid (default: shipped)")
     parser.add_argument("--no-checks", action="store_true")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "tlsgate.json"))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
@@ -695,14 +818,30 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench/tlsgate needs root (network namespaces)")
     engines = args.engines.split(",")
-    sides = ["direct"] + engines
+    for engine in engines:
+        if engine not in BASELINE:
+            sys.exit("--engines: %r is not one of %s" % (engine, ", ".join(sorted(BASELINE))))
+    if len(set(engines)) != len(engines):
+        sys.exit("--engines: %r names an engine twice" % args.engines)
+    if args.reps < 1 or args.seconds <= 0:
+        sys.exit("--reps: %r and --seconds: %r must be positive" % (args.reps, args.seconds))
+    sides = [b for b in ("direct", "direct-hand") if b in (BASELINE[e] for e in engines)] + engines
+    # The module's payloads first: a policy the module would refuse stops the bench before any namespace.
+    gate_result = None
+    if "shipped" in engines:
+        shipped_rules, shipped_sets, gate_result = module_payloads("enforce")
+        direct_rules, direct_sets, _off = module_payloads("off")
+        MODULE_SIDES.update(shipped=(shipped_rules, shipped_sets), direct=(direct_rules, direct_sets))
     build_tool()
     work = tempfile.mkdtemp(prefix="agtg-")
     os.chmod(work, 0o755)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": loadavg(),
                "versions": versions(), "reps": args.reps, "seconds": args.seconds, "family": args.family,
-               "checks": {}, "resolver_down": {}, "load": {}, "logs": {}, "work": work}
+               "argv": sys.argv[1:], "commit": commit(), "baseline": dict((e, BASELINE[e]) for e in engines),
+               "module_rules": dict((side, {"rules": r, "sets": st}) for side, (r, st) in MODULE_SIDES.items()),
+               "tls_gate": gate_result,
+               "checks": {}, "resolver_down": {}, "warmup": {}, "load": {}, "logs": {}, "work": work}
     try:
         make_ca(work)
         ca = os.path.join(work, "ca.pem")
@@ -711,7 +850,10 @@ def main():
         start_server(work)
         procs = {}
         for engine in engines:
-            procs[engine] = {"nginx": start_nginx, "haproxy": start_haproxy, "squid": start_squid}[engine](work)
+            if engine == "shipped":
+                procs[engine] = start_shipped(work, gate_result)
+            else:
+                procs[engine] = {"nginx": start_nginx, "haproxy": start_haproxy, "squid": start_squid}[engine](work)
         if not args.no_checks:
             for side in sides:
                 apply_ruleset(side)
@@ -720,6 +862,11 @@ def main():
             for engine in engines:
                 results["logs"][engine] = refusal_log(work, engine)
         address = API4 if args.family == "4" else API6
+        # A fresh lab loses its first SYNs (neighbour discovery) and a gate's first upstream connections
+        # warm its workers: one discarded second per side before anything is measured.
+        for side in sides:
+            apply_ruleset(side)
+            results["warmup"][side] = load(address, 1, 1.0, ca)
         for clients in [int(c) for c in args.clients.split(",")]:
             runs = dict((side, []) for side in sides)
             peaks = dict((engine, []) for engine in engines)
@@ -734,8 +881,12 @@ def main():
                         sampler = Sampler(pids)
                         sampler.start()
                         cpu_before = cpu_seconds(pids)
-                    before = dns_queries(work)
+                    before, syns = dns_queries(work), syn_counts()
                     run = load(address, clients, args.seconds, ca)
+                    after = syn_counts()
+                    run["server_syns"] = dict((a, n - syns.get(a, 0)) for a, n in after.items() if n != syns.get(a, 0))
+                    run["redirected"] = nat_redirects()
+                    prove_path(side, run)
                     if sampler:
                         sampler.done.set()
                         sampler.join(5)
@@ -744,7 +895,7 @@ def main():
                         # The gate's own CPU per connection: what it costs, whatever else runs.
                         run["gate_cpu_us_per_conn"] = 1e6 * (cpu_seconds(pids) - cpu_before) / max(1, run["ok"])
                     runs[side].append(run)
-                    print("c=%-3d rep %d %-8s %7.0f hs/s  p50 %6.2f ms  p99 %7.2f ms  errors %d" % (
+                    print("c=%-3d rep %d %-11s %7.0f hs/s  p50 %6.2f ms  p99 %7.2f ms  errors %d" % (
                         clients, rep + 1, side, run["rate"], run["p50_ms"], run["p99_ms"], run["errors"]),
                         file=sys.stderr, flush=True)
             summary = {}
@@ -754,12 +905,17 @@ def main():
                                  "rate_max": max(rates),
                                  "p50_ms_median": statistics.median(r["p50_ms"] for r in runs[side]),
                                  "p99_ms_median": statistics.median(r["p99_ms"] for r in runs[side]),
-                                 "errors": sum(r["errors"] for r in runs[side]), "runs": runs[side]}
+                                 "errors": sum(r["errors"] for r in runs[side]), "runs": runs[side],
+                                 # Where the upstream connections went (a gate may use any of the name's addresses).
+                                 "server_syns": dict((a, sum(r["server_syns"].get(a, 0) for r in runs[side]))
+                                                     for a in sorted(set(a for r in runs[side] for a in r["server_syns"])))}
             for engine in engines:
                 # Each repetition ran every side back to back: compare within a repetition, then take
                 # the median over repetitions (the machine's load moves between repetitions).
-                ratios = [g["rate"] / d["rate"] for g, d in zip(runs[engine], runs["direct"])]
-                added = [g["p50_ms"] - d["p50_ms"] for g, d in zip(runs[engine], runs["direct"])]
+                baseline = runs[BASELINE[engine]]
+                ratios = [g["rate"] / d["rate"] for g, d in zip(runs[engine], baseline)]
+                added = [g["p50_ms"] - d["p50_ms"] for g, d in zip(runs[engine], baseline)]
+                summary[engine]["baseline"] = BASELINE[engine]
                 summary[engine]["vs_direct"] = statistics.median(ratios)
                 summary[engine]["vs_direct_range"] = (min(ratios), max(ratios))
                 summary[engine]["added_p50_ms"] = statistics.median(added)
@@ -788,16 +944,17 @@ def report(results, engines):
         results["started"], results["loadavg_start"], results.get("loadavg_end")))
     for side, cases in results["checks"].items():
         bad = [c["case"] for c in cases if not c["ok"]]
-        if side == "direct":  # no gate: what reaches the server here is what the gate has to stop
-            print("checks direct   (no gate) %d/%d cases behave as a gate must; not: %s" % (
-                len(cases) - len(bad), len(cases), ", ".join(bad)))
+        if side in BASELINE.values():  # no gate: what reaches the server here is what the gate has to stop
+            print("checks %-11s (no gate) %d/%d cases behave as a gate must; not: %s" % (
+                side, len(cases) - len(bad), len(cases), ", ".join(bad)))
             continue
-        print("checks %-8s %d/%d as expected%s" % (side, len(cases) - len(bad), len(cases),
-                                                   ("; NOT: " + ", ".join(bad)) if bad else ""))
+        print("checks %-11s %d/%d as expected%s" % (side, len(cases) - len(bad), len(cases),
+                                                    ("; NOT: " + ", ".join(bad)) if bad else ""))
     for engine, res in results["resolver_down"].items():
         print("resolver down, %-8s %s (%.1f s), server SYNs %s" % (
             engine, res.get("body") or res.get("outcome"), res["elapsed"], res["server_syns"]))
     print()
+    print("paired with: " + ", ".join("%s vs %s" % item for item in sorted(results["baseline"].items())))
     print("| clients | side | handshakes/s (median, min-max) | vs direct, paired (median, min-max) "
           "| TTFB p50 (ms) | added p50, paired (ms, min-max) | TTFB p99 (ms) | gate CPU per connection (us) "
           "| gate RSS / PSS peak (MiB) | DNS queries | errors |")
@@ -814,6 +971,10 @@ def report(results, engines):
                 s["p99_ms_median"], "%.0f" % s["gate_cpu_us_per_conn"] if gate else "-",
                 "%.1f / %.1f" % (s["peak_rss_kib"] / 1024.0, s["peak_pss_kib"] / 1024.0) if gate else "-",
                 s["dns_queries"] if gate else "-", s["errors"]))
+    print()
+    for clients, summary in results["load"].items():
+        print("%s clients, SYNs at the server per address over all repetitions: %s" % (
+            clients, "; ".join("%s %s" % (side, s["server_syns"]) for side, s in summary.items())))
 
 
 if __name__ == "__main__":
