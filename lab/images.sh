@@ -21,8 +21,14 @@ SUITES=(bookworm bullseye trixie)
 BASE_PKGS=(python3 python3-apt systemd systemd-sysv dbus iproute2 iputils-ping curl ca-certificates
   netcat-openbsd bind9-dnsutils openssh-server openssh-client sudo procps kmod dnsmasq openssl)
 # Shipped in /opt/lab-apt only (with dependencies and recommends): what the role installs,
-# plus ulogd2 for NFLOG-based logging tests.
-REPO_PKGS=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent python3-dnspython ulogd2)
+# plus ulogd2 for NFLOG-based logging tests and systemd-resolved for the Molecule scenario `resolved`
+# (a package of its own from bookworm on; bullseye's systemd has it built in, so it is missing there).
+# nginx-light and libnginx-mod-stream: the role's TLS gate (egress_tls_gate).
+# chrony: the time daemon of the Molecule scenario `host-services` (installed there) and of the lab's
+# time server ag-time; apt-utils: apt-ftparchive, which builds the lab mirror ag-mirror's repository
+# (both services unpack them with dpkg-deb -x, nothing is installed in the image).
+REPO_PKGS=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent python3-dnspython ulogd2
+  systemd-resolved nginx-light libnginx-mod-stream chrony apt-utils)
 # Also in /opt/lab-apt, bookworm only and WITHOUT recommends (no git, perl, apparmor): the container
 # engines of the Molecule scenario `containers` (Docker 20.10; root podman with netavark; rootless
 # podman with uidmap and slirp4netns). Never installed in the image.
@@ -31,7 +37,7 @@ CONTAINER_PKGS=(docker.io containerd runc tini podman conmon golang-github-conta
   aardvark-dns slirp4netns uidmap)
 # Must not be installed in the image, or role tests would prove nothing.
 NOT_PREINSTALLED=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent
-  python3-dnspython nftables docker.io containerd podman netavark)
+  python3-dnspython nftables docker.io containerd podman netavark nginx-common libnginx-mod-stream chrony)
 
 log() { printf 'images: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

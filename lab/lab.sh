@@ -19,6 +19,8 @@ SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 . "$(dirname "$SCRIPT")/env.sh"
 
 LABEL=org.agentguard.lab
+# The host's own services of the Molecule scenario host-services: an NTP server and a Debian mirror.
+LAB_TIME4=198.18.0.12 LAB_TIME6=fd00:a9e:1::12 LAB_MIRROR4=198.18.0.13 LAB_MIRROR6=fd00:a9e:1::13
 NF_SYSCTL=net.netfilter.nf_log_all_netns
 
 log() { printf 'lab: %s\n' "$*" >&2; }
@@ -34,7 +36,9 @@ reap_stale() {
   local name pid mnt host_mnt i
   host_mnt=$(stat -L -c %i /proc/self/ns/mnt)
   for name in $(podman ps --format '{{.Names}}' 2>/dev/null); do
-    pid=$(podman inspect --format '{{.State.Pid}}' "$name" 2>/dev/null || echo 0)
+    # A failed inspect (the container just went away, or podman's lock timed out under load) proves
+    # nothing: only a PID that podman reports and that is gone or in the host's namespace does.
+    pid=$(podman inspect --format '{{.State.Pid}}' "$name" 2>/dev/null) || continue
     # alive = the PID lives in a mount namespace of its own (a reused PID would not; a zombie has none)
     mnt=""
     [ "${pid:-0}" -le 0 ] || mnt=$(stat -L -c %i "/proc/$pid/ns/mnt" 2>/dev/null || true)
@@ -84,7 +88,8 @@ ensure_pki() {
     log "lab CA created: $LAB_CA"
   fi
   cmp -s "$PKI/ca.crt" "$LAB_CA" 2>/dev/null || cp "$PKI/ca.crt" "$LAB_CA"
-  leaf api "DNS:api.openclaw.security,IP:$LAB_API4,IP:$LAB_API6"
+  # cotenant.cdn.lab: a second name on the API's addresses, as another customer of a CDN (the TLS gate's tests).
+  leaf api "DNS:api.openclaw.security,DNS:cotenant.cdn.lab,IP:$LAB_API4,IP:$LAB_API6"
   leaf rates "DNS:openexchangerates.org,DNS:*.openexchangerates.org,IP:$LAB_RATES4,IP:$LAB_RATES6"
   leaf forbidden "DNS:exfil.attacker.lab,DNS:*.attacker.lab,IP:$LAB_FORBIDDEN4,IP:$LAB_FORBIDDEN6"
   leaf resolver "DNS:dns.agentguard.lab,IP:$LAB_RESOLVER4,IP:$LAB_RESOLVER6"
@@ -100,9 +105,12 @@ ensure_dns_hosts() {
   local want
   want=$(printf '%s\n' "# Trusted lab resolver data (written by lab/lab.sh up; lab.sh dns-reload re-reads it)." \
     "$LAB_API4 api.openclaw.security" "$LAB_API6 api.openclaw.security" \
+    "$LAB_API4 cotenant.cdn.lab" "$LAB_API6 cotenant.cdn.lab" \
     "$LAB_RATES4 openexchangerates.org" "$LAB_RATES6 openexchangerates.org" \
     "$LAB_FORBIDDEN4 exfil.attacker.lab" "$LAB_FORBIDDEN6 exfil.attacker.lab" \
-    "$LAB_RESOLVER4 dns.agentguard.lab" "$LAB_RESOLVER6 dns.agentguard.lab")
+    "$LAB_RESOLVER4 dns.agentguard.lab" "$LAB_RESOLVER6 dns.agentguard.lab" \
+    "$LAB_TIME4 time.agentguard.lab" "$LAB_TIME6 time.agentguard.lab" \
+    "$LAB_MIRROR4 deb.agentguard.lab" "$LAB_MIRROR6 deb.agentguard.lab")
   if [ "$(cat "$DNS_HOSTS" 2>/dev/null)" != "$want" ]; then
     printf '%s\n' "$want" > "$DNS_HOSTS"
     if running ag-resolver; then dns_reload; fi
@@ -236,10 +244,14 @@ run_service() {
   fi
   if exists "$name"; then podman rm -f -t 5 "$name" >/dev/null; fi
   rotate_log
-  local cmd=(/lab/services/entrypoint.sh "$role" "${tls[@]}" "$@")
+  local cmd=(/lab/services/entrypoint.sh "$role" "${tls[@]}" "$@") caps=()
   [ "$role" != sibling ] || cmd=(/bin/sleep infinity)
+  # A service with an entry point of its own: lab/services/ROLE.sh (time, mirror).
+  [ ! -f "$LAB_DIR/services/$role.sh" ] || cmd=("/lab/services/$role.sh" "$@")
+  # ag-time logs the NTP datagrams that reach it from a packet socket (lab/services/ntplog.py).
+  [ "$role" != time ] || caps=(--cap-add NET_RAW)
   podman run -d --name "$name" --hostname "$name" --init \
-    --label "$LABEL=service" --label "$LABEL.config=$hash" \
+    --label "$LABEL=service" --label "$LABEL.config=$hash" "${caps[@]}" \
     --network "$LAB_NET" --ip "$ip4" --ip6 "$ip6" --mac-address "$(mac_for "$ip4")" \
     --dns "$LAB_RESOLVER4" --dns "$LAB_RESOLVER6" --dns-search . \
     "${mounts[@]}" "$LAB_IMAGE_REPO:bookworm" "${cmd[@]}" >/dev/null
@@ -251,7 +263,7 @@ run_service() {
 
 wait_ready() {  # the labserver of each service logged "ready" (bounded)
   local name i
-  for name in ag-resolver ag-api ag-rates ag-forbidden; do
+  for name in ag-resolver ag-api ag-rates ag-forbidden ag-time ag-mirror; do
     for i in $(seq 1 50); do
       grep -q ' ready$' "$LAB_STATE/logs/$name/labserver.log" 2>/dev/null && running "$name" && break
       running "$name" || { podman logs --tail 20 "$name" >&2; die "$name is not running"; }
@@ -280,8 +292,10 @@ print_addresses() {
 Lab network $LAB_NET (internal, no NAT): $LAB_NET4 (dynamic: $LAB_NET4_RANGE), $LAB_NET6 (dynamic: $LAB_NET6_RANGE)
   host (bridge gateway)  $LAB_GW4  $LAB_GW6
   ag-resolver   $LAB_RESOLVER4   $LAB_RESOLVER6   trusted DNS udp+tcp/53 (authoritative), tls/853
-  ag-api        $LAB_API4   $LAB_API6   api.openclaw.security: https 443, http 80, udp/443 echo
+  ag-api        $LAB_API4   $LAB_API6   api.openclaw.security (and co-tenant cotenant.cdn.lab): https 443, http 80, udp/443 echo
   ag-rates      $LAB_RATES4   $LAB_RATES6   openexchangerates.org: https 443
+  ag-time       $LAB_TIME4   $LAB_TIME6   time.agentguard.lab: NTP udp/123 (chronyd -x, local stratum 8)
+  ag-mirror     $LAB_MIRROR4   $LAB_MIRROR6   deb.agentguard.lab: Debian mirror http 80 (/debian bookworm main)
   ag-forbidden  $LAB_FORBIDDEN4   $LAB_FORBIDDEN6   exfil.attacker.lab: tls 443/853, tcp 80/25/22, udp/443, rogue DNS 53, icmp
   ag-sibling    $LAB_SIBLING4   $LAB_SIBLING6   unfirewalled control host (curl, dig, nc, openssl)
   ag-agent      $LAB_AGENT4   $LAB_AGENT6   demo test host (lab/lab.sh agent)
@@ -304,6 +318,8 @@ up() {
   run_service ag-rates "$LAB_RATES4" "$LAB_RATES6" rates --listen tls:443
   run_service ag-forbidden "$LAB_FORBIDDEN4" "$LAB_FORBIDDEN6" forbidden --listen tls:443 --listen tcp:80 \
     --listen tcp:25:banner --listen tcp:22:banner --listen tls:853:banner --listen udp:443
+  run_service ag-time "$LAB_TIME4" "$LAB_TIME6" time
+  run_service ag-mirror "$LAB_MIRROR4" "$LAB_MIRROR6" mirror
   run_service ag-sibling "$LAB_SIBLING4" "$LAB_SIBLING6" sibling
   wait_ready
   local out

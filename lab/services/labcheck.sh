@@ -36,6 +36,17 @@ s.sendto(b"labcheck", addr[4])
 print(s.recv(2048).decode(errors="replace"))' "$1" "$2" 2>&1
 }
 # shellcheck disable=SC2317
+ntp_query() {  # ntp_query ADDR: one NTP client request (version 4, mode 3) to udp/123, the server's mode and stratum
+  timeout 5 python3 -c '
+import socket, sys
+addr = socket.getaddrinfo(sys.argv[1], 123, type=socket.SOCK_DGRAM)[0]
+s = socket.socket(addr[0], socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"\x23" + bytes(47), addr[4])
+reply = s.recv(2048)
+print("ntp mode %d stratum %d" % (reply[0] & 7, reply[1]))' "$1" 2>&1
+}
+# shellcheck disable=SC2317
 tls_probe() {  # tls_probe HOST:PORT NAME: TLS handshake verified against the lab CA
   timeout 6 openssl s_client -brief -connect "$1" -servername "$2" -verify_hostname "$2" \
     -CAfile "$CA" -verify_return_error < /dev/null 2>&1
@@ -60,9 +71,17 @@ for fam in 4 6; do
   expect "v$fam api https://api.openclaw.security" "agentguard-lab api ok" curl -sS -"$fam" --max-time 5 --cacert "$CA" https://api.openclaw.security/
   expect "v$fam api http://api.openclaw.security (tcp/80)" "agentguard-lab api ok" curl -sS -"$fam" --max-time 5 http://api.openclaw.security/
   expect "v$fam api $A udp/443 (QUIC port up)" "agentguard-lab api udp/443 echo" udp_echo "$A" 443
+  # A co-tenant of the API's address (as on a CDN): another name, same server, same addresses.
+  expect "v$fam api co-tenant https://cotenant.cdn.lab" "agentguard-lab api ok" curl -sS -"$fam" --max-time 5 --cacert "$CA" https://cotenant.cdn.lab/
 
   # ag-rates: the optional currency API.
   expect "v$fam rates https://openexchangerates.org" "agentguard-lab rates ok" curl -sS -"$fam" --max-time 5 --cacert "$CA" https://openexchangerates.org/
+
+  # ag-time and ag-mirror: the time server and the Debian mirror of the host's own services.
+  T=198.18.0.12; [ "$fam" = 4 ] || T=fd00:a9e:1::12
+  expect "v$fam time $T udp/123 (NTP, chronyd)" "ntp mode 4 stratum 8" ntp_query "$T"
+  expect "v$fam mirror http://deb.agentguard.lab/debian (tcp/80)" "Origin: agentguard-lab-mirror" \
+    curl -sS -"$fam" --max-time 5 http://deb.agentguard.lab/debian/dists/bookworm/Release
 
   # ag-forbidden: everything here must stay unreachable from a firewalled agent.
   expect "v$fam forbidden https://exfil.attacker.lab" "agentguard-lab forbidden ok" curl -sS -"$fam" --max-time 5 --cacert "$CA" https://exfil.attacker.lab/

@@ -11,7 +11,9 @@ Each --listen is PROTO:PORT[:MODE]:
                                    one line back and close (SMTP/SSH/DoT-like ports).
   udp (mode echo):                 answer every datagram with "agentguard-lab NAME udp/PORT echo ...".
 Every listener binds the IPv4 and the IPv6 wildcard address. Every connection and datagram is logged,
-one line each, to stdout and to --log, so a test can prove that a blocked packet never arrived.
+one line each, to stdout and to --log, so a test can prove that a blocked packet never arrived; a TLS
+connection's line carries the server name the client sent (`sni=NAME`, `sni=-` without one), so a test
+can tell which of the names sharing an address (a CDN's co-tenants) a connection reached.
 Python >= 3.9 (the oldest Debian the lab builds ships 3.9).
 """
 import argparse
@@ -88,10 +90,19 @@ class Server:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(args.cert, args.key)
             ctx.set_alpn_protocols(["http/1.1"])
+            ctx.sni_callback = self.note_sni
             self.ssl = ctx
+
+    @staticmethod
+    def note_sni(ssl_object, server_name, _ctx):
+        # Kept on the connection's SSLObject for its log line; None continues the handshake.
+        ssl_object.lab_sni = server_name
+        return None
 
     async def handle(self, reader, writer, proto, port, mode):
         peer = peer_str(writer.get_extra_info("peername"))
+        if proto == "tls":
+            peer += " sni=%s" % (getattr(writer.get_extra_info("ssl_object"), "lab_sni", None) or "-")
         if self.slots.locked():
             self.log("%s/%s %s refused: too many connections" % (proto, port, peer))
             writer.close()
