@@ -7,7 +7,7 @@
 
 Filters (egress_canary_checks documented below, the others in the .yml file of their name beside this one; tested in
 tests/unit/plugins/filter/test_egress_canary_checks.py): egress_canary_targets, egress_canary_checks,
-egress_canary_argv, egress_canary_verdict. They take what the role registered as explicit
+egress_canary_gate_checks, egress_canary_argv, egress_canary_verdict. They take what the role registered as explicit
 arguments; the role's tasks/canary.yml runs the probes (files/egress_probe.py) and asserts the verdict.
 """
 
@@ -25,7 +25,7 @@ description:
   - Defined in C(plugins/filter/egress_canary_checks.py), unit-tested in C(tests/unit/plugins/filter/test_egress_canary_checks.py).
 author:
   - agentguard.hardening developers (@agentguard)
-positional: resolved, families
+positional: resolved, families, gate
 options:
   _input:
     description: C(egress_allow).
@@ -43,6 +43,13 @@ options:
       - ipv4
       - ipv6
     elements: str
+  gate:
+    description:
+      - RV(agentguard.hardening.egress_rules#module:tls_gate) of this run's result. With the gate on, a check of
+        a gated name and port carries C(sni), the name, and the probe completes a TLS handshake through the gate
+        (a TCP connect alone would reach the gate's listener whatever the name).
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
@@ -54,7 +61,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: One dictionary per check, with C(name), C(family), C(address) and C(port).
+  description: One dictionary per check, with C(name), C(family), C(address), C(port) and C(sni) (empty when not gated).
   type: list
   elements: dict
 """
@@ -69,6 +76,8 @@ from ansible_collections.agentguard.hardening.plugins.plugin_utils._filters impo
 _BRACKETED = re.compile(r"^\[([^\[\]]*)\]:([^:\[\]]*)$")
 _PLAIN = re.compile(r"^([^:\[\]]+):([^:\[\]]*)$")
 _HOST_BITS = {"ipv4": "/32", "ipv6": "/128"}
+# The server name of the gate's refusal check: reserved (RFC 2606), so it belongs to no one.
+FOREIGN_SNI = "agentguard-canary.invalid"
 
 
 def _detail(exc, prefix):
@@ -117,14 +126,31 @@ def egress_canary_targets(forbidden):
     return parse_each("egress_canary_targets", "egress_canary_forbidden", forbidden, canary_target)
 
 
-def egress_canary_checks(allow, resolved, families=FAMILIES):
-    """One check per allowed TCP destination, port and opened family: the first address the module resolved.
+def _gated(gate):
+    """{(name, port)} the TLS gate covers, from the module's tls_gate result (empty when it is off)."""
+    gate = gate if isinstance(gate, dict) else {}
+    if gate.get("mode") not in ("audit", "enforce"):
+        return set()
+    return set((str(entry.get("name")), int(port)) for entry in gate.get("names") or [] for port in entry.get("ports") or [])
 
-    A range is probed at its lower bound; a network (a CIDR wider than one address) is not probed.
+
+def _name(host):
+    return str(host or "").lower().rstrip(".")
+
+
+def egress_canary_checks(allow, resolved, families=FAMILIES, gate=None):
+    """One check per allowed TCP destination, port and opened family: the first address the module resolved.
+    Entries with users (open to those users only) get no check.
+
+    A range is probed at its lower bound; a network (a CIDR wider than one address) is not probed. A gated
+    name and port (gate: the module's tls_gate result) is probed with a TLS handshake for the name (sni).
     """
+    gated = _gated(gate)
     checks = []
     for dest in allow or []:
-        if (dest.get("protocol") or "tcp") != "tcp":
+        # An entry with users: is open to those users' processes only (the host's own services, e.g. _apt to
+        # the mirrors): the canary, root or the first restricted user, is not one of them and would fail it.
+        if (dest.get("protocol") or "tcp") != "tcp" or dest.get("users"):
             continue
         answers = (resolved or {}).get(dest.get("name")) or {}
         ports = dest.get("ports")
@@ -136,9 +162,20 @@ def egress_canary_checks(allow, resolved, families=FAMILIES):
                 if "/" in host:
                     continue
                 for index, port in enumerate([443] if ports is None else ports):
-                    low = parse_port(port, "%s ports[%d]" % (dest.get("name"), index)).split(":")[0]
-                    checks.append(dict(name=dest.get("name"), family=family, address=host, port=int(low)))
+                    low = int(parse_port(port, "%s ports[%d]" % (dest.get("name"), index)).split(":")[0])
+                    sni = _name(dest.get("host")) if (_name(dest.get("host")), low) in gated else ""
+                    checks.append(dict(name=dest.get("name"), family=family, address=host, port=low, sni=sni))
     return checks
+
+
+def egress_canary_gate_checks(allow, resolved, families=FAMILIES, gate=None):
+    """With the TLS gate enforcing: per gated name and port, to the first address per family the module resolved
+    for it, a TLS handshake with a server name that is not allowlisted (FOREIGN_SNI), which the gate must refuse.
+    [] in audit mode (it passes such a name) or when the gate is off."""
+    if not isinstance(gate, dict) or gate.get("mode") != "enforce":
+        return []
+    return [dict(check, sni=FOREIGN_SNI, allowed_sni=check["sni"])
+            for check in egress_canary_checks(allow, resolved, families, gate) if check["sni"]]
 
 
 def egress_canary_argv(code, python, timeout, user="", passwd=None):
@@ -163,16 +200,17 @@ def _results(registered):
     return registered or []
 
 
-def egress_canary_verdict(allowed, forbidden, host="this host"):
+def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=None):
     """The canary's verdict from the registered probe loops.
 
     A failure is an allowed address that answered anything but "connected" or "no route" (rc 0 or 3), an
-    allowed destination and port that no family reached, and a forbidden target that accepted a connection.
+    allowed destination and port that no family reached, a forbidden target that accepted a connection, and
+    a foreign server name that the TLS gate let through (gate_refused: the loop of egress_canary_gate_checks).
     Returns {failures, fail_msg, success_msg}.
     """
     failures = []
     reached = OrderedDict()
-    allowed, forbidden = _results(allowed), _results(forbidden)
+    allowed, forbidden, gate_refused = _results(allowed), _results(forbidden), _results(gate_refused)
     for result in allowed:
         item = result.get("item") or {}
         key = "%s port %s" % (item.get("name"), item.get("port"))
@@ -187,11 +225,18 @@ def egress_canary_verdict(allowed, forbidden, host="this host"):
         if result.get("rc") == 0:
             item = result.get("item")
             failures.append("forbidden %s accepted a connection" % (item.get("entry") if isinstance(item, dict) else item))
+    for result in gate_refused:
+        if result.get("rc") == 0:
+            item = result.get("item") or {}
+            failures.append("the TLS gate let the server name %s through to %s (%s) port %s"
+                            % (item.get("sni"), item.get("name"), item.get("address"), item.get("port")))
+    refused = len([r for r in gate_refused if r.get("rc") not in (0, 3)])
     return dict(
         failures=failures,
         fail_msg="Egress canary failed on %s: %s." % (host, "; ".join(failures)),
-        success_msg="Egress canary passed: %d allowed connection(s) made, %d forbidden destination(s) blocked."
-                    % (len([r for r in allowed if r.get("rc") == 0]), len(forbidden)),
+        success_msg="Egress canary passed: %d allowed connection(s) made, %d forbidden destination(s) blocked%s."
+                    % (len([r for r in allowed if r.get("rc") == 0]), len(forbidden),
+                       ", %d foreign server name(s) refused by the TLS gate" % refused if gate_refused else ""),
     )
 
 
@@ -200,6 +245,7 @@ class FilterModule(object):
         return {
             "egress_canary_targets": egress_canary_targets,
             "egress_canary_checks": egress_canary_checks,
+            "egress_canary_gate_checks": egress_canary_gate_checks,
             "egress_canary_argv": egress_canary_argv,
             "egress_canary_verdict": egress_canary_verdict,
         }

@@ -17,6 +17,7 @@ explicit arguments and returns plain data: the role's tasks only run what these 
 - egress_boot_files: the exact content of every file the role persists.
 - egress_dns_names, egress_dns_conflicts, egress_resolved_in_charge: the filtering resolver's setup.
 - egress_failure_message: what a failed apply or canary says, with what became of the rules.
+- egress_tls_gate_files: the TLS gate's configuration, unit and drop-ins, byte for byte.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -35,7 +36,7 @@ description:
   - Defined in C(plugins/filter/egress_phases.py), unit-tested in C(tests/unit/plugins/filter/test_egress_phases.py).
 author:
   - agentguard.hardening developers (@agentguard)
-positional: host, platform, boot_files, plan, dns_user_lookup
+positional: host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_user
 options:
   _input:
     description: 'What the run was asked: C(state), C(mode), C(dns_mode), C(persist), C(canary), C(canary_every_run),
@@ -63,6 +64,15 @@ options:
     description: The registered result of M(ansible.builtin.getent) for the filtering resolver's user.
     type: dict
     default: {}
+  tls_files:
+    description: agentguard.hardening.egress_tls_gate_files of this run's result (the TLS gate's wanted files).
+    type: list
+    default: []
+    elements: dict
+  tls_user:
+    description: The registered creation of the TLS gate's user (M(ansible.builtin.user)).
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
@@ -75,7 +85,8 @@ RETURN = r"""
 _value:
   description: The flags C(install), C(resolver), C(plan), C(apply), C(canary), C(persist), C(remove), C(unpersist),
     C(remove_resolver), C(done); C(missing_packages), C(debconf), C(resolvers), C(dns_active), C(dns_leftovers)
-    and C(plan_blocked) (why check mode cannot plan, or empty).
+    and C(plan_blocked) (why check mode cannot plan, or empty); for the TLS gate C(tls_on), C(tls_user),
+    C(mask_nginx), C(tls_gate), C(remove_tls_gate) and C(tls_leftovers).
   type: dict
 """
 
@@ -96,7 +107,13 @@ OPTION_VARS = {
     "mode": "egress_mode", "scope": "egress_scope", "users": "egress_scope_users",
     "scope_networks": "egress_scope_networks", "families": "egress_families", "state": "egress_state",
     "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout", "dhcp": "egress_dhcp",
+    "tls_gate": "egress_tls_gate", "tls_gate_user": "egress_tls_gate_user", "tls_gate_port": "egress_tls_gate_port",
 }
+# A user the role creates (the TLS gate's): a plain system user name.
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Debian's own web server unit, which installing nginx would enable and start on port 80.
+NGINX_UNIT = "nginx.service"
+GATE_MODES_ON = ("audit", "enforce")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
 RESOLVED_UNIT = "systemd-resolved.service"
 LOOPBACK_RESOLVERS = ["127.0.0.1"]
@@ -134,7 +151,8 @@ def _unique(items):
     return seen
 
 
-def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, canary_forbidden=None, rollback_min=20):
+def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, canary_forbidden=None, rollback_min=20,
+                        tls_before_units=None):
     """Every problem with the role's inputs, each naming the variable and its value; [] when none.
 
     options are the module's (the role's __egress_rules_args): the module's own validation runs on them
@@ -149,10 +167,15 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
             and options.get("mode") != "enforce" and not options.get("dns_servers")):
         errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
                       "local filtering resolver forwards the allowed names to.")
-    invalid = [str(unit) for unit in dns_before_units or [] if not UNIT_RE.match(str(unit))]
-    if invalid:
-        errors.append("egress_dns_before_units must hold systemd unit names such as agent.service; invalid: %s."
-                      % ", ".join(invalid))
+    for name, units in (("egress_dns_before_units", dns_before_units), ("egress_tls_gate_before_units", tls_before_units)):
+        invalid = [str(unit) for unit in units or [] if not UNIT_RE.match(str(unit))]
+        if invalid:
+            errors.append("%s must hold systemd unit names such as agent.service; invalid: %s." % (name, ", ".join(invalid)))
+    gate_user = options.get("tls_gate_user")
+    if (options.get("state") == "present" and options.get("tls_gate") in GATE_MODES_ON
+            and not USER_NAME_RE.match(str(gate_user or ""))):
+        errors.append("egress_tls_gate_user is %r: the role creates this system user, so give a name of lowercase letters, "
+                      "digits, '_' and '-' (at most 32, not starting with a digit or '-')." % (gate_user,))
     if _int(rollback_timeout) != 0 and _int(rollback_timeout) < int(rollback_min):
         errors.append("egress_rollback_timeout is %s: use 0 (no rollback) or at least %s seconds, time for the "
                       "module to run and a fresh connection to be made." % (rollback_timeout, rollback_min))
@@ -190,28 +213,40 @@ def _entry_users(allow):
     return found
 
 
-def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=None):
+def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=None, tls=None):
     """The options of egress_host_state: every platform's packages, boot units and files at once (the module
     names the host's platform only in its answer), the units whose state the role needs, and the users: the
     restricted ones (scope users; also asked which runtime sockets they reach) and those of egress_allow
-    entries (users:), which must exist too."""
+    entries (users:), which must exist too. tls (the role's __egress_tls): the TLS gate's files, its unit and
+    Debian's nginx.service (whether nginx is installed, and masked), and its user (whether it exists)."""
     platforms = _dict(platforms)
     rows = [_row(platforms, key) for key in platforms]
     packages = set()
     paths = list(dns_files or [])
     for row in rows:
-        for key in ("packages", "persist_packages", "dns_packages"):
+        for key in ("packages", "persist_packages", "dns_packages", "tls_gate_packages"):
             packages.update(row.get(key) or [])
         paths.extend((row.get("persist_files") or {}).values())
         paths.extend("/etc/systemd/system/%s.d/%s" % (unit, dropin_name) for unit in row.get("dropin_units") or [])
+    tls = _dict(tls)
+    gate_units = [tls["unit"], NGINX_UNIT] if tls.get("unit") else []
+    paths.extend(_tls_paths(tls))
     return dict(
         packages=sorted(packages),
-        active=list(units or []),
-        enabled=sorted(set(unit for row in rows for unit in row.get("boot_units") or [])),
+        active=list(units or []) + gate_units,
+        enabled=sorted(set(unit for row in rows for unit in row.get("boot_units") or []) | set(gate_units)),
         paths=_unique(paths),
-        users=_unique(list(users or []) + [name for index, name in _entry_users(allow)]),
+        users=_unique(list(users or []) + [name for index, name in _entry_users(allow)]
+                      + ([tls["user"]] if tls.get("user") else [])),
         runtime_users=list(users or []),
     )
+
+
+def _tls_paths(tls):
+    """The TLS gate's unit and configuration: what it leaves on a host (its directories go with them)."""
+    if not tls.get("unit"):
+        return []
+    return ["/etc/systemd/system/%s" % tls["unit"], tls["conf"], tls["conf"].rsplit("/", 1)[0]]
 
 
 def egress_platform(host, platforms):
@@ -225,17 +260,21 @@ def egress_platform(host, platforms):
     return {}
 
 
-def egress_host_errors(host, platform, hostname="this host", allow=None, scope_users=None):
+def egress_host_errors(host, platform, hostname="this host", allow=None, scope_users=None, tls=None):
     """Why this host cannot be hardened, before anything is installed: its platform, users that do not exist
-    (those of egress_scope_users, and those of egress_allow entries, named by entry)."""
-    host = _dict(host)
+    (those of egress_scope_users, and those of egress_allow entries, named by entry; not the TLS gate's user,
+    which the role creates), and a TLS gate (tls: the run's gate settings, with mode) on a host without systemd."""
+    host, tls = _dict(host), _dict(tls)
     facts = _dict(host.get("platform"))
     errors = []
     if facts.get("system") != "Linux" or not platform:
         errors.append("The role egress supports Debian, Ubuntu and Enterprise Linux only; this host is %s %s (%s, %s)."
                       % (facts.get("distribution"), facts.get("distribution_major_version"),
                          facts.get("os_family"), facts.get("system")))
-    missing = host.get("missing_users") or []
+    missing = [name for name in host.get("missing_users") or [] if name != tls.get("user")]
+    if tls.get("mode") in GATE_MODES_ON and not host.get("systemd"):
+        errors.append("egress_tls_gate is %s, but systemd is not PID 1 on %s: the gate runs as a systemd unit. Set "
+                      "egress_tls_gate: off on this host." % (tls.get("mode"), hostname))
     entries = [(index, name) for index, name in _entry_users(allow) if name in missing]
     in_entries = set(name for index, name in entries)
     scope_missing = [name for name in missing if scope_users is None or name in scope_users or name not in in_entries]
@@ -281,6 +320,112 @@ def egress_boot_files(result, platform, marker, dropin_name):
     return boot
 
 
+# The gate's unit. Hardening, each directive checked with `systemd-analyze security` (molecule tls-gate):
+# a high port needs no capability, and nginx started as a user never changes user; it writes only its
+# logs and pid file (LogsDirectory=, StateDirectory=, owned by its user); it needs IPv4, IPv6 and the
+# journal's socket only.
+TLS_UNIT = """# {marker} (role egress); do not edit: every run rewrites this file.
+[Unit]
+Description=agentguard egress TLS gate (nginx stream: allowlisted server names only)
+Documentation=man:nginx(8)
+# The rules that redirect to it are loaded at boot before it{dns_comment}.
+After=network.target {after}
+{wants}
+[Service]
+Type=exec
+User={user}
+Group={user}
+ExecStartPre={binary} -t -q -e stderr -c {conf}
+ExecStart={binary} -e stderr -c {conf} -g 'daemon off;'
+ExecReload=/bin/kill -HUP $MAINPID
+KillSignal=SIGQUIT
+TimeoutStopSec=10
+Restart=on-failure
+RestartSec=2
+LogsDirectory={log_name}
+LogsDirectoryMode=0750
+StateDirectory={state_name}
+StateDirectoryMode=0750
+UMask=0027
+CapabilityBoundingSet=
+AmbientCapabilities=
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+DevicePolicy=closed
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RemoveIPC=yes
+KeyringMode=private
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+LimitNOFILE=16384
+
+[Install]
+WantedBy=multi-user.target
+"""
+TLS_DROPIN = """# {marker} (role egress); do not edit: every run rewrites this file.
+# This unit's TLS connections go through the TLS gate: start it after the gate.
+[Unit]
+Wants={unit}
+After={unit}
+"""
+
+
+def egress_tls_gate_files(result, mode, user, dns_mode, dns_servers, tls, marker, before_units=None, platform=None):
+    """The TLS gate's files for this run's result of egress_rules, in write order: its nginx configuration
+    (agentguard.hardening.egress_tls_gate_config, under the marker), its unit, and a drop-in per unit of
+    egress_tls_gate_before_units. Each is {path, content, mode, kind} (kind config, unit or dropin). [] when the
+    gate is off or the result has no tls_gate (a plan that could not run).
+
+    The gate asks the filtering resolver in filtering mode, the trusted resolvers (egress_dns_servers) in pinned
+    mode (only for names audit mode passes: an allowed name connects to the module's own resolution there).
+    """
+    from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import render_nginx
+
+    result, tls, platform = _dict(result), _dict(tls), _dict(platform)
+    gate = _dict(result.get("tls_gate"))
+    if mode not in GATE_MODES_ON or gate.get("mode") not in GATE_MODES_ON or not gate.get("listeners"):
+        return []
+    resolvers = LOOPBACK_RESOLVERS if dns_mode == "filtering" else list(dns_servers or [])
+    log_dir, state_dir = tls["log_dir"], tls["state_dir"]
+    try:
+        config = render_nginx(gate, dns_mode, resolvers, log_dir + "/access.log", state_dir + "/nginx.pid",
+                              log_dir + "/error.log")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AnsibleFilterError("egress_tls_gate_files: %s" % exc)
+    config = "# %s (role egress); do not edit: every run rewrites this file.\n%s" % (marker, config)
+    filtering = dns_mode == "filtering"
+    after = " ".join(list(platform.get("boot_units") or []) + (["agentguard-dns.service"] if filtering else []))
+    unit = TLS_UNIT.format(
+        marker=marker, user=user, binary=tls["binary"], conf=tls["conf"], after=after,
+        dns_comment=", and asks the filtering resolver" if filtering else "",
+        wants="Wants=agentguard-dns.service\n" if filtering else "",
+        log_name=log_dir.rsplit("/", 1)[1], state_name=state_dir.rsplit("/", 1)[1])
+    files = [dict(path=tls["conf"], content=config, mode="0644", kind="config"),
+             dict(path="/etc/systemd/system/%s" % tls["unit"], content=unit, mode="0644", kind="unit")]
+    for name in before_units or []:
+        files.append(dict(path="/etc/systemd/system/%s.d/%s" % (name, tls["dropin"]), mode="0644", kind="dropin",
+                          content=TLS_DROPIN.format(marker=marker, unit=tls["unit"])))
+    return files
+
+
 def _boot_files_current(boot_files, host, platform):
     """True when every file has the wanted content, owner and mode, and the boot units are enabled (as
     egress_host_state found them when the run started)."""
@@ -296,7 +441,18 @@ def _boot_files_current(boot_files, host, platform):
     return True
 
 
-def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None):
+def _tls_files_current(tls_files, host, unit):
+    """True when the gate's files have the wanted content, owner and mode, and its unit is enabled and active."""
+    paths = _dict(host.get("paths"))
+    for wanted in tls_files:
+        have = _dict(paths.get(wanted["path"]))
+        if (have.get("sha256") != _sha256(wanted["content"]) or have.get("mode") != wanted["mode"]
+                or have.get("uid") != 0 or have.get("gid") != 0):
+            return False
+    return (_dict(host.get("enabled")).get(unit) == "enabled" and _dict(host.get("active")).get(unit) == "active")
+
+
+def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None, tls_files=None, tls_user=None):
     """Which phase of the role runs, each decided once, from what the run was asked (run: state, mode,
     dns_mode, persist, canary, canary_every_run, check_mode, dns_user, dns_unit, dns_files), the host's state
     (egress_host_state), its platform row, the files to persist (egress_boot_files), the plan (the registered
@@ -305,6 +461,13 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     Returns the flags install, resolver, plan, apply, canary, persist, remove, unpersist, remove_resolver and
     done (nothing after the plan), plus missing_packages, debconf, resolvers (what the module resolves
     through), dns_active, dns_leftovers and plan_blocked (why check mode cannot plan; '' when it can).
+
+    The TLS gate (run.tls: the role's __egress_tls with mode and user; tls_files: egress_tls_gate_files of the
+    plan; tls_user: the registered creation of its user): tls_on, tls_user (create the user before the plan),
+    mask_nginx (mask Debian's nginx.service before nginx is installed: it is not installed yet, so nothing of
+    the host's own is masked), tls_gate (write and (re)start the gate outside an apply: its files or unit
+    differ while the rules do not; an apply always sets the gate up) and remove_tls_gate (the gate is off and
+    left its unit or configuration).
     """
     run, host, platform, plan = _dict(run), _dict(host), _dict(platform), _dict(plan)
     present = run.get("state") == "present"
@@ -317,7 +480,12 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     wanted = list(platform.get("packages") or [])
     wanted += list(platform.get("persist_packages") or []) if persist else []
     wanted += list(platform.get("dns_packages") or []) if filtering else []
+    tls = _dict(run.get("tls"))
+    tls_on = present and tls.get("mode") in GATE_MODES_ON
+    wanted += list(platform.get("tls_gate_packages") or []) if tls_on else []
     missing = [name for name in _unique(wanted) if name not in installed]
+    gate_user_missing = tls_on and tls.get("user") in (host.get("missing_users") or [])
+    gate_user_created = bool(_dict(tls_user).get("changed")) and not check_mode
 
     dns_active = _dict(host.get("active")).get(run.get("dns_unit")) == "active"
     paths = _dict(host.get("paths"))
@@ -334,6 +502,7 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     # The module cannot plan in check mode on a host that lacks the packages (they would be installed first in
     # a real run); with egress_state=absent, a host without iptables has nothing to remove.
     first = missing + (["the user %s" % run.get("dns_user")] if check_mode and dns_user_missing else [])
+    first += ["the user %s" % tls.get("user")] if check_mode and gate_user_missing and not gate_user_created else []
     if present:
         can_plan = not (check_mode and first)
     else:
@@ -344,10 +513,15 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
 
     apply = bool(plan.get("changed")) and not plan.get("skipped") and not check_mode
     canary_possible = (_bool(run.get("canary", True)) and run.get("mode") == "enforce" and present and not check_mode)
-    canary = canary_possible and (apply or _bool(run.get("canary_every_run", False)))
+    tls_files = tls_files or []
+    tls_gate = (tls_on and bool(tls_files) and not apply and not plan.get("skipped")
+                and not _tls_files_current(tls_files, host, tls.get("unit")))
+    canary = canary_possible and (apply or tls_gate or _bool(run.get("canary_every_run", False)))
     boot_files = boot_files or []
     persist_now = present and persist and bool(boot_files) and not _boot_files_current(boot_files, host, platform)
     remove_resolver = not filtering and bool(leftovers)
+    tls_leftovers = [path for path in _tls_paths(tls) if path in paths]
+    remove_tls_gate = not tls_on and bool(tls_leftovers)
     return dict(
         install=present and bool(missing),
         resolver=filtering,
@@ -358,13 +532,20 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
         remove=not present,
         unpersist=not present and persist,
         remove_resolver=remove_resolver,
-        done=not (apply or canary or persist_now or not present or remove_resolver or plan_blocked),
+        done=not (apply or canary or persist_now or not present or remove_resolver or plan_blocked or tls_gate
+                  or remove_tls_gate),
         missing_packages=missing,
         debconf=list(platform.get("debconf") or []) if persist else [],
         resolvers=list(resolvers),
         dns_active=dns_active,
         dns_leftovers=leftovers,
         plan_blocked=plan_blocked,
+        tls_on=tls_on,
+        tls_user=gate_user_missing,
+        mask_nginx=tls_on and bool(host.get("systemd")) and _dict(host.get("enabled")).get(NGINX_UNIT) == "not-found",
+        tls_gate=tls_gate,
+        remove_tls_gate=remove_tls_gate,
+        tls_leftovers=tls_leftovers,
     )
 
 
@@ -439,4 +620,5 @@ class FilterModule(object):
             "egress_dns_conflicts": egress_dns_conflicts,
             "egress_resolved_in_charge": egress_resolved_in_charge,
             "egress_failure_message": egress_failure_message,
+            "egress_tls_gate_files": egress_tls_gate_files,
         }

@@ -4,13 +4,17 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The canary's probe: one bounded TCP connect from the host itself.
 
-The role runs it as `python3 -c "<this file>" HOST PORT TIMEOUT [SOURCE_PORT]` under timeout(1)
+The role runs it as `python3 -c "<this file>" HOST PORT TIMEOUT [SOURCE_PORT [SNI]]` under timeout(1)
 (tasks/canary.yml; with egress_scope=users as the restricted user, through setpriv), so it needs no
 file on the host. It prints what happened and exits 0 connected, 1 refused, blocked or timed out,
 2 name not resolved, 3 no route from this host (ENETUNREACH); timeout(1) adds 124.
 
 SOURCE_PORT (the forbidden probes) is bound first: egress_denials tells the canary's log lines by it.
-When it is taken, or the same connection is still in TIME_WAIT, the probe connects from any port.
+When it is taken, or the same connection is still in TIME_WAIT, the probe connects from any port (0: any).
+SNI (with the TLS gate on): after the connect, a TLS handshake sending that server name, without checking
+the certificate (the canary asks whether the gate lets the name through, not whom the host trusts); it
+exits 0 only when the handshake completes, 1 when the gate (or anything) closes it first. A TCP connect
+alone proves nothing there: the gate's listener accepts every redirected connection.
 Runs on the host's Python (Debian 11: 3.9).
 """
 from __future__ import absolute_import, division, print_function
@@ -19,6 +23,7 @@ __metaclass__ = type
 
 import errno
 import socket
+import ssl
 import sys
 
 
@@ -26,22 +31,39 @@ def connect(host, port, timeout, source_port):
     return socket.create_connection((host, port), timeout, ("", source_port) if source_port else None)
 
 
+def handshake(sock, sni):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(sock, server_hostname=sni) as tls:
+        return tls.version()
+
+
 def main(argv):
     host, port, timeout = argv[1], int(argv[2]), float(argv[3])
     source_port = int(argv[4]) if len(argv) > 4 else 0
+    sni = argv[5] if len(argv) > 5 else ""
+    sock = None
     try:
         try:
-            connect(host, port, timeout, source_port).close()
+            sock = connect(host, port, timeout, source_port)
         except OSError as exc:
             if not source_port or exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
                 raise
-            connect(host, port, timeout, 0).close()
+            sock = connect(host, port, timeout, 0)
+        if sni:
+            version = handshake(sock, sni)
+            print("handshake completed (%s) for %s" % (version, sni))
+            return 0
     except socket.gaierror as exc:
         print("name not resolved: %s" % exc)
         return 2
-    except OSError as exc:
-        print(exc or exc.__class__.__name__)
-        return 3 if exc.errno == errno.ENETUNREACH else 1
+    except (ssl.SSLError, OSError) as exc:
+        print(("handshake for %s failed: " % sni if sni and sock else "") + (str(exc) or exc.__class__.__name__))
+        return 3 if getattr(exc, "errno", None) == errno.ENETUNREACH else 1
+    finally:
+        if sock is not None:
+            sock.close()
     print("connected")
     return 0
 

@@ -10,8 +10,9 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
 INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
-PHASES = ["validate_inputs.yml", "read_host.yml", "install_packages.yml", "run_resolver.yml", "plan.yml",
-          "apply.yml", "canary.yml", "persist.yml", "remove_role_files.yml", "remove_resolver.yml"]
+PHASES = ["validate_inputs.yml", "read_host.yml", "install_packages.yml", "run_resolver.yml", "tls_gate_user.yml",
+          "plan.yml", "apply.yml", "tls_gate.yml", "canary.yml", "persist.yml", "remove_role_files.yml",
+          "remove_resolver.yml", "remove_tls_gate.yml"]
 
 
 def load(name):

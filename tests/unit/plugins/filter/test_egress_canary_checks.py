@@ -66,20 +66,28 @@ def test_one_check_per_tcp_destination_port_and_family_first_address_only():
              dict(name="rates", host="rates.example", ports=["8443"], protocol="tcp"),
              dict(name="ntp", host="pool.example", ports=[123], protocol="udp")]
     assert checks(allow, RESOLVED, ["ipv4", "ipv6"]) == [
-        dict(name="api", family="ipv4", address="198.18.0.10", port=443),
-        dict(name="api", family="ipv4", address="198.18.0.10", port=8000),
-        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=443),
-        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=8000),
-        dict(name="rates", family="ipv4", address="198.18.0.11", port=8443),
+        dict(name="api", family="ipv4", address="198.18.0.10", port=443, sni=""),
+        dict(name="api", family="ipv4", address="198.18.0.10", port=8000, sni=""),
+        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=443, sni=""),
+        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=8000, sni=""),
+        dict(name="rates", family="ipv4", address="198.18.0.11", port=8443, sni=""),
     ]
 
 
 def test_checks_default_to_443_and_only_the_opened_families():
     assert checks([dict(name="api", host="api.example")], RESOLVED, ["ipv6"]) == [
-        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=443)]
+        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=443, sni="")]
     assert checks([dict(name="api", host="api.example", ports=[])], RESOLVED, ["ipv4"]) == []
     assert checks([dict(name="gone", host="gone.example")], RESOLVED, ["ipv4"]) == []
     assert checks([dict(name="api", host="api.example")], {}, ["ipv4"]) == []
+
+
+def test_entries_for_other_users_get_no_check():
+    """users: [_apt] opens the mirror to apt's downloads only: a canary as root would fail on it."""
+    mirror = dict(name="api", host="api.example", ports=[80], users=["_apt"])
+    assert checks([mirror], RESOLVED, ["ipv4", "ipv6"]) == []
+    assert checks([dict(mirror, users=[])], RESOLVED, ["ipv4"]) == [
+        dict(name="api", family="ipv4", address="198.18.0.10", port=80, sni="")]
 
 
 # ------------------------------------------------------------------------------------- probe command line
@@ -178,3 +186,87 @@ def test_probe_binds_the_source_port_and_falls_back_when_it_is_taken(listener):
         peer = listener.accept()[0]
         assert peer.getpeername()[1] != busy
         peer.close()
+
+
+# ------------------------------------------------------------------------------------- the TLS gate
+GATE = dict(mode="enforce", listeners=[dict(port=443, listen=10443)],
+            names=[dict(name="api.example", subdomains=False, ports=[443], addresses=[])])
+GATE_ALLOW = [dict(name="api", host="API.example.", ports=[443, 8443]), dict(name="net", host="198.18.1.10")]
+GATE_RESOLVED = dict(RESOLVED, net={"ipv4": ["198.18.1.10/32"]})
+
+
+def test_gated_checks_carry_the_name_as_sni():
+    assert checks(GATE_ALLOW, GATE_RESOLVED, ["ipv4"], GATE) == [
+        dict(name="api", family="ipv4", address="198.18.0.10", port=443, sni="api.example"),
+        dict(name="api", family="ipv4", address="198.18.0.10", port=8443, sni=""),
+        dict(name="net", family="ipv4", address="198.18.1.10", port=443, sni=""),
+    ]
+    # Off (or no gate in the result): plain connects.
+    assert all(c["sni"] == "" for c in checks(GATE_ALLOW, GATE_RESOLVED, ["ipv4"], dict(GATE, mode="off")))
+
+
+def test_gate_checks_send_a_foreign_name_only_when_the_gate_enforces():
+    gate_checks = F["egress_canary_gate_checks"]
+    assert gate_checks(GATE_ALLOW, GATE_RESOLVED, ["ipv4", "ipv6"], GATE) == [
+        dict(name="api", family="ipv4", address="198.18.0.10", port=443, sni="agentguard-canary.invalid",
+             allowed_sni="api.example"),
+        dict(name="api", family="ipv6", address="fd00:a9e:1::10", port=443, sni="agentguard-canary.invalid",
+             allowed_sni="api.example"),
+    ]
+    assert gate_checks(GATE_ALLOW, GATE_RESOLVED, ["ipv4"], dict(GATE, mode="audit")) == []
+    assert gate_checks(GATE_ALLOW, GATE_RESOLVED, ["ipv4"], {}) == []
+
+
+def test_a_foreign_name_through_the_gate_fails_the_canary():
+    allowed = {"results": [probe("api", "198.18.0.10", 443, 0, "handshake completed")]}
+    leak = dict(item=dict(name="api", address="198.18.0.10", port=443, sni="agentguard-canary.invalid"), rc=0)
+    refused = dict(leak, rc=1)
+    result = verdict(allowed, {"results": []}, "h", {"results": [leak, dict(leak, rc=3)]})
+    assert result["failures"] == ["the TLS gate let the server name agentguard-canary.invalid through to api "
+                                  "(198.18.0.10) port 443"]
+    result = verdict(allowed, {"results": []}, "h", {"results": [refused]})
+    assert result["failures"] == []
+    assert result["success_msg"] == ("Egress canary passed: 1 allowed connection(s) made, 0 forbidden destination(s) "
+                                     "blocked, 1 foreign server name(s) refused by the TLS gate.")
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=api.example", "-keyout", str(work / "key.pem"),
+                    "-out", str(work / "cert.pem")], check=True, capture_output=True)
+    return str(work / "cert.pem"), str(work / "key.pem")
+
+
+def tls_server(pair, refuse):
+    """A one-connection TLS server: completes the handshake, or (a gate refusing) reads and closes."""
+    import ssl
+    import threading
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*pair)
+
+    def serve():
+        conn, _addr = server.accept()
+        try:
+            if refuse:
+                conn.recv(4096)
+            else:
+                context.wrap_socket(conn, server_side=True).close()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+            server.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def test_probe_with_sni_needs_a_completed_handshake(tls_pair):
+    rc, out = run_probe("127.0.0.1", tls_server(tls_pair, refuse=False), 3, 0, "api.example")
+    assert rc == 0 and out.startswith("handshake completed") and out.endswith("for api.example"), out
+    rc, out = run_probe("127.0.0.1", tls_server(tls_pair, refuse=True), 3, 0, "agentguard-canary.invalid")
+    assert rc == 1 and out.startswith("handshake for agentguard-canary.invalid failed"), out

@@ -93,7 +93,7 @@ def test_input_errors_want_the_options_dict():
 def test_each_supported_platform_has_a_complete_row(platform, iptables, persist_dir):
     row = F["egress_platform"](dict(platform=platform), PLATFORMS)
     assert row["iptables_package"] == iptables and row["persist_dir"] == persist_dir
-    assert set(row) == {"iptables_package", "packages", "persist_packages", "dns_packages", "debconf",
+    assert set(row) == {"iptables_package", "packages", "persist_packages", "dns_packages", "tls_gate_packages", "debconf",
                         "persist_files", "persist_dir", "boot_units", "dropin_units"}
     assert row["iptables_package"] in row["packages"]
     assert set(row["persist_files"]) == {"ipv4", "ipv6", "sets"}
@@ -417,3 +417,176 @@ def test_entry_users_are_asked_for_and_missing_ones_named_by_entry():
     ]
     assert F["egress_host_errors"](dict(platform=facts(), missing_users=["_chrony"]), {"packages": []}, "h", allow, []) == [
         "egress_allow[1].users: user '_chrony' does not exist on h (install its service first, or give its uid)."]
+
+
+# ------------------------------------------------------------------------------------- the TLS gate
+TLS = dict(ROLE_VARS["__egress_tls"], mode="enforce", user="agentguard-tlsgate")
+TLS_UNIT_PATH = "/etc/systemd/system/agentguard-tlsgate.service"
+GATE = dict(mode="enforce", user="agentguard-tlsgate", uid=998, listeners=[dict(port=443, listen=10443)],
+            names=[dict(name="api.example.com", subdomains=False, ports=[443], addresses=["198.18.0.10", "fd00::10"])],
+            ungated=[])
+GATE_RESULT = dict(RESULT, tls_gate=GATE)
+
+
+def gate_files(result=GATE_RESULT, mode="enforce", dns_mode="pinned", before=None):
+    return F["egress_tls_gate_files"](result, mode, "agentguard-tlsgate", dns_mode, ["198.18.0.53"], TLS, MARKER,
+                                      before or [], DEBIAN)
+
+
+def test_tls_gate_inputs_name_the_variable():
+    assert F["egress_input_errors"](options(tls_gate="enforce", tls_gate_user="agentguard-tlsgate"), [], 60, [], 20,
+                                    ["agent.service"]) == []
+    errors = F["egress_input_errors"](options(tls_gate="enforce", tls_gate_user="Bad User"), [], 60, [], 20, ["x y"])
+    assert ("egress_tls_gate_user is 'Bad User': the role creates this system user, so give a name of lowercase "
+            "letters, digits, '_' and '-' (at most 32, not starting with a digit or '-').") in errors, errors
+    assert ("egress_tls_gate_before_units must hold systemd unit names such as agent.service; invalid: x y."
+            in errors), errors
+    # Off, the user is not the role's to create: no check.
+    assert F["egress_input_errors"](options(tls_gate="off", tls_gate_user="Bad User")) == []
+
+
+def test_the_module_refuses_an_unknown_gate_mode_by_the_roles_name():
+    errors = F["egress_input_errors"](options(tls_gate="block", tls_gate_user="agentguard-tlsgate"))
+    assert any(e.startswith("egress_tls_gate: 'block'") for e in errors), errors
+
+
+def test_the_host_is_asked_about_the_gate():
+    query = F["egress_host_query"](PLATFORMS, DROPIN, DNS_FILES, [DNS_UNIT], ["agent"], [], TLS)
+    assert {"nginx-light", "libnginx-mod-stream", "nginx-mod-stream"} <= set(query["packages"])
+    assert query["active"] == [DNS_UNIT, "agentguard-tlsgate.service", "nginx.service"]
+    assert {"agentguard-tlsgate.service", "nginx.service"} <= set(query["enabled"])
+    assert {TLS_UNIT_PATH, "/etc/agentguard/tls-gate/nginx.conf", "/etc/agentguard/tls-gate"} <= set(query["paths"])
+    assert query["users"] == ["agent", "agentguard-tlsgate"] and query["runtime_users"] == ["agent"]
+
+
+def test_the_gate_user_is_the_roles_to_create_and_the_gate_needs_systemd():
+    state = dict(platform=facts(), systemd=False, missing_users=["agentguard-tlsgate"])
+    errors = F["egress_host_errors"](state, DEBIAN, "h1", [], [], TLS)
+    assert errors == ["egress_tls_gate is enforce, but systemd is not PID 1 on h1: the gate runs as a systemd unit. "
+                      "Set egress_tls_gate: off on this host."]
+    assert F["egress_host_errors"](dict(state, systemd=True), DEBIAN, "h1", [], [], TLS) == []
+    assert F["egress_host_errors"](state, DEBIAN, "h1", [], [], dict(TLS, mode="off")) == []
+
+
+def test_gate_files_are_the_config_unit_and_dropins():
+    files = gate_files(before=["agent.service"])
+    assert [(f["path"], f["kind"], f["mode"]) for f in files] == [
+        ("/etc/agentguard/tls-gate/nginx.conf", "config", "0644"), (TLS_UNIT_PATH, "unit", "0644"),
+        ("/etc/systemd/system/agent.service.d/10-agentguard-tlsgate.conf", "dropin", "0644")]
+    config, unit, dropin = (f["content"] for f in files)
+    assert config.startswith("# %s (role egress)" % MARKER)
+    assert "pid /var/lib/agentguard-tlsgate/nginx.pid;" in config
+    assert "access_log /var/log/agentguard-tlsgate/access.log tls_gate;" in config
+    assert "server 198.18.0.10:443;" in config and "server [fd00::10]:443;" in config
+    # Pinned mode: the trusted resolvers, only for names audit mode passes.
+    assert "resolver 198.18.0.53 " in config
+    assert "Wants=agentguard-tlsgate.service\nAfter=agentguard-tlsgate.service\n" in dropin
+
+
+@pytest.mark.parametrize("directive", [
+    "User=agentguard-tlsgate", "Group=agentguard-tlsgate", "CapabilityBoundingSet=\n", "AmbientCapabilities=\n",
+    "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "PrivateDevices=yes", "ProtectHome=yes",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources", "LogsDirectory=agentguard-tlsgate", "StateDirectory=agentguard-tlsgate",
+    "MemoryDenyWriteExecute=yes", "RestrictNamespaces=yes", "WantedBy=multi-user.target",
+    "ExecStartPre=/usr/sbin/nginx -t -q -e stderr -c /etc/agentguard/tls-gate/nginx.conf",
+    "After=network.target netfilter-persistent.service\n",
+])
+def test_the_gate_unit_is_hardened(directive):
+    unit = gate_files()[1]["content"]
+    assert directive in unit, unit
+    assert "ReadWritePaths" not in unit and "User=root" not in unit
+
+
+def test_in_filtering_mode_the_gate_asks_the_filtering_resolver_after_it_starts():
+    config, unit = (f["content"] for f in gate_files(dns_mode="filtering"))
+    assert "resolver 127.0.0.1 " in config and "upstream tls_gate_" not in config
+    assert "After=network.target netfilter-persistent.service agentguard-dns.service\n" in unit
+    assert "Wants=agentguard-dns.service\n" in unit
+
+
+def test_no_gate_files_when_off_or_without_a_plan():
+    assert gate_files(mode="off") == []
+    assert gate_files(result=RESULT) == []
+    assert gate_files(result=dict(RESULT, tls_gate=dict(GATE, mode="off", listeners=[]))) == []
+
+
+def tls_run(**over):
+    return run(tls=dict(TLS, **over))
+
+
+def current_gate(files, **over):
+    """A host whose gate files are as wanted, its unit enabled and active."""
+    paths = persisted(BOOT)
+    paths.update(persisted(files))
+    return host(paths=paths, packages=ALL_DEBIAN + DEBIAN["tls_gate_packages"],
+                active={"agentguard-tlsgate.service": "active"},
+                enabled={"netfilter-persistent.service": "enabled", "agentguard-tlsgate.service": "enabled",
+                         "nginx.service": "masked"}, **over)
+
+
+def tls_phases(state, plan=None, asked=None, tls_user=None, files=None):
+    return F["egress_phases"](asked or tls_run(), state, DEBIAN, BOOT, GATE_RESULT if plan is None else plan, {},
+                              gate_files() if files is None else files, tls_user or {})
+
+
+def test_a_converged_gate_is_done_after_the_plan():
+    decided = tls_phases(current_gate(gate_files()), plan=dict(GATE_RESULT, changed=False))
+    assert decided["done"] and decided["tls_on"]
+    assert not any(decided[k] for k in ("tls_user", "mask_nginx", "tls_gate", "remove_tls_gate", "install"))
+
+
+def test_turning_the_gate_on_installs_nginx_after_masking_its_service_and_creates_the_user():
+    state = host(paths=persisted(BOOT), enabled={"netfilter-persistent.service": "enabled", "nginx.service": "not-found"})
+    state["missing_users"] = ["agentguard-tlsgate"]
+    decided = tls_phases(state, plan=dict(GATE_RESULT, changed=True), files=[])
+    assert decided["install"] and decided["missing_packages"] == ["nginx-light", "libnginx-mod-stream"]
+    assert decided["mask_nginx"] and decided["tls_user"] and decided["apply"] and decided["canary"]
+    # An apply sets the gate up itself.
+    assert not decided["tls_gate"]
+
+
+def test_a_web_server_already_installed_is_not_masked():
+    state = current_gate(gate_files())
+    state["enabled"]["nginx.service"] = "enabled"
+    assert not tls_phases(state)["mask_nginx"]
+
+
+def test_check_mode_cannot_plan_before_the_gate_user_exists():
+    state = host(paths=persisted(BOOT))
+    state["missing_users"] = ["agentguard-tlsgate"]
+    decided = tls_phases(state, asked=run(check_mode=True, tls=TLS), tls_user=dict(changed=True), plan={}, files=[])
+    assert not decided["plan"]
+    assert decided["plan_blocked"] == ("Check mode: nginx-light, libnginx-mod-stream, the user agentguard-tlsgate would "
+                                       "be installed or created first, so the rules cannot be planned on this host yet.")
+    # Not in check mode, the user was created before the plan.
+    decided = tls_phases(dict(state, packages=ALL_DEBIAN + DEBIAN["tls_gate_packages"]), tls_user=dict(changed=True))
+    assert decided["plan"] and decided["plan_blocked"] == ""
+
+
+@pytest.mark.parametrize("change", ["content", "inactive", "disabled", "mode"])
+def test_the_gate_alone_is_set_up_when_its_files_or_unit_differ(change):
+    files = gate_files()
+    state = current_gate(files)
+    if change == "content":
+        state["paths"]["/etc/agentguard/tls-gate/nginx.conf"]["sha256"] = "0" * 64
+    elif change == "mode":
+        state["paths"][TLS_UNIT_PATH]["mode"] = "0666"
+    elif change == "inactive":
+        state["active"]["agentguard-tlsgate.service"] = "failed"
+    else:
+        state["enabled"]["agentguard-tlsgate.service"] = "disabled"
+    decided = tls_phases(state, plan=dict(GATE_RESULT, changed=False))
+    assert decided["tls_gate"] and decided["canary"] and not decided["apply"] and not decided["done"]
+
+
+def test_the_gate_is_removed_when_off_or_absent_and_it_left_something():
+    files = gate_files()
+    state = current_gate(files)
+    for asked in (tls_run(mode="off"), run(state="absent", tls=TLS)):
+        decided = F["egress_phases"](asked, state, DEBIAN, BOOT, dict(RESULT, changed=True), {}, [], {})
+        assert decided["remove_tls_gate"] and not decided["tls_on"] and not decided["done"]
+        assert decided["tls_leftovers"] == [TLS_UNIT_PATH, "/etc/agentguard/tls-gate/nginx.conf"]
+    # Nothing left: nothing to remove.
+    decided = F["egress_phases"](tls_run(mode="off"), host(paths=persisted(BOOT)), DEBIAN, BOOT, UNCHANGED, {}, [], {})
+    assert not decided["remove_tls_gate"] and decided["done"]
