@@ -10,19 +10,13 @@ only, files under --root only, bounded by a timeout per connection.
 Python >= 3.9 (the oldest Debian the lab builds ships 3.9).
 """
 import argparse
-import datetime
 import functools
 import http.server
 import socket
 
+from labserver import Logger, peer_str  # beside this file in /lab/services (one log format)
+
 IO_TIMEOUT = 10.0
-
-
-def peer_str(peer):
-    host, port = peer[0], peer[1]
-    if host.startswith("::ffff:"):
-        host = host[7:]
-    return "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
 
 
 class DualStackServer(http.server.ThreadingHTTPServer):
@@ -63,13 +57,7 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=80)
     ap.add_argument("--log", required=True, help="append log lines to this file")
     args = ap.parse_args(argv)
-    out = open(args.log, "a", buffering=1, encoding="utf-8")
-
-    def log(msg):
-        line = "%s %s %s" % (datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-                             args.name, msg)
-        print(line, flush=True)
-        out.write(line + "\n")
+    log = Logger(args.name, args.log)  # the lab's one log line format (labserver.py)
 
     Handler.lab_log = staticmethod(log)
     Handler.lab_port = args.port

@@ -10,10 +10,11 @@ CAP_NET_RAW), sees only the container's own network namespace and sends nothing.
 Python >= 3.9 (the oldest Debian the lab builds ships 3.9).
 """
 import argparse
-import datetime
 import ipaddress
 import socket
 import struct
+
+from labserver import Logger  # beside this file in /lab/services
 
 ETH_P_ALL = 0x0003
 ETH_HEADER = 14
@@ -52,13 +53,7 @@ def main(argv=None):
     ap.add_argument("--port", type=int, required=True, help="UDP destination port to log")
     ap.add_argument("--log", required=True, help="append log lines to this file")
     args = ap.parse_args(argv)
-    out = open(args.log, "a", buffering=1, encoding="utf-8")
-
-    def log(msg):
-        line = "%s %s %s" % (datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-                             args.name, msg)
-        print(line, flush=True)
-        out.write(line + "\n")
+    log = Logger(args.name, args.log)  # the lab's one log line format (labserver.py)
 
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     log("logging udp/%d datagrams on every interface but lo" % args.port)

@@ -426,15 +426,23 @@ def egress_tls_gate_files(result, mode, user, dns_mode, dns_servers, tls, marker
     return files
 
 
-def _boot_files_current(boot_files, host, platform):
-    """True when every file has the wanted content, owner and mode, and the boot units are enabled (as
-    egress_host_state found them when the run started)."""
+def _files_current(files, host):
+    """True when every file ({path, content, mode}) exists with that content and mode, owned by root, as
+    egress_host_state found it when the run started."""
     paths = _dict(host.get("paths"))
-    for wanted in boot_files:
+    for wanted in files:
         have = _dict(paths.get(wanted["path"]))
         if (have.get("sha256") != _sha256(wanted["content"]) or have.get("mode") != wanted["mode"]
                 or have.get("uid") != 0 or have.get("gid") != 0):
             return False
+    return True
+
+
+def _boot_files_current(boot_files, host, platform):
+    """True when every file has the wanted content, owner and mode, and the boot units are enabled (as
+    egress_host_state found them when the run started)."""
+    if not _files_current(boot_files, host):
+        return False
     if host.get("systemd"):
         enabled = _dict(host.get("enabled"))
         return all(enabled.get(unit) == "enabled" for unit in platform.get("boot_units") or [])
@@ -443,13 +451,8 @@ def _boot_files_current(boot_files, host, platform):
 
 def _tls_files_current(tls_files, host, unit):
     """True when the gate's files have the wanted content, owner and mode, and its unit is enabled and active."""
-    paths = _dict(host.get("paths"))
-    for wanted in tls_files:
-        have = _dict(paths.get(wanted["path"]))
-        if (have.get("sha256") != _sha256(wanted["content"]) or have.get("mode") != wanted["mode"]
-                or have.get("uid") != 0 or have.get("gid") != 0):
-            return False
-    return (_dict(host.get("enabled")).get(unit) == "enabled" and _dict(host.get("active")).get(unit) == "active")
+    return (_files_current(tls_files, host) and _dict(host.get("enabled")).get(unit) == "enabled"
+            and _dict(host.get("active")).get(unit) == "active")
 
 
 def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None, tls_files=None, tls_user=None):

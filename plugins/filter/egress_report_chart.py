@@ -22,11 +22,9 @@ description:
   - Used by C(playbooks/egress-report.yml)'s HTML template.
 author:
   - agentguard.hardening developers (@agentguard)
+extends_documentation_fragment:
+  - agentguard.hardening.report_hosts
 options:
-  _input:
-    description: The report's hosts, host name to the registered result of M(agentguard.hardening.egress_denials).
-    type: dict
-    required: true
   width:
     description: Width of the SVG viewBox.
     type: int

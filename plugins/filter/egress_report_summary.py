@@ -18,11 +18,8 @@ description:
   - Hosts whose result is missing, failed or unreachable are listed in C(unread) and left out of every total.
 author:
   - agentguard.hardening developers (@agentguard)
-options:
-  _input:
-    description: The report's hosts, host name to the registered result of M(agentguard.hardening.egress_denials).
-    type: dict
-    required: true
+extends_documentation_fragment:
+  - agentguard.hardening.report_hosts
 """
 
 EXAMPLES = r"""

@@ -420,13 +420,23 @@ class BlockedRun:
                             UID=self.uid, **log_match(probe, result))
 
 
-_RUNS = {}
+_BLOCKED_RUNS = {}
+
+
+def blocked_run_as(target, user, before=None):
+    """The shared blocked probes, run once per host as `user` (BlockedRun) and kept for every test module;
+    before() runs first (e.g. waiting for the kernel's log budget)."""
+    def make():
+        if before is not None:
+            before()
+        return BlockedRun(target, user=user)
+    return made_once(_BLOCKED_RUNS, (target.name, user), make)
 
 
 @pytest.fixture(scope="module")
 def blocked_run(target):
     """The blocked probe set, run once per test host (all probes in parallel, about 1.5 s)."""
-    return made_once(_RUNS, target.name, lambda: BlockedRun(target))
+    return blocked_run_as(target, None)
 
 
 @pytest.fixture(scope="session")

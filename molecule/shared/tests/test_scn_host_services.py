@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BLOCKED, BLOCKED_IDS, DGRAM_TIMEOUT, TCP_TIMEOUT, BlockedRun, denial_lines, dmesg_mark, \
+from conftest import BLOCKED, BLOCKED_IDS, DGRAM_TIMEOUT, TCP_TIMEOUT, blocked_run_as, denial_lines, dmesg_mark, \
     lab_env, wait_for_log_budget
 
 # ag-time and ag-mirror (lab/lab.sh); lab/env.sh wins once it names them.
@@ -293,15 +293,9 @@ def test_mirror_served_the_package(target, apt_record):
 
 
 # ---------------------------------------------------------------------- shared probes as root
-_ROOT_RUNS = {}
-
-
 @pytest.fixture(scope="module")
 def root_run(target):
-    if target.name not in _ROOT_RUNS:
-        wait_for_log_budget(target, len(BLOCKED) // 2)
-        _ROOT_RUNS[target.name] = BlockedRun(target, user="root")
-    return _ROOT_RUNS[target.name]
+    return blocked_run_as(target, "root", before=lambda: wait_for_log_budget(target, len(BLOCKED) // 2))
 
 
 @pytest.mark.parametrize("probe", BLOCKED, ids=BLOCKED_IDS)

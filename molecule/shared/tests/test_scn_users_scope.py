@@ -4,16 +4,12 @@
 (test_blocked.py) all get through as root, and none of them is logged."""
 import pytest
 
-from conftest import BLOCKED, BLOCKED_IDS, BlockedRun
-
-_ROOT = {}
+from conftest import BLOCKED, BLOCKED_IDS, blocked_run_as
 
 
 @pytest.fixture(scope="module")
 def root_run(target):
-    if target.name not in _ROOT:
-        _ROOT[target.name] = BlockedRun(target, user="root")
-    return _ROOT[target.name]
+    return blocked_run_as(target, "root")
 
 
 @pytest.mark.parametrize("probe", BLOCKED, ids=BLOCKED_IDS)
