@@ -70,6 +70,7 @@ import re
 from collections import OrderedDict
 
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host, parse_port
+from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import parse_gate_log
 from ansible_collections.agentguard.hardening.plugins.plugin_utils._filters import parse_each
 
 # host:port, IPv6 as [address]:port. The port part is checked by parse_port, the host by parse_host.
@@ -200,12 +201,28 @@ def _results(registered):
     return registered or []
 
 
-def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=None):
+_SOURCE_PORT = re.compile(r"^source port (\d+)$", re.M)
+
+
+def _gate_refusal_logged(result, records):
+    """Whether the gate's log holds its own refusal of this probe: the probe's source port and server
+    name, reason not-allowed, no upstream connection."""
+    match = _SOURCE_PORT.search(result.get("stdout") or "")
+    if not match:
+        return False
+    port, sni = int(match.group(1)), (result.get("item") or {}).get("sni")
+    return any(r["client_port"] == port and r["sni"] == sni and r["reason"] == "not-allowed" and r["refused"]
+               and not r["upstream"] for r in records)
+
+
+def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=None, gate_log=None):
     """The canary's verdict from the registered probe loops.
 
     A failure is an allowed address that answered anything but "connected" or "no route" (rc 0 or 3), an
     allowed destination and port that no family reached, a forbidden target that accepted a connection, and
-    a foreign server name that the TLS gate let through (gate_refused: the loop of egress_canary_gate_checks).
+    a foreign server name that the TLS gate let through (gate_refused: the loop of egress_canary_gate_checks)
+    or whose refusal the gate did not log (gate_log: the lines of its access log after those probes; a
+    handshake that failed for another reason, such as a name nobody can resolve, proves nothing).
     Returns {failures, fail_msg, success_msg}.
     """
     failures = []
@@ -225,11 +242,15 @@ def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=Non
         if result.get("rc") == 0:
             item = result.get("item")
             failures.append("forbidden %s accepted a connection" % (item.get("entry") if isinstance(item, dict) else item))
+    records = parse_gate_log(gate_log or [])
     for result in gate_refused:
+        item = result.get("item") or {}
+        where = "%s (%s) port %s" % (item.get("name"), item.get("address"), item.get("port"))
         if result.get("rc") == 0:
-            item = result.get("item") or {}
-            failures.append("the TLS gate let the server name %s through to %s (%s) port %s"
-                            % (item.get("sni"), item.get("name"), item.get("address"), item.get("port")))
+            failures.append("the TLS gate let the server name %s through to %s" % (item.get("sni"), where))
+        elif result.get("rc") != 3 and gate_log is not None and not _gate_refusal_logged(result, records):
+            failures.append("the handshake with the server name %s to %s failed, but the TLS gate's log has no "
+                            "refusal (not-allowed) of that connection" % (item.get("sni"), where))
     refused = len([r for r in gate_refused if r.get("rc") not in (0, 3)])
     return dict(
         failures=failures,

@@ -52,6 +52,8 @@ def main(argv):
                 raise
             sock = connect(host, port, timeout, 0)
         if sni:
+            # The TLS gate logs the client by address and port: the canary finds its refusal by this.
+            print("source port %d" % sock.getsockname()[1])
             version = handshake(sock, sni)
             print("handshake completed (%s) for %s" % (version, sni))
             return 0

@@ -230,6 +230,28 @@ def test_a_foreign_name_through_the_gate_fails_the_canary():
                                      "blocked, 1 foreign server name(s) refused by the TLS gate.")
 
 
+
+def test_a_refusal_counts_only_with_the_gates_own_log_line():
+    """A failed handshake proves nothing by itself (a name nobody resolves fails through a gate that passes
+    every name): the gate must have logged not-allowed, no upstream, for the probe's source port."""
+    allowed = {"results": [probe("api", "198.18.0.10", 443, 0, "handshake completed")]}
+    item = dict(name="api", address="198.18.0.10", port=443, sni="agentguard-canary.invalid")
+    refused = dict(item=item, rc=1, stdout="source port 30999\nhandshake for agentguard-canary.invalid failed: EOF")
+    line = ('time=2026-11-30T05:00:00+00:00 client=198.18.0.47:30999 listen=10443 sni="agentguard-canary.invalid" '
+            'reason=not-allowed status=500 upstream="-" bytes=517/0')
+    assert verdict(allowed, {"results": []}, "h", {"results": [refused]}, [line])["failures"] == []
+    broken = [  # what a gate that passes every name logs: it tried (and failed) to resolve and connect
+        line.replace('status=500 upstream="-"', 'status=502 upstream="agentguard-canary.invalid:443"'),
+        line.replace("client=198.18.0.47:30999", "client=198.18.0.47:41000"),   # another connection
+        line.replace("reason=not-allowed", "reason=allowed"),
+    ]
+    for lines in ([], broken):
+        failures = verdict(allowed, {"results": []}, "h", {"results": [refused]}, lines)["failures"]
+        assert failures == ["the handshake with the server name agentguard-canary.invalid to api (198.18.0.10) port "
+                            "443 failed, but the TLS gate's log has no refusal (not-allowed) of that connection"], lines
+    # no source port printed (an older probe): no evidence either
+    assert verdict(allowed, {"results": []}, "h", {"results": [dict(refused, stdout="EOF")]}, [line])["failures"]
+
 @pytest.fixture(scope="module")
 def tls_pair(tmp_path_factory):
     work = tmp_path_factory.mktemp("tls")
@@ -267,6 +289,8 @@ def tls_server(pair, refuse):
 
 def test_probe_with_sni_needs_a_completed_handshake(tls_pair):
     rc, out = run_probe("127.0.0.1", tls_server(tls_pair, refuse=False), 3, 0, "api.example")
-    assert rc == 0 and out.startswith("handshake completed") and out.endswith("for api.example"), out
+    port, rest = out.split("\n", 1)
+    assert rc == 0 and rest.startswith("handshake completed") and out.endswith("for api.example"), out
+    assert port.startswith("source port ") and int(port.split()[-1]) > 0, out   # the gate's log names it
     rc, out = run_probe("127.0.0.1", tls_server(tls_pair, refuse=True), 3, 0, "agentguard-canary.invalid")
-    assert rc == 1 and out.startswith("handshake for agentguard-canary.invalid failed"), out
+    assert rc == 1 and out.split("\n", 1)[1].startswith("handshake for agentguard-canary.invalid failed"), out
