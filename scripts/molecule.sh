@@ -247,7 +247,7 @@ while [ ${#pending[@]} -gt 0 ] || [ ${#worker[@]} -gt 0 ]; do
   wait -n   # one worker ended (each is bounded by its timeouts); 127: none left to wait for
   [ $? -ne 127 ] || sleep 1
   for s in "${!worker[@]}"; do
-    [ -n "${worker[$s]+set}" ] && [ -e "$ROWS/.$s.rc" ] || continue
+    if [ -z "${worker[$s]+set}" ] || [ ! -e "$ROWS/.$s.rc" ]; then continue; fi
     wait "${worker[$s]}"
     unset "worker[$s]"
     if [ "$(cat "$ROWS/.$s.rc")" = 0 ]; then

@@ -230,7 +230,6 @@ def test_a_foreign_name_through_the_gate_fails_the_canary():
                                      "blocked, 1 foreign server name(s) refused by the TLS gate.")
 
 
-
 def test_a_refusal_counts_only_with_the_gates_own_log_line():
     """A failed handshake proves nothing by itself (a name nobody resolves fails through a gate that passes
     every name): the gate must have logged not-allowed, no upstream, for the probe's source port."""
@@ -251,6 +250,7 @@ def test_a_refusal_counts_only_with_the_gates_own_log_line():
                             "443 failed, but the TLS gate's log has no refusal (not-allowed) of that connection"], lines
     # no source port printed (an older probe): no evidence either
     assert verdict(allowed, {"results": []}, "h", {"results": [dict(refused, stdout="EOF")]}, [line])["failures"]
+
 
 @pytest.fixture(scope="module")
 def tls_pair(tmp_path_factory):

@@ -428,8 +428,8 @@ GATE = dict(mode="enforce", user="agentguard-tlsgate", uid=998, listeners=[dict(
 GATE_RESULT = dict(RESULT, tls_gate=GATE)
 
 
-def gate_files(result=GATE_RESULT, mode="enforce", dns_mode="pinned", before=None):
-    return F["egress_tls_gate_files"](result, mode, "agentguard-tlsgate", dns_mode, ["198.18.0.53"], TLS, MARKER,
+def gate_files(result=None, mode="enforce", dns_mode="pinned", before=None):
+    return F["egress_tls_gate_files"](GATE_RESULT if result is None else result, mode, "agentguard-tlsgate", dns_mode, ["198.18.0.53"], TLS, MARKER,
                                       before or [], DEBIAN)
 
 
