@@ -222,7 +222,7 @@ def test_scope_none_restricts_only_the_containers(lab, egress, docker):
     assert [counts[t] for t in FORBIDDEN_443] == [0, 0] and all(counts[t] for t in ALLOWED)
 
 
-FILTERING = dict(POLICY, dns_mode="filtering", dns_resolver_user="nobody", resolvers=["127.0.0.1"], dns_set_timeout=10)
+FILTERING = dict(POLICY, dns_mode="filtering", dns_resolver_user="nobody", resolvers=["127.0.0.1"], dns_set_timeout=20)
 
 
 def test_filtering_mode_redirects_container_dns_to_the_host(lab, egress, docker):
@@ -230,7 +230,7 @@ def test_filtering_mode_redirects_container_dns_to_the_host(lab, egress, docker)
     the bridge answers instead, the forbidden host never sees the query, and the answer opens the
     allowed API for the container (the resolver fills the set); other names get NXDOMAIN."""
     bridge = docker.bridge
-    lab.start_filtering_resolver([("inference-api", "api.test")], set_timeout=10,
+    lab.start_filtering_resolver([("inference-api", "api.test")], set_timeout=20,
                                  listen=("127.0.0.1", bridge.gw4, bridge.gw6))
     policy = dict(FILTERING, scope_networks=["docker0"])
     assert egress(policy)["changed"] is True
