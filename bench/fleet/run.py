@@ -12,7 +12,12 @@ bench/results/fleet-logs/<stamp>/; bench/fleet/profile.py summarises it.
 The hosts share the machine's CPUs with the controller, so the lab charges every module run on a
 host to the same cores the controller needs: a real fleet's hosts bring their own.
 
-Usage (root): .venv/bin/python bench/fleet/run.py [--hosts 20] [--reps 5] [--profile]
+With --baseline REV, the role and playbook as of git revision REV (a git worktree, its own collections
+path) run the idempotent hardening on the same hosts in every round too, the three sides in rotating
+order: the change and what it is compared against, side by side in one run. Both must leave the hosts
+unchanged (changed=0), which holds when REV renders the same rules and files.
+
+Usage (root): .venv/bin/python bench/fleet/run.py [--hosts 20] [--reps 5] [--profile] [--baseline REV]
               [--ssh-keepalive 0] [--rollback-timeout 60] [--first-only] [--keep] [-v...]
 """
 import argparse
@@ -37,15 +42,28 @@ def sh(*argv, **kw):
 PROFILE = False
 
 
-def env():
+def env(collections=None):
     e = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_PIPELINING="true",
              ANSIBLE_FORKS="25", CONTAINERS_CONF=os.path.join(ROOT, "lab", "containers.conf"),
              ANSIBLE_HOST_KEY_CHECKING="false")
     if PROFILE:
         e["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
         e["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "all"
+    if collections:
+        e["ANSIBLE_COLLECTIONS_PATH"] = collections
     e["PATH"] = VENV_BIN + os.pathsep + e["PATH"]
     return e
+
+
+def baseline_checkout(rev, workdir):
+    """A git worktree of rev and a collections path holding it as agentguard.hardening: (playbook, path)."""
+    tree = os.path.join(workdir, "baseline")
+    sh("git", "-C", ROOT, "worktree", "add", "--detach", tree, rev)
+    coll = os.path.join(workdir, "baseline-collections")
+    os.makedirs(os.path.join(coll, "ansible_collections", "agentguard"))
+    os.symlink(tree, os.path.join(coll, "ansible_collections", "agentguard", "hardening"))
+    # The collections the role uses beside its own (ansible.posix, community.general) come from ours.
+    return os.path.join(tree, "playbooks", "harden-agent.yml"), coll + os.pathsep + os.path.join(ROOT, ".cache", "collections")
 
 
 def start_hosts(count):
@@ -87,10 +105,10 @@ LOG_DIR = None
 RUN_NO = [0]
 
 
-def timed(argv, label="run"):
+def timed(argv, label="run", collections=None):
     start = time.monotonic()
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-                          env=env(), cwd=ROOT, check=False)
+                          env=env(collections), cwd=ROOT, check=False)
     elapsed = time.monotonic() - start
     if LOG_DIR:
         RUN_NO[0] += 1
@@ -123,6 +141,7 @@ def main():
                         help="ssh ServerAliveInterval for both sides (default 0: none). 1 works around the hang "
                              "of the first apply described in docs/benchmarks.md on a role without its fix")
     parser.add_argument("--keep", action="store_true", help="leave the hosts running")
+    parser.add_argument("--baseline", metavar="REV", help="also run the idempotent hardening of git revision REV")
     parser.add_argument("--profile", action="store_true", help="time every task (ansible.posix.profile_tasks)")
     parser.add_argument("-v", dest="verbose", action="count", default=0, help="pass -v.. to ansible-playbook")
     parser.add_argument("--first-only", action="store_true", help="stop after the first run (debugging)")
@@ -147,6 +166,13 @@ def main():
         os.path.join(ROOT, "playbooks", "harden-agent.yml")]
     ping = [os.path.join(VENV_BIN, "ansible"), "-i", inv, "agents", "-m", "ansible.builtin.ping"]
     runs = {"idempotent": [], "ping": []}
+    sides = ["idempotent", "ping"]
+    base_play, base_coll = None, None
+    if args.baseline:
+        playbook, base_coll = baseline_checkout(args.baseline, workdir)
+        base_play = play[:-1] + [playbook]
+        runs["baseline"] = []
+        sides = ["idempotent", "baseline", "ping"]
     try:
         timed(ping, "warmup-ping")  # host keys, ControlMaster sockets: the same warm start for both sides
         load_first = loadavg()
@@ -156,14 +182,18 @@ def main():
         if args.first_only:
             return
         for rep in range(args.reps):
-            for side in (("idempotent", "ping") if rep % 2 == 0 else ("ping", "idempotent")):
-                elapsed, output = timed(play if side == "idempotent" else ping, side)
-                if side == "idempotent":
-                    assert recap_changed(output) == 0, "the re-run changed something"
+            # Rotating order: each side goes first, second and last as often as the others.
+            for side in sides[rep % len(sides):] + sides[:rep % len(sides)]:
+                argv = {"idempotent": play, "baseline": base_play, "ping": ping}[side]
+                elapsed, output = timed(argv, side, base_coll if side == "baseline" else None)
+                if side != "ping":
+                    assert recap_changed(output) == 0, "the %s re-run changed something" % side
                 runs[side].append(elapsed)
                 print("rep %d %-10s %.1f s" % (rep + 1, side, elapsed), file=sys.stderr, flush=True)
     finally:
         print("logs: %s" % LOG_DIR, file=sys.stderr)
+        if base_play:
+            sh("git", "-C", ROOT, "worktree", "remove", "--force", os.path.join(workdir, "baseline"), check=False)
         shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep:
             for name in addresses:
@@ -171,6 +201,7 @@ def main():
     med = dict((k, statistics.median(v)) for k, v in runs.items())
     result = {"hosts": args.hosts, "first_run_s": round(first, 1), "median_s": med, "runs": runs, "started": started,
               "ratio_idempotent_vs_ping": round(med["idempotent"] / med["ping"], 2),
+              "baseline": args.baseline, "commit": sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD").stdout.strip(),
               "loadavg_start": load_start, "loadavg_end": loadavg(),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
@@ -181,6 +212,12 @@ def main():
     print("|---|---|---|---|---|")
     ratio = result["ratio_idempotent_vs_ping"]
     print("| %d | %.1f | %.1f | %.1f | %.2fx |" % (args.hosts, first, med["idempotent"], med["ping"], ratio))
+    if args.baseline:
+        result["ratio_baseline_vs_ping"] = round(med["baseline"] / med["ping"], 2)
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=1)
+        print("baseline %s: idempotent %.1f s, %.2fx the ping floor (runs %s)"
+              % (args.baseline, med["baseline"], result["ratio_baseline_vs_ping"], runs["baseline"]))
 
 
 if __name__ == "__main__":
