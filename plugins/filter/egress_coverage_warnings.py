@@ -13,10 +13,11 @@ short_description: What a hardened host still leaves open to containers, in word
 version_added: 0.1.0
 description:
   - From the result of M(agentguard.hardening.egress_rules) (its RV networks.uncovered and
-    RV services.blocked) and the C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning
+    RV services.blocked, RV tls_gate.ungated) and the C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning
     per container or VM network that O(scope_networks_var) does not cover, per host service the policy
-    leaves without a way out (time, updates, DHCP), and per restricted user who can start containers, each
-    naming what is open or cut and the variable that would fix it. Empty when there is nothing to say.
+    leaves without a way out (time, updates, DHCP), per restricted user who can start containers, and, with
+    the TLS gate on, per allowed entry whose TLS it does not check, each naming what is open or cut and why.
+    Empty when there is nothing to say.
 author:
   - agentguard.hardening developers (@agentguard)
 positional: runtime_access, scope_networks_var
@@ -78,6 +79,11 @@ def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="eg
             "restricted user %s can reach the %s socket %s (%s): a container it starts is forwarded, not "
             "matched by uid; use egress_scope host with %s, or take the access away"
             % (entry.get("user"), entry.get("runtime"), entry.get("socket"), entry.get("via"), scope_networks_var))
+    # With the TLS gate on: an allowed entry whose TLS it does not check (an address, an entry for users).
+    for entry in ((result or {}).get("tls_gate") or {}).get("ungated") or []:
+        warnings.append("%s (%s, ports %s) is not gated by the TLS gate: %s"
+                        % (entry.get("entry"), entry.get("host"), ", ".join(str(port) for port in entry.get("ports") or []),
+                           entry.get("reason")))
     return warnings
 
 

@@ -13,7 +13,8 @@ explicit arguments and returns plain data: the role's tasks only run what these 
 - egress_host_query, egress_platform, egress_host_errors: what egress_host_state is asked, the host's
   row of the platform table, and why the host cannot be hardened.
 - egress_phases: which phase of tasks/main.yml runs (install, resolver, plan, apply, canary, persist,
-  removals), the packages to install and the resolvers the module uses.
+  removals), the packages to install and the resolvers the module uses; egress_decide: the same from the
+  registered results and the platform table, with the platform row and the files it computed on the way.
 - egress_boot_files: the exact content of every file the role persists.
 - egress_dns_names, egress_dns_conflicts, egress_resolved_in_charge: the filtering resolver's setup.
 - egress_failure_message: what a failed apply or canary says, with what became of the rules.
@@ -40,7 +41,8 @@ positional: host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_us
 options:
   _input:
     description: 'What the run was asked: C(state), C(mode), C(dns_mode), C(persist), C(canary), C(canary_every_run),
-      C(check_mode), and the filtering resolver''s C(dns_user), C(dns_unit) and C(dns_files).'
+      C(check_mode), the filtering resolver''s C(dns) (C(user), C(unit), C(files)), the TLS gate''s C(tls), and
+      for the refusal of a host that cannot be hardened C(hostname), C(allow) and C(scope_users).'
     type: dict
     required: true
   host:
@@ -83,7 +85,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The flags C(install), C(resolver), C(plan), C(apply), C(canary), C(persist), C(remove), C(unpersist),
+  description: The flags C(prepare) (the phases before the plan, and the refusal of a host that cannot be hardened,
+    whose reasons are C(host_errors)), C(install), C(resolver), C(plan), C(apply), C(canary), C(persist), C(remove), C(unpersist),
     C(remove_resolver), C(done); C(missing_packages), C(debconf), C(resolvers), C(dns_active), C(dns_leftovers)
     and C(plan_blocked) (why check mode cannot plan, or empty); for the TLS gate C(tls_on), C(tls_user),
     C(mask_nginx), C(tls_gate), C(remove_tls_gate) and C(tls_leftovers).
@@ -457,7 +460,7 @@ def _tls_files_current(tls_files, host, unit):
 
 def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None, tls_files=None, tls_user=None):
     """Which phase of the role runs, each decided once, from what the run was asked (run: state, mode,
-    dns_mode, persist, canary, canary_every_run, check_mode, dns_user, dns_unit, dns_files), the host's state
+    dns_mode, persist, canary, canary_every_run, check_mode, dns: {user, unit, files}), the host's state
     (egress_host_state), its platform row, the files to persist (egress_boot_files), the plan (the registered
     check-mode result of egress_rules) and the lookup of the filtering resolver's user (registered getent).
 
@@ -471,12 +474,18 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     the host's own is masked), tls_gate (write and (re)start the gate outside an apply: its files or unit
     differ while the rules do not; an apply always sets the gate up) and remove_tls_gate (the gate is off and
     left its unit or configuration).
+
+    prepare: whether the phases before the plan run (tasks/prepare_host.yml): the host cannot be hardened
+    (host_errors: egress_host_errors of the host, for run's hostname, allow and scope_users; refused there before
+    anything changes), or a package or the gate's user is needed. One flag, so an unchanged host skips one
+    include, not three tasks. Before the host is read (host {}), no host_errors.
     """
     run, host, platform, plan = _dict(run), _dict(host), _dict(platform), _dict(plan)
     present = run.get("state") == "present"
     check_mode = _bool(run.get("check_mode", False))
     persist = _bool(run.get("persist", True))
     filtering = present and run.get("dns_mode") == "filtering"
+    dns = _dict(run.get("dns"))
     installed = set(host.get("packages") or [])
 
     # Packages the policy needs: the persistence's only with egress_persist, the resolver's only when filtering.
@@ -490,11 +499,11 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     gate_user_missing = tls_on and tls.get("user") in (host.get("missing_users") or [])
     gate_user_created = bool(_dict(tls_user).get("changed")) and not check_mode
 
-    dns_active = _dict(host.get("active")).get(run.get("dns_unit")) == "active"
+    dns_active = _dict(host.get("active")).get(dns.get("unit")) == "active"
     paths = _dict(host.get("paths"))
-    leftovers = [path for path in run.get("dns_files") or [] if path in paths]
+    leftovers = [path for path in dns.get("files") or [] if path in paths]
     passwd = _dict(_dict(_dict(dns_user_lookup).get("ansible_facts")).get("getent_passwd"))
-    dns_user_missing = filtering and passwd.get(run.get("dns_user")) is None
+    dns_user_missing = filtering and passwd.get(dns.get("user")) is None
 
     # The module resolves through the filtering resolver whenever it runs (only its user may reach the
     # upstream servers then, also on the run that leaves filtering mode): it runs when it ran as the run
@@ -504,7 +513,7 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
 
     # The module cannot plan in check mode on a host that lacks the packages (they would be installed first in
     # a real run); with egress_state=absent, a host without iptables has nothing to remove.
-    first = missing + (["the user %s" % run.get("dns_user")] if check_mode and dns_user_missing else [])
+    first = missing + (["the user %s" % dns.get("user")] if check_mode and dns_user_missing else [])
     first += ["the user %s" % tls.get("user")] if check_mode and gate_user_missing and not gate_user_created else []
     if present:
         can_plan = not (check_mode and first)
@@ -525,8 +534,14 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     remove_resolver = not filtering and bool(leftovers)
     tls_leftovers = [path for path in _tls_paths(tls) if path in paths]
     remove_tls_gate = not tls_on and bool(tls_leftovers)
+    install = present and bool(missing)
+    host_errors = egress_host_errors(host, platform, run.get("hostname") or "this host",
+                                     run.get("allow") if present else [], run.get("scope_users"),
+                                     tls if present else dict(tls, mode="off")) if host else []
     return dict(
-        install=present and bool(missing),
+        prepare=bool(host_errors) or install or gate_user_missing,
+        host_errors=host_errors,
+        install=install,
         resolver=filtering,
         plan=can_plan,
         apply=apply,
@@ -550,6 +565,28 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
         remove_tls_gate=remove_tls_gate,
         tls_leftovers=tls_leftovers,
     )
+
+
+def egress_decide(run, host_state, platforms, result=None, plan=None, dns_user_lookup=None, tls_user=None):
+    """egress_phases from the registered results and the platform table as they are, the role's one call.
+
+    The host's platform row, the files to persist and the TLS gate's files are computed here, once per call,
+    and returned with the decisions (platform, boot_files, tls_files): the role evaluates its decisions
+    several times a run, and each lazily templated variable in between costs per host (docs/benchmarks.md,
+    fleet rollout). run is egress_phases' with marker, dropin (the boot units' drop-in name), dns.servers
+    and tls.before_units added.
+    """
+    run = _dict(run)
+    host = _dict(host_state)
+    platform = egress_platform(host, platforms) if host else {}
+    result = _dict(result)
+    dns, tls = _dict(run.get("dns")), _dict(run.get("tls"))
+    boot_files = egress_boot_files(result, platform, run.get("marker"), run.get("dropin"))
+    tls_files = egress_tls_gate_files(result, tls.get("mode"), tls.get("user"), run.get("dns_mode"), dns.get("servers"),
+                                      tls, run.get("marker"), tls.get("before_units"), platform)
+    decided = egress_phases(run, host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_user)
+    decided.update(platform=platform, boot_files=boot_files, tls_files=tls_files)
+    return decided
 
 
 def egress_dns_names(allow, families=FAMILIES):
@@ -619,6 +656,7 @@ class FilterModule(object):
             "egress_host_errors": egress_host_errors,
             "egress_boot_files": egress_boot_files,
             "egress_phases": egress_phases,
+            "egress_decide": egress_decide,
             "egress_dns_names": egress_dns_names,
             "egress_dns_conflicts": egress_dns_conflicts,
             "egress_resolved_in_charge": egress_resolved_in_charge,

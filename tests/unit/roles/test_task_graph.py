@@ -10,7 +10,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
 INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
-PHASES = ["validate_inputs.yml", "read_host.yml", "install_packages.yml", "run_resolver.yml", "tls_gate_user.yml",
+PHASES = ["validate_inputs.yml", "read_host.yml", "prepare_host.yml", "run_resolver.yml",
           "plan.yml", "apply.yml", "tls_gate.yml", "canary.yml", "persist.yml", "remove_role_files.yml",
           "remove_resolver.yml", "remove_tls_gate.yml"]
 
@@ -50,7 +50,29 @@ def test_main_is_the_list_of_phases_each_on_one_decision():
         if "ansible.builtin.include_tasks" in task:
             # One condition, computed once by the filter egress_phases; the tags given once, through apply.
             assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+            if included(task) == "prepare_host.yml":
+                continue
             assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
+
+
+def test_the_phases_before_the_plan_are_one_include_that_keeps_their_own_tags():
+    """An unchanged host skips one include (prepare_host.yml), not one per phase. It carries no tags of its
+    own (always), so each phase in it keeps its own: --tags egress_tls creates the gate's user, not the install."""
+    main = load("main.yml")
+    outer = [task for task in main if included(task) == "prepare_host.yml"][0]
+    assert outer["when"] == "__egress_phases.prepare" and outer["tags"] == ["always"]
+    assert "apply" not in outer["ansible.builtin.include_tasks"]
+    inner = load("prepare_host.yml")
+    assert "ansible.builtin.assert" in inner[0] and inner[0]["tags"] == ["always"], "the refusal comes first"
+    phases = [task for task in inner if included(task)]
+    assert [included(task) for task in phases] == ["install_packages.yml", "tls_gate_user.yml"]
+    for task in phases:
+        assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+        assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
+
+
+def test_the_end_of_an_unchanged_run():
+    main = load("main.yml")
     others = [task for task in main if not included(task)]
     assert [list(task)[1] for task in others] == ["ansible.builtin.meta", "ansible.builtin.debug"]
     assert others[0]["ansible.builtin.meta"] == "end_role" and others[0]["when"] == "__egress_phases.done"

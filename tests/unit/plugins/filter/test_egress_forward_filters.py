@@ -56,3 +56,12 @@ def test_docker_nftables_backend_is_said_to_be_untested():
     got = warnings({"networks": {"covered": [], "uncovered": [], "docker_firewall_backend": "nftables"}})
     assert len(got) == 1 and got[0].startswith("Docker runs its nftables firewall backend") and "no test" in got[0]
     assert warnings({"networks": {"covered": [], "uncovered": [], "docker_firewall_backend": "iptables"}}) == []
+
+
+def test_warnings_name_the_entries_the_tls_gate_does_not_cover():
+    result = {"tls_gate": {"mode": "enforce", "ungated": [
+        {"entry": "egress_allow[2]", "host": "198.18.0.20", "ports": [443, 8443],
+         "reason": "an address has no server name to check: TLS to it is not gated"}]}}
+    assert warnings(result) == ["egress_allow[2] (198.18.0.20, ports 443, 8443) is not gated by the TLS gate: an "
+                                "address has no server name to check: TLS to it is not gated"]
+    assert warnings({"tls_gate": {"mode": "off", "ungated": []}}) == []

@@ -191,7 +191,7 @@ ALL_DEBIAN = DEBIAN["packages"] + DEBIAN["persist_packages"] + DEBIAN["dns_packa
 
 def run(**over):
     asked = dict(state="present", mode="enforce", dns_mode="pinned", persist=True, canary=True, canary_every_run=False,
-                 check_mode=False, dns_user="agentguard-dns", dns_unit=DNS_UNIT, dns_files=DNS_FILES)
+                 check_mode=False, dns=dict(user="agentguard-dns", unit=DNS_UNIT, files=DNS_FILES))
     asked.update(over)
     return asked
 
@@ -221,9 +221,34 @@ def phases(asked=None, state=None, boot=None, plan=None, lookup=None):
 def test_an_unchanged_host_is_done_after_the_plan():
     decided = phases()
     assert decided["done"] and decided["plan"]
-    assert not any(decided[k] for k in ("install", "resolver", "apply", "canary", "persist", "remove",
+    assert not any(decided[k] for k in ("prepare", "install", "resolver", "apply", "canary", "persist", "remove",
                                         "remove_resolver"))
     assert decided["missing_packages"] == [] and decided["resolvers"] == [] and decided["plan_blocked"] == ""
+    assert decided["host_errors"] == []
+
+
+@pytest.mark.parametrize("why, asked, state, errors", [
+    ("a package", run(), host(packages=["iptables"]), []),
+    ("the gate's user", run(tls=dict(mode="enforce", user="gate", unit="g.service", conf="/etc/g/n.conf")),
+     dict(host(packages=ALL_DEBIAN + ["nginx-light", "libnginx-mod-stream"]), missing_users=["gate"]), []),
+    ("a host that cannot be hardened", run(hostname="h1", scope_users=["bot"]),
+     dict(host(), missing_users=["bot"]), ["egress_scope_users: bot do(es) not exist on h1 (create them first, or "
+                                           "give numeric uids)."]),
+    ("an unsupported platform", run(), dict(host(), platform=facts("Suse", "15", "SLES")), None),
+])
+def test_the_phases_before_the_plan_run_when_one_is_needed(why, asked, state, errors):
+    state = state or host(paths=persisted(BOOT))
+    decided = F["egress_phases"](asked, state, F["egress_platform"](state, PLATFORMS), BOOT, {}, {}, [], {})
+    assert decided["prepare"], why
+    # The refusal's reasons travel with the flag (tasks/prepare_host.yml fails with them).
+    if errors is None:
+        assert len(decided["host_errors"]) == 1 and "supports Debian" in decided["host_errors"][0]
+    else:
+        assert decided["host_errors"] == errors
+
+
+def test_no_refusal_before_the_host_is_read():
+    assert F["egress_phases"](run(scope_users=["bot"]), {}, {}, [], {}, {}, [], {})["host_errors"] == []
 
 
 def test_missing_packages_are_installed_first():
@@ -590,3 +615,34 @@ def test_the_gate_is_removed_when_off_or_absent_and_it_left_something():
     # Nothing left: nothing to remove.
     decided = F["egress_phases"](tls_run(mode="off"), host(paths=persisted(BOOT)), DEBIAN, BOOT, UNCHANGED, {}, [], {})
     assert not decided["remove_tls_gate"] and decided["done"]
+
+
+def test_removal_is_not_refused_for_the_gate_or_the_users_of_entries():
+    """egress_state=absent takes the rules away on a host without systemd too (the gate is being removed), and
+    its entries' users are not asked for (egress_host_query), so not refused."""
+    allow = [dict(name="chrony", host="198.18.0.12", ports=[123], proto="udp", users=["_chrony"])]
+    tls = dict(mode="enforce", user="gate", unit="g.service", conf="/etc/g/n.conf")
+    present = F["egress_phases"](run(allow=allow, tls=tls, scope_users=[]), dict(host(systemd=False), missing_users=["_chrony"]),
+                                 DEBIAN, [], {}, {}, [], {})
+    assert len(present["host_errors"]) == 2
+    absent = F["egress_phases"](run(state="absent", allow=allow, tls=tls, scope_users=[]), host(systemd=False),
+                                DEBIAN, [], {}, {}, [], {})
+    assert absent["host_errors"] == []
+
+
+def test_decide_is_the_phases_of_the_pieces_it_computes_once():
+    """The role's one call: the platform row, the boot files and the gate's files from the results as they are."""
+    tls = dict(TLS, before_units=["agent.service"])
+    asked = run(tls=tls, dns=dict(run()["dns"], servers=["198.18.0.53"]), marker=MARKER, dropin=DROPIN)
+    state = host(packages=ALL_DEBIAN + DEBIAN["tls_gate_packages"])
+    decided = F["egress_decide"](asked, state, PLATFORMS, GATE_RESULT, UNCHANGED, {}, {})
+    boot = F["egress_boot_files"](GATE_RESULT, DEBIAN, MARKER, DROPIN)
+    files = F["egress_tls_gate_files"](GATE_RESULT, "enforce", tls["user"], "pinned", ["198.18.0.53"], tls, MARKER,
+                                       ["agent.service"], DEBIAN)
+    assert decided["platform"] == DEBIAN and decided["boot_files"] == boot and decided["tls_files"] == files
+    assert files and boot
+    expected = F["egress_phases"](asked, state, DEBIAN, boot, UNCHANGED, {}, files, {})
+    assert dict((k, v) for k, v in decided.items() if k not in ("platform", "boot_files", "tls_files")) == expected
+    # Before the host is read and before the plan: no platform, nothing to persist or to write for the gate.
+    early = F["egress_decide"](asked, {}, PLATFORMS)
+    assert early["platform"] == {} and early["boot_files"] == [] and early["tls_files"] == []
