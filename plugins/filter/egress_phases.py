@@ -550,8 +550,10 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
         remove=not present,
         unpersist=not present and persist,
         remove_resolver=remove_resolver,
-        done=not (apply or canary or persist_now or not present or remove_resolver or plan_blocked or tls_gate
-                  or remove_tls_gate),
+        # Never before a plan is known (the fast path's, from egress_host_state, or egress_rules'), nor on a host
+        # that is to be refused.
+        done=bool(plan) and not host_errors and not (apply or canary or persist_now or not present or remove_resolver
+                                                     or plan_blocked or tls_gate or remove_tls_gate),
         missing_packages=missing,
         debconf=list(platform.get("debconf") or []) if persist else [],
         resolvers=list(resolvers),

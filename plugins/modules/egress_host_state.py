@@ -76,6 +76,16 @@ options:
     type: list
     elements: str
     default: []
+  plan:
+    description:
+      - The options of M(agentguard.hardening.egress_rules). When given, the module also plans those rules as
+        M(agentguard.hardening.egress_rules) does in check mode (the same code, nothing changed) and returns the
+        plan in RV(plan), so the role ends an unchanged host's run after this one module.
+      - When the host cannot plan yet (no iptables, no dnspython, a user that does not exist, a name that does not
+        resolve, invalid options), RV(plan) is null and RV(plan_skipped) says why; the module does not fail, since
+        the role installs and creates what is missing, plans with M(agentguard.hardening.egress_rules) and reports
+        its errors then.
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -104,6 +114,17 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+plan:
+  description:
+    - With O(plan), what M(agentguard.hardening.egress_rules) in check mode returns for those options
+      (C(changed), C(changes), C(resolved), C(rules), C(sets), C(tracking), C(families), C(tls_gate), C(networks),
+      C(services)), without a diff; null when the host cannot plan yet.
+  returned: when O(plan) is given
+  type: dict
+plan_skipped:
+  description: Why RV(plan) is null; empty when it is not.
+  returned: when O(plan) is given
+  type: str
 platform:
   description:
     - The host's platform from C(/etc/os-release) (C(/usr/lib/os-release) if absent), named as
@@ -268,15 +289,23 @@ runtime_access:
 
 import os
 import platform
+import pwd
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.agentguard.hardening.plugins.module_utils._host import (
     host_state,
     parse_os_release,
     platform_facts,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev, _services
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
+    ARGUMENT_SPEC as RULES_SPEC,
+    RulesError,
+    command_runner,
+    plan_rules,
+)
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),
@@ -286,6 +315,7 @@ ARGUMENT_SPEC = dict(
     users=dict(type="list", elements="str", default=[]),
     networks=dict(type="bool", default=False),
     runtime_users=dict(type="list", elements="str", default=[]),
+    plan=dict(type="dict"),
 )
 
 
@@ -298,6 +328,36 @@ def _read_first(*paths):
         except (IOError, OSError):
             continue
     return ""
+
+
+def _uid_of(name):
+    return pwd.getpwnam(name).pw_uid
+
+
+def early_plan(module, options):
+    """(plan, why not): egress_rules' check-mode result for options, or (None, the reason it cannot plan yet).
+    Never fails the module: the role reports the errors from egress_rules itself, after the phases that
+    install and create what is missing."""
+    validated = ArgumentSpecValidator(RULES_SPEC).validate(options)
+    if validated.error_messages:
+        return None, "invalid options: %s" % "; ".join(validated.error_messages)
+    warnings = []
+    try:
+        # A missing command is an error here (required=False answers None): the module must not fail.
+        result = plan_rules(validated.validated_parameters, command_runner(module),
+                            lambda name, required: module.get_bin_path(name) or (_missing(name) if required else None),
+                            _uid_of, warnings.append)[0]
+    except (RulesError, OSError) as exc:
+        return None, str(exc)
+    # An unchanged plan ends the run here, so this module says what it leaves open; a changed one is planned
+    # again by egress_rules, which says it then.
+    for warning in warnings if not result["changed"] else []:
+        module.warn(warning)
+    return result, ""
+
+
+def _missing(name):
+    raise OSError("%s is not installed" % name)
 
 
 def main():
@@ -336,6 +396,8 @@ def main():
         module.warn(warning)
     state.update(found)
     state["services"] = _services.detect_services(_services.read_comms())
+    if module.params["plan"] is not None:
+        state["plan"], state["plan_skipped"] = early_plan(module, module.params["plan"])
     module.exit_json(changed=False, platform=facts, **state)
 
 

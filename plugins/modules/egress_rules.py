@@ -475,70 +475,15 @@ families:
   sample: [ipv4, ipv6]
 """
 
-import os
 import pwd
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
-from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
-    coverage,
-    docker_firewall_backend,
-    is_physical,
-    read_networks,
-    read_text,
-)
-from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
-from ansible_collections.agentguard.hardening.plugins.module_utils._plan import make_plan, plan_diff, read_live
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
-    FAMILIES,
-    PolicyError,
-    build_policy,
-)
-from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import (
-    ResolveError,
-    load_dnspython,
-    resolve_destinations,
-)
-from ansible_collections.agentguard.hardening.plugins.module_utils._services import (
-    blocked_services,
-    detect_services,
-    read_comms,
-)
-from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
-from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import gate_result
-
-ARGUMENT_SPEC = dict(
-    allow=dict(type="list", elements="dict", default=[], options=dict(
-        name=dict(type="str", required=True),
-        host=dict(type="str", required=True),
-        ports=dict(type="list", elements="raw", default=[443]),
-        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
-        subdomains=dict(type="bool", default=False),
-        users=dict(type="list", elements="str"),
-        tls=dict(type="bool"),
-    )),
-    dhcp=dict(type="bool", default=True),
-    dns_servers=dict(type="list", elements="str", default=[]),
-    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
-    log_limit=dict(type="str", default="10/minute"),
-    log_burst=dict(type="int", default=20),
-    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
-    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
-    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
-    scope_networks=dict(type="list", elements="str", default=[]),
-    users=dict(type="list", elements="str", default=[]),
-    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
-    dns_resolver_user=dict(type="str"),
-    dns_set_timeout=dict(type="int", default=300),
-    resolvers=dict(type="list", elements="str", default=[]),
-    resolve_timeout=dict(type="float", default=3.0),
-    resolve_retries=dict(type="int", default=2),
-    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
-    tls_gate_user=dict(type="str"),
-    tls_gate_port=dict(type="int", default=10443),
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
+    ARGUMENT_SPEC,
+    RulesError,
+    command_runner,
+    plan_rules,
 )
 
 
@@ -549,76 +494,13 @@ def _uid_of(name):
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        policy = build_policy(module.params, _uid_of)
-    except PolicyError as exc:
-        module.fail_json(msg="invalid options, nothing was changed:\n" + str(exc), errors=exc.errors)
-
-    if policy.state == "present" and any(d.kind == "name" for d in policy.allow):
-        try:
-            load_dnspython()
-        except ImportError:
-            module.fail_json(msg=missing_required_lib("dnspython (Debian: python3-dnspython)"),
-                             exception=traceback.format_exc())
-
-    families = [f for f in FAMILIES if f == "ipv4" or os.path.exists("/proc/net/if_inet6")]
-    if "ipv6" not in families:
-        module.warn("this kernel has no IPv6; only IPv4 is managed")
-    if policy.state == "present" and policy.networks and policy.deny_action == "reject" and policy.mode == "enforce":
-        module.warn("deny_action=reject applies to local processes only: connections from scope_networks "
-                    "are dropped (REJECT does not exist in the mangle table, where the forward path is judged)")
-
-    def run(argv, data=None):
-        # Never let run_command fail the module itself: a command that dies before reading its
-        # input (EPIPE) must still reach apply_plan's rollback.
-        try:
-            return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
-                                      handle_exceptions=False)
-        except (OSError, IOError) as exc:
-            return 1, "", "could not run or feed %s: %s" % (argv[0], exc)
-
-    nf = Netfilter(run, lambda name, required: module.get_bin_path(name, required=required))
-    resolved = {}
-    try:
-        if policy.state == "present":
-            resolved = resolve_destinations(policy.allow, policy.resolvers, policy.families,
-                                            timeout=module.params["resolve_timeout"],
-                                            retries=module.params["resolve_retries"])
-        live, live_sets = read_live(nf, families)
-        plan = make_plan(policy, resolved, families, live, live_sets)
-    except ResolveError as exc:
-        module.fail_json(msg="%s; nothing was changed" % exc)
-    except (CommandError, ParseError, ValueError) as exc:
-        module.fail_json(msg="cannot read the live netfilter state, nothing was changed: %s" % exc)
-
-    if plan.sets_update and not nf.has_ipset():
-        module.fail_json(msg="destination(s) %s need ipset, which is not installed; nothing was changed"
-                         % ", ".join(sorted(plan.desired_sets)))
-
-    result = dict(
-        changed=plan.changed,
-        changes=plan.changes,
-        resolved=resolved,
-        rules=dict((f, plan.rules.get(f, "")) for f in FAMILIES),
-        sets=plan.sets_payload,
-        tracking=dict((f, plan.live[f].tracking) for f in families),
-        families=families,
-        tls_gate=gate_result(policy, resolved),
-    )
-    for item in result["tls_gate"]["ungated"]:
-        module.warn("the TLS gate does not cover %s (%s, ports %s): %s"
-                    % (item["entry"], item["host"], ", ".join(str(p) for p in item["ports"]), item["reason"]))
-    if policy.state == "present":
-        # Never silent: container bridges the forward path does not reach, in check mode too.
-        bridges, warnings = read_networks(run, is_physical)
-        for warning in warnings:
-            module.warn(warning)
-        covered, uncovered = coverage(module.params["scope_networks"], bridges)
-        result["networks"] = dict(covered=covered, uncovered=uncovered,
-                                  docker_firewall_backend=docker_firewall_backend(read_text))
-        running = detect_services(read_comms())
-        result["services"] = dict(running=running, blocked=blocked_services(policy, running))
-    if module._diff:
-        result["diff"] = plan_diff(plan)
+        result, plan, nf = plan_rules(module.params, command_runner(module),
+                                      lambda name, required: module.get_bin_path(name, required=required),
+                                      _uid_of, module.warn, want_diff=module._diff)
+    except RulesError as exc:
+        if exc.missing_lib:
+            module.fail_json(msg=missing_required_lib(str(exc)))
+        module.fail_json(msg=str(exc), **exc.extra)
     if plan.changed and not module.check_mode:
         try:
             for warning in apply_plan(nf, plan):

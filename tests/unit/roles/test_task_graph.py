@@ -72,10 +72,18 @@ def test_the_phases_before_the_plan_are_one_include_that_keeps_their_own_tags():
 
 
 def test_the_end_of_an_unchanged_run():
+    """Two ends: after egress_host_state (the fast path, whose plan it published in read_host.yml), and after
+    egress_rules' plan (filtering DNS mode, or a host whose own plan could not be made)."""
     main = load("main.yml")
     others = [task for task in main if not included(task)]
-    assert [list(task)[1] for task in others] == ["ansible.builtin.meta", "ansible.builtin.debug"]
-    assert others[0]["ansible.builtin.meta"] == "end_role" and others[0]["when"] == "__egress_phases.done"
+    assert [list(task)[1] for task in others] == ["ansible.builtin.meta", "ansible.builtin.meta", "ansible.builtin.debug"]
+    assert all(task["ansible.builtin.meta"] == "end_role" and task["when"] == "__egress_phases.done" for task in others[:2])
+    order = [included(task) or "end" for task in main]
+    assert order[:5] == ["validate_inputs.yml", "read_host.yml", "end", "prepare_host.yml", "run_resolver.yml"]
+    assert order[5:7] == ["plan.yml", "end"]
+    read = load("read_host.yml")
+    assert list(read[0])[1] == "agentguard.hardening.egress_host_state" and "plan" in read[0][list(read[0])[1]]
+    assert read[1]["ansible.builtin.set_fact"]["egress_result"] == "{{ __egress_host_state.plan }}"
 
 
 def test_no_include_is_deeper_than_two():

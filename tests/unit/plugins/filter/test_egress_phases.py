@@ -646,3 +646,11 @@ def test_decide_is_the_phases_of_the_pieces_it_computes_once():
     # Before the host is read and before the plan: no platform, nothing to persist or to write for the gate.
     early = F["egress_decide"](asked, {}, PLATFORMS)
     assert early["platform"] == {} and early["boot_files"] == [] and early["tls_files"] == []
+
+
+def test_never_done_before_a_plan_is_known_or_on_a_host_to_refuse():
+    """The fast path ends the role after egress_host_state only on its plan: a fresh host (no plan yet: no
+    iptables, no dnspython) goes on to install and plan, and a host to refuse goes on to its refusal."""
+    assert not phases(plan={})["done"] and phases()["done"]
+    refused = phases(run(scope_users=["bot"]), dict(host(paths=persisted(BOOT)), missing_users=["bot"]))
+    assert refused["host_errors"] and refused["prepare"] and not refused["done"]

@@ -1,0 +1,177 @@
+# -*- coding: utf-8 -*-
+# Copyright: agentguard.hardening contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The plan of egress_rules, from its options to its result, for the two modules that make it.
+
+Private to agentguard.hardening. egress_rules plans and then applies; egress_host_state plans in the same
+call as it reads the host when the role asks it to (an unchanged host then costs one module run). Both run
+this: the options (ARGUMENT_SPEC, documented in egress_rules), the policy, the resolution through the
+trusted resolvers, the live state and the plan, and what the plan leaves open (container networks,
+services), with every failure raised as RulesError carrying the message the module fails with.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
+    coverage,
+    docker_firewall_backend,
+    is_physical,
+    read_networks,
+    read_text,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
+from ansible_collections.agentguard.hardening.plugins.module_utils._plan import make_plan, plan_diff, read_live
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, PolicyError, build_policy
+from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import (
+    ResolveError,
+    load_dnspython,
+    resolve_destinations,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._services import (
+    blocked_services,
+    detect_services,
+    read_comms,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
+from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import gate_result
+
+# The options of egress_rules (its DOCUMENTATION describes them).
+ARGUMENT_SPEC = dict(
+    allow=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        host=dict(type="str", required=True),
+        ports=dict(type="list", elements="raw", default=[443]),
+        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
+        subdomains=dict(type="bool", default=False),
+        users=dict(type="list", elements="str"),
+        tls=dict(type="bool"),
+    )),
+    dhcp=dict(type="bool", default=True),
+    dns_servers=dict(type="list", elements="str", default=[]),
+    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
+    log_limit=dict(type="str", default="10/minute"),
+    log_burst=dict(type="int", default=20),
+    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
+    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
+    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
+    scope_networks=dict(type="list", elements="str", default=[]),
+    users=dict(type="list", elements="str", default=[]),
+    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
+    dns_resolver_user=dict(type="str"),
+    dns_set_timeout=dict(type="int", default=300),
+    resolvers=dict(type="list", elements="str", default=[]),
+    resolve_timeout=dict(type="float", default=3.0),
+    resolve_retries=dict(type="int", default=2),
+    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
+    tls_gate_user=dict(type="str"),
+    tls_gate_port=dict(type="int", default=10443),
+)
+
+
+class RulesError(Exception):
+    """Why the rules cannot be planned; nothing was changed. extra: what the module's failure carries."""
+
+    def __init__(self, msg, missing_lib=False, **extra):
+        super(RulesError, self).__init__(msg)
+        self.missing_lib = missing_lib
+        self.extra = extra
+
+
+def command_runner(module):
+    """run(argv, data=None) -> (rc, out, err) of an AnsibleModule, for the plan and the apply."""
+    def run(argv, data=None):
+        # Never let run_command fail the module itself: a command that dies before reading its
+        # input (EPIPE) must still reach apply_plan's rollback.
+        try:
+            return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
+                                      handle_exceptions=False)
+        except (OSError, IOError) as exc:
+            return 1, "", "could not run or feed %s: %s" % (argv[0], exc)
+    return run
+
+
+def managed_families(exists=os.path.exists):
+    """IPv4 always; IPv6 unless the kernel has none (then only IPv4 is managed, and the module warns)."""
+    return [f for f in FAMILIES if f == "ipv4" or exists("/proc/net/if_inet6")]
+
+
+def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=None, resolve=None,
+               read_networks_of=None, comms=None, read=None):
+    """(result, plan, netfilter): the plan of egress_rules for params (validated against ARGUMENT_SPEC) on this
+    host, and the module's result for it (what a check-mode run returns). Nothing is changed.
+
+    run(argv, data=None) -> (rc, out, err) runs a command; bin_path(name, required) finds one; uid_of(name) ->
+    uid; warn(text) says what the plan leaves open. Raises RulesError (missing_lib when dnspython is missing).
+    The host's other reads (resolve, read_networks_of, comms, read) default to the real ones, looked up at call time.
+    """
+    resolve = resolve or resolve_destinations
+    comms = comms or read_comms
+    read = read or read_text
+    try:
+        policy = build_policy(params, uid_of)
+    except PolicyError as exc:
+        raise RulesError("invalid options, nothing was changed:\n" + str(exc), errors=exc.errors)
+
+    if policy.state == "present" and any(d.kind == "name" for d in policy.allow):
+        try:
+            load_dnspython()
+        except ImportError:
+            raise RulesError("dnspython (Debian: python3-dnspython)", missing_lib=True)
+
+    families = managed_families() if families is None else families
+    if "ipv6" not in families:
+        warn("this kernel has no IPv6; only IPv4 is managed")
+    if policy.state == "present" and policy.networks and policy.deny_action == "reject" and policy.mode == "enforce":
+        warn("deny_action=reject applies to local processes only: connections from scope_networks "
+             "are dropped (REJECT does not exist in the mangle table, where the forward path is judged)")
+
+    nf = Netfilter(run, bin_path)
+    resolved = {}
+    try:
+        if policy.state == "present":
+            resolved = resolve(policy.allow, policy.resolvers, policy.families,
+                               timeout=params["resolve_timeout"], retries=params["resolve_retries"])
+        live, live_sets = read_live(nf, families)
+        plan = make_plan(policy, resolved, families, live, live_sets)
+    except ResolveError as exc:
+        raise RulesError("%s; nothing was changed" % exc)
+    except (CommandError, ParseError, ValueError) as exc:
+        raise RulesError("cannot read the live netfilter state, nothing was changed: %s" % exc)
+
+    if plan.sets_update and not nf.has_ipset():
+        raise RulesError("destination(s) %s need ipset, which is not installed; nothing was changed"
+                         % ", ".join(sorted(plan.desired_sets)))
+
+    result = dict(
+        changed=plan.changed,
+        changes=plan.changes,
+        resolved=resolved,
+        rules=dict((f, plan.rules.get(f, "")) for f in FAMILIES),
+        sets=plan.sets_payload,
+        tracking=dict((f, plan.live[f].tracking) for f in families),
+        families=families,
+        tls_gate=gate_result(policy, resolved),
+    )
+    for item in result["tls_gate"]["ungated"]:
+        warn("the TLS gate does not cover %s (%s, ports %s): %s"
+             % (item["entry"], item["host"], ", ".join(str(p) for p in item["ports"]), item["reason"]))
+    if policy.state == "present":
+        # Never silent: container bridges the forward path does not reach, in check mode too.
+        bridges, warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        for warning in warnings:
+            warn(warning)
+        covered, uncovered = coverage(params["scope_networks"], bridges)
+        result["networks"] = dict(covered=covered, uncovered=uncovered, docker_firewall_backend=docker_firewall_backend(read))
+        running = detect_services(comms())
+        result["services"] = dict(running=running, blocked=blocked_services(policy, running))
+    if want_diff:
+        result["diff"] = plan_diff(plan)
+    return result, plan, nf

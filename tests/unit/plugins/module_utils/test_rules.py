@@ -1,0 +1,116 @@
+"""The plan both modules make (egress_rules, and egress_host_state's fast path): options to result, every failure a
+RulesError with the module's message, nothing run but reads. A recording runner stands in for iptables and ipset."""
+import pytest
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.agentguard.hardening.plugins.module_utils import _rules as R
+from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import ResolveError
+
+from .conftest import RESOLVED, Runner, fixture
+
+READS = ("iptables-save", "ip6tables-save", "ipset save")
+
+
+def options(**over):
+    params = dict(allow=[dict(name="inference-api", host="api.openclaw.security")], dns_servers=["198.18.0.53"])
+    params.update(over)
+    validated = ArgumentSpecValidator(R.ARGUMENT_SPEC).validate(params)
+    assert not validated.error_messages, validated.error_messages
+    return validated.validated_parameters
+
+
+def resolver(answer=None, error=None):
+    asked = []
+
+    def resolve(allow, servers, families, timeout, retries):
+        asked.append(dict(names=[d.host for d in allow], servers=list(servers), families=list(families)))
+        if error:
+            raise ResolveError(error)
+        return dict((d.name, (answer or RESOLVED)[d.name]) for d in allow)
+    resolve.asked = asked
+    return resolve
+
+
+def plan(params, runner, resolve=None, warnings=None, **kw):
+    return R.plan_rules(params, runner, lambda name, required: name, lambda name: 1000,
+                        (warnings if warnings is not None else []).append, families=["ipv4", "ipv6"],
+                        resolve=resolve or resolver(), read_networks_of=lambda: ([], []), comms=lambda: [],
+                        read=lambda path: None, **kw)
+
+
+def test_a_fresh_host_plans_every_rule_and_only_reads():
+    runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
+    result, planned, nf = plan(options(), runner, want_diff=True)
+    assert result["changed"] and planned.changed
+    assert set(result) == {"changed", "changes", "resolved", "rules", "sets", "tracking", "families", "tls_gate",
+                           "networks", "services", "diff"}
+    assert result["resolved"] == {"inference-api": RESOLVED["inference-api"]}
+    assert "-A AGENTGUARD-ALLOW -d 198.18.0.10/32" in result["rules"]["ipv4"]
+    assert "fd00:a9e:1::10" in result["rules"]["ipv6"]
+    # A plan reads, never writes: no restore of any kind was run.
+    assert runner.names() and all(name in READS for name in runner.names()), runner.names()
+
+
+def test_the_plan_is_what_egress_rules_resolves_through_the_trusted_resolvers():
+    resolve = resolver()
+    plan(options(resolvers=["127.0.0.1"]), Runner({"ipv4": "", "ipv6": ""}), resolve)
+    assert resolve.asked == [dict(names=["api.openclaw.security"], servers=["127.0.0.1"], families=["ipv4", "ipv6"])]
+
+
+def test_without_a_diff_unless_asked():
+    result = plan(options(), Runner({"ipv4": "", "ipv6": ""}))[0]
+    assert "diff" not in result
+
+
+@pytest.mark.parametrize("params, resolve, runner, message", [
+    (dict(scope="users", users=[]), None, None, "invalid options, nothing was changed"),
+    ({}, resolver(error="answer NXDOMAIN (the name does not exist)"), None,
+     "answer NXDOMAIN (the name does not exist); nothing was changed"),
+    ({}, None, Runner({"ipv4": "", "ipv6": ""}, fail_on=lambda name, argv, n: name == "iptables-save"),
+     "cannot read the live netfilter state, nothing was changed"),
+    ({}, None, Runner({"ipv4": "*filter\n-A OUTPUT -j\nbroken", "ipv6": ""}),
+     "cannot read the live netfilter state, nothing was changed"),
+])
+def test_each_failure_says_nothing_was_changed(params, resolve, runner, message):
+    runner = runner or Runner({"ipv4": "", "ipv6": ""})
+    with pytest.raises(R.RulesError) as info:
+        plan(options(**params), runner, resolve)
+    assert message in str(info.value)
+    assert all(name in READS for name in runner.names())
+
+
+def test_a_policy_error_carries_its_errors_for_the_module_result():
+    with pytest.raises(R.RulesError) as info:
+        plan(options(scope="users", users=[]), Runner({"ipv4": "", "ipv6": ""}))
+    assert info.value.extra["errors"] and not info.value.missing_lib
+
+
+def test_sets_without_ipset_are_refused():
+    runner = Runner({"ipv4": "", "ipv6": ""})
+    cdn = [dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])]
+    with pytest.raises(R.RulesError) as info:
+        R.plan_rules(options(allow=cdn), runner, lambda name, required: None if name == "ipset" else name,
+                     lambda name: 1000, [].append, families=["ipv4", "ipv6"], resolve=resolver(),
+                     read_networks_of=lambda: ([], []), comms=lambda: [], read=lambda path: None)
+    assert "need ipset, which is not installed" in str(info.value)
+
+
+def test_what_the_plan_leaves_open_is_said():
+    warnings = []
+    runner = Runner({"ipv4": "", "ipv6": ""})
+    R.plan_rules(options(), runner, lambda name, required: name, lambda name: 1000, warnings.append, families=["ipv4"],
+                 resolve=resolver(), read_networks_of=lambda: ([], ["`ip` failed: guest bridges are not known"]),
+                 comms=lambda: [], read=lambda path: None)
+    assert warnings == ["this kernel has no IPv6; only IPv4 is managed", "`ip` failed: guest bridges are not known"]
+
+
+def test_an_unchanged_host_plans_no_change():
+    runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
+    first = plan(options(), runner)[0]
+    converged = Runner({"ipv4": fixture("foreign-nft.v4") + "", "ipv6": fixture("foreign-nft.v6")})
+    assert first["changed"]
+    # What the first plan renders, read back as live state, leaves nothing to change.
+    converged.saves = {"ipv4": first["rules"]["ipv4"], "ipv6": first["rules"]["ipv6"]}
+    second = plan(options(), converged)[0]
+    assert not second["changed"], second["changes"]
