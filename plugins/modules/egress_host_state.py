@@ -21,7 +21,7 @@ description:
     the allowlist must cover, found with C(ip -j -d addr show)) and the container and VM runtimes it has;
     with O(runtime_users), which runtime API sockets those users can connect to.
   - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
-    an unchanged host costs this module and the plan of M(agentguard.hardening.egress_rules).
+    an unchanged host costs this module alone in pinned DNS mode (with O(plan)).
 author:
   - agentguard.hardening developers (@agentguard)
 extends_documentation_fragment:
