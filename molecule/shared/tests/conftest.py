@@ -153,11 +153,20 @@ def live_log_limit(target, family):
 
 
 BUDGET_WAITS = []
+# Facts a proof must name in the run's output (e.g. which nginx and systemd a test ran on): record().
+RECORDED = []
+
+
+def record(line):
+    """Print `line` in the verify output's summary, whatever the outcome."""
+    RECORDED.append(line)
 
 
 def pytest_terminal_summary(terminalreporter):
     for line in BUDGET_WAITS:
         terminalreporter.write_line("log budget: " + line)
+    for line in RECORDED:
+        terminalreporter.write_line("recorded: " + line)
 
 
 def wait_for_log_budget(target, needed, families=(4, 6)):
@@ -449,3 +458,74 @@ def control_run(sibling):
 @pytest.fixture(params=BLOCKED, ids=BLOCKED_IDS)
 def blocked_probe(request):
     return request.param
+
+
+# ------------------------------------------------------------------------------------- TLS gate
+# egress_tls_gate (scenarios tls-gate and platforms). The lab's API server (ag-api) answers the allowed name
+# and a co-tenant's on the same addresses, as a CDN does (lab/lab.sh).
+API, COTENANT = "api.openclaw.security", "cotenant.cdn.lab"
+API_BODY = "agentguard-lab api ok"
+GATE_UNIT = "agentguard-tlsgate.service"
+GATE_USER = "agentguard-tlsgate"
+GATE_LOG = "/var/log/agentguard-tlsgate/access.log"
+# Most exposed a hardened unit may score in `systemd-analyze security` (0 best, 10 worst; < 2 is "OK").
+MAX_EXPOSURE = 2.0
+
+
+def as_user(user, command):
+    """A shell command line run as `user` (root: as it is)."""
+    return command if user == "root" else "runuser -u %s -- %s" % (user, command)
+
+
+def bracket(address):
+    return "[%s]" % address if ":" in address else address
+
+
+def curl(target, user, family, name, address=None):
+    """GET https://name/ as `user` over `family`, checked against the lab CA; address: connect there (curl
+    --resolve) instead of where the host's resolver points."""
+    resolve = "--resolve %s:443:%s" % (name, bracket(address)) if address else ""
+    return target.run(as_user(user, "curl -sS -%d --max-time 8 --cacert %s %s https://%s/"
+                              % (family, CA_IN_HOST, resolve, name)))
+
+
+def gate_log_size(target):
+    return int(target.check_output("stat -c %%s %s", GATE_LOG))
+
+
+def gate_log_since(target, size):
+    time.sleep(0.3)  # nginx writes the access line when the session ends
+    return target.check_output("tail -c +%s %s", str(size + 1), GATE_LOG).splitlines()
+
+
+def gate_lines(lines, target, family, **fields):
+    """The gate's log lines for connections from the host's address in `family` with these field values."""
+    client = re.escape(target.addr[family])
+    found = []
+    for line in lines:
+        if not re.search(r"client=\[?%s\]?:\d+ " % client, line):
+            continue
+        if all(('%s="%s"' % (k, v) if k == "sni" else "%s=%s" % (k, v)) in line for k, v in fields.items()):
+            found.append(line)
+    return found
+
+
+def gate_users(target):
+    """The users of the gate's main process and its workers."""
+    pid = target.check_output("systemctl show --property=MainPID --value %s", GATE_UNIT)
+    return set(target.check_output("ps -o user= --ppid %s -p %s", pid, pid).split())
+
+
+def unit_exposure(target, unit):
+    """(overall exposure level, whole report) of `systemd-analyze security` for the unit; level None if none."""
+    out = target.run("systemd-analyze security --no-pager %s", unit)
+    text = out.stdout + out.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", text)
+    return (float(match.group(1)) if match else None), text
+
+
+def seen_from(log, target, pattern=""):
+    """Lines of a lab service's log (service_log_since) from either of the host's addresses, with pattern."""
+    addresses = [re.escape(a) for a in (target.addr[4], target.addr[6])]
+    peer = re.compile(r"(?<![\w.:])\[?(%s)\]?:\d+" % "|".join(addresses))
+    return [line for line in (log or "").splitlines() if peer.search(line) and pattern in line]

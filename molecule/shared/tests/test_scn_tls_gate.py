@@ -24,17 +24,12 @@ import time
 
 import pytest
 
-from conftest import dmesg_mark, denial_lines, lab_addr, service_log_since, service_log_sizes
+from conftest import (API, API_BODY, CA_IN_HOST as CA, COTENANT, GATE_UNIT as UNIT, GATE_USER, MAX_EXPOSURE,
+                      as_user as _as, bracket as _bracket, curl, dmesg_mark, denial_lines, gate_lines as _gate_lines,
+                      gate_log_since, gate_log_size, gate_users, lab_addr, seen_from as _seen, service_log_since,
+                      service_log_sizes, unit_exposure)
 
-API, COTENANT, RATES = "api.openclaw.security", "cotenant.cdn.lab", "openexchangerates.org"
-CA = "/usr/local/share/ca-certificates/agentguard-lab-ca.crt"
-UNIT = "agentguard-tlsgate.service"
-GATE_USER = "agentguard-tlsgate"
-GATE_LOG = "/var/log/agentguard-tlsgate/access.log"
-API_BODY = "agentguard-lab api ok"
 USERS = ["root", "agent"]
-# Most exposed a hardened unit may score in `systemd-analyze security` (0 best, 10 worst; < 2 is "OK").
-MAX_EXPOSURE = 2.0
 
 # One TLS request with Python's ssl: certificate and name checked against the lab CA.
 PY_TLS = r"""
@@ -79,63 +74,17 @@ print(json.dumps(out))
 """
 
 
-def _as(user, argv):
-    return argv if user == "root" else "runuser -u %s -- %s" % (user, argv)
-
-
-def _bracket(address):
-    return "[%s]" % address if ":" in address else address
-
-
-def curl(target, user, family, name, address=None):
-    resolve = "--resolve %s:443:%s" % (name, _bracket(address)) if address else ""
-    return target.run(_as(user, "curl -sS -%d --max-time 8 --cacert %s %s https://%s/" % (family, CA, resolve, name)))
-
-
-def gate_log_size(target):
-    return int(target.check_output("stat -c %%s %s", GATE_LOG))
-
-
-def gate_log_since(target, size):
-    time.sleep(0.3)  # nginx writes the access line when the session ends
-    return target.check_output("tail -c +%s %s", str(size + 1), GATE_LOG).splitlines()
-
-
-def _host_addresses(target):
-    return [target.addr[4], target.addr[6]]
-
-
-def _seen(log, target, pattern=""):
-    """Lines of a lab service's log from either of the host's addresses (matching pattern)."""
-    addresses = [re.escape(a) for a in _host_addresses(target)]
-    peer = re.compile(r"(?<![\w.:])\[?(%s)\]?:\d+" % "|".join(addresses))
-    return [line for line in (log or "").splitlines() if peer.search(line) and pattern in line]
-
-
-def _gate_lines(lines, target, family, **fields):
-    client = re.escape(target.addr[family])
-    found = []
-    for line in lines:
-        if not re.search(r"client=\[?%s\]?:\d+ " % client, line):
-            continue
-        if all(('%s="%s"' % (k, v) if k == "sni" else "%s=%s" % (k, v)) in line for k, v in fields.items()):
-            found.append(line)
-    return found
-
-
 # ------------------------------------------------------------------------------ the gate itself
 def test_gate_runs_as_its_own_user(target):
     assert target.check_output("systemctl is-active %s", UNIT) == "active"
-    pid = target.check_output("systemctl show --property=MainPID --value %s", UNIT)
-    users = set(target.check_output("ps -o user= --ppid %s -p %s", pid, pid).split())
+    users = gate_users(target)
     assert users == {GATE_USER}, users
 
 
 def test_gate_unit_is_hardened(target):
-    out = target.run("systemd-analyze security --no-pager %s", UNIT)
-    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout + out.stderr)
-    assert match, out.stdout + out.stderr
-    assert float(match.group(1)) <= MAX_EXPOSURE, out.stdout
+    exposure, report = unit_exposure(target, UNIT)
+    assert exposure is not None, report
+    assert exposure <= MAX_EXPOSURE, report
 
 
 def test_debian_nginx_service_is_masked_and_port_80_closed(target):

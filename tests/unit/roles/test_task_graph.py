@@ -115,3 +115,12 @@ def test_vars_hold_constants_and_the_platform_table():
     # Every Jinja expression fits on two lines.
     for expression in re.findall(r"\{\{.*?\}\}", text, re.S):
         assert expression.count("\n") <= 1, expression
+
+
+def test_the_gate_configuration_test_runs_on_nginx_1_18():
+    """The role tests the gate's configuration with `nginx -t` before writing it: without -e, which nginx 1.18
+    (Debian 11) does not have."""
+    with open(os.path.join(TASKS, "tls_gate.yml")) as handle:
+        tasks = yaml.safe_load(handle)
+    checks = [task["ansible.builtin.copy"]["validate"] for task in tasks if "validate" in task.get("ansible.builtin.copy", {})]
+    assert checks and not [check for check in checks if " -e " in check], checks
