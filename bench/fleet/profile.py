@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time of the fleet runs goes: per-task medians from `bench/fleet/run.py --profile` logs.
 
-Reads the ansible.posix.profile_tasks recap of every *-idempotent.log (or --kind first) in a log
+Reads the ansible.posix.profile_tasks recap of every *-idempotent.log (or --kind baseline, first) in a log
 directory of bench/fleet/run.py and prints, per task, the median time over the runs (each task's
 time is its wall time across all hosts of the batch), largest first, with its share of the run.
 
@@ -39,7 +39,7 @@ def parse(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("logdir")
-    parser.add_argument("--kind", default="idempotent", choices=["idempotent", "first"])
+    parser.add_argument("--kind", default="idempotent", choices=["idempotent", "baseline", "first"])
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     runs = [parse(p) for p in sorted(glob.glob(os.path.join(args.logdir, "*-%s.log" % args.kind)))]
