@@ -16,7 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 BIN = os.path.dirname(sys.executable)
 COLLECTIONS = next(p for p in sys.path if os.path.isdir(os.path.join(p, "ansible_collections", "agentguard", "hardening")))
 PLAY = "- hosts: localhost\n  gather_facts: false\n  roles:\n    - agentguard.hardening.egress\n"
-GOOD = {"egress_allow": [{"name": "inference-api", "host": "api.example.com"}], "egress_dns_servers": ["198.18.0.53"]}
+# An address, not a name: a run that gets past the checks plans the rules on this machine (egress_host_state's
+# fast path, read-only), and a name would send a DNS query to a resolver this test did not create.
+GOOD = {"egress_allow": [{"name": "inference-api", "host": "198.18.1.10"}], "egress_dns_servers": ["198.18.0.53"]}
 INPUT_CHECK = "Check the inputs beyond their types"
 
 
@@ -121,3 +123,13 @@ def test_unknown_users_of_an_entry_fail_after_the_read_naming_the_entry(tmp_path
     assert "users that do not exist" in name and result.get("failed"), tasks
     assert "egress_allow[1].users: user 'no-such-user-x' does not exist" in result["msg"], result["msg"]
     assert "Nothing was changed" in result["msg"]
+
+
+@pytest.mark.parametrize("over", [{"egress_dns_mode": "filtering"}, {"egress_state": "absent"}])
+def test_the_read_of_the_host_works_without_its_plan(tmp_path, over):
+    """egress_host_state plans only in pinned DNS mode with egress_state present: in the other runs its answer
+    has no plan, and the role must not stumble on that (it did: `plan is mapping` on a missing key)."""
+    rc, tasks = run_role(tmp_path, **over)
+    assert rc == 0, tasks
+    published = [result for name, result in tasks if name.startswith("Publish the host's plan")]
+    assert published and not published[0]["failed"], tasks
