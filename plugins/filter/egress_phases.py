@@ -15,10 +15,9 @@ explicit arguments and returns plain data: the role's tasks only run what these 
 - egress_phases: which phase of tasks/main.yml runs (install, resolver, plan, apply, canary, persist,
   removals), the packages to install and the resolvers the module uses; egress_decide: the same from the
   registered results and the platform table, with the platform row and the files it computed on the way.
-- egress_boot_files: the exact content of every file the role persists.
 - egress_dns_names, egress_dns_conflicts, egress_resolved_in_charge: the filtering resolver's setup.
 - egress_failure_message: what a failed apply or canary says, with what became of the rules.
-- egress_tls_gate_files: the TLS gate's configuration, unit and drop-ins, byte for byte.
+(egress_boot_files and egress_tls_gate_files, what the role writes byte for byte, are in egress_boot_files.py.)
 """
 
 from __future__ import absolute_import, division, print_function
@@ -93,11 +92,18 @@ _value:
   type: dict
 """
 
-import hashlib
 import re
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files import (
+    GATE_MODES_ON,
+    LOOPBACK_RESOLVERS,
+    _boot_files_current,
+    _tls_files_current,
+    egress_boot_files,
+    egress_tls_gate_files,
+)
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
@@ -116,19 +122,10 @@ OPTION_VARS = {
 USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Debian's own web server unit, which installing nginx would enable and start on port 80.
 NGINX_UNIT = "nginx.service"
-GATE_MODES_ON = ("audit", "enforce")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
 RESOLVED_UNIT = "systemd-resolved.service"
-LOOPBACK_RESOLVERS = ["127.0.0.1"]
 # Sockets on port 53 that collide with the filtering resolver's (systemd-resolved's 127.0.0.53/54 do not).
 DNS_CONFLICT_RE = re.compile(r"\s(0\.0\.0\.0|\*|\[::\]|127\.0\.0\.1|\[::1\]):53\s")
-
-RULES_COMMENT = "# Loaded at boot with plain iptables-restore; the live rules are applied by the module."
-SETS_COMMENT = "# Loaded at boot with ipset restore, before the rules that use these sets."
-DROPIN_BODY = ("# Load the egress rules before any network interface comes up.\n"
-               "[Unit]\nWants=network-pre.target\nBefore=network-pre.target\n")
-# ipset.service restores the sets the rules use: before the rules' units.
-DROPIN_EXTRA = {"ipset.service": "Before=iptables.service ip6tables.service\n"}
 
 
 def _int(value, fallback=0):
@@ -288,174 +285,6 @@ def egress_host_errors(host, platform, hostname="this host", allow=None, scope_u
         errors.append("egress_allow[%d].users: user %r does not exist on %s (install its service first, or give "
                       "its uid)." % (index, name, hostname))
     return errors
-
-
-def _sha256(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def egress_boot_files(result, platform, marker, dropin_name):
-    """Every file the role persists for this result, in the order it writes them: the sets file first (loaded
-    first at boot), then the rules of each family that has rules, then the boot units' drop-ins.
-
-    Each is {path, content, mode, dropin}; the content is byte for byte what the module returned under the
-    role's header, so an unchanged host is recognised from the hashes egress_host_state returns. [] when the
-    result holds no rules (a plan that could not run).
-    """
-    result, platform = _dict(result), _dict(platform)
-    rules = result.get("rules")
-    if not isinstance(rules, dict) or not platform:
-        return []
-    header = ("# %s (role egress); do not edit: every run rewrites this file.\n"
-              "# It holds only what the module agentguard.hardening.egress_rules manages.\n" % marker)
-    files = platform["persist_files"]
-    sets = (result.get("sets") or "").strip()
-    boot = [dict(path=files["sets"], content=header + SETS_COMMENT + "\n" + (sets + "\n" if sets else ""),
-                 mode="0600", dropin=False)]
-    for family, text in rules.items():
-        if (text or "").strip():
-            boot.append(dict(path=files[family], content=header + RULES_COMMENT + "\n" + text.strip() + "\n",
-                             mode="0600", dropin=False))
-    for unit in platform.get("dropin_units") or []:
-        boot.append(dict(path="/etc/systemd/system/%s.d/%s" % (unit, dropin_name),
-                         content="# %s (role egress); do not edit.\n" % marker + DROPIN_BODY + DROPIN_EXTRA.get(unit, ""),
-                         mode="0644", dropin=True))
-    return boot
-
-
-# The gate's unit. Hardening, each directive checked with `systemd-analyze security` (molecule tls-gate):
-# a high port needs no capability, and nginx started as a user never changes user; it writes only its
-# logs and pid file (LogsDirectory=, StateDirectory=, owned by its user); it needs IPv4, IPv6 and the
-# journal's socket only.
-TLS_UNIT = """# {marker} (role egress); do not edit: every run rewrites this file.
-[Unit]
-Description=agentguard egress TLS gate (nginx stream: allowlisted server names only)
-Documentation=man:nginx(8)
-# The rules that redirect to it are loaded at boot before it{dns_comment}.
-After=network.target {after}
-{wants}
-[Service]
-Type=exec
-User={user}
-Group={user}
-ExecStartPre={binary} -t -q -c {conf}
-ExecStart={binary} -c {conf} -g 'daemon off;'
-ExecReload=/bin/kill -HUP $MAINPID
-KillSignal=SIGQUIT
-TimeoutStopSec=10
-Restart=on-failure
-RestartSec=2
-LogsDirectory={log_name}
-LogsDirectoryMode=0750
-StateDirectory={state_name}
-StateDirectoryMode=0750
-UMask=0027
-CapabilityBoundingSet=
-AmbientCapabilities=
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-DevicePolicy=closed
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-ProcSubset=pid
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-RemoveIPC=yes
-KeyringMode=private
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-SystemCallErrorNumber=EPERM
-LimitNOFILE=16384
-
-[Install]
-WantedBy=multi-user.target
-"""
-TLS_DROPIN = """# {marker} (role egress); do not edit: every run rewrites this file.
-# This unit's TLS connections go through the TLS gate: start it after the gate.
-[Unit]
-Wants={unit}
-After={unit}
-"""
-
-
-def egress_tls_gate_files(result, mode, user, dns_mode, dns_servers, tls, marker, before_units=None, platform=None):
-    """The TLS gate's files for this run's result of egress_rules, in write order: its nginx configuration
-    (agentguard.hardening.egress_tls_gate_config, under the marker), its unit, and a drop-in per unit of
-    egress_tls_gate_before_units. Each is {path, content, mode, kind} (kind config, unit or dropin). [] when the
-    gate is off or the result has no tls_gate (a plan that could not run).
-
-    The gate asks the filtering resolver in filtering mode, the trusted resolvers (egress_dns_servers) in pinned
-    mode (only for names audit mode passes: an allowed name connects to the module's own resolution there).
-    """
-    from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import render_nginx
-
-    result, tls, platform = _dict(result), _dict(tls), _dict(platform)
-    gate = _dict(result.get("tls_gate"))
-    if mode not in GATE_MODES_ON or gate.get("mode") not in GATE_MODES_ON or not gate.get("listeners"):
-        return []
-    resolvers = LOOPBACK_RESOLVERS if dns_mode == "filtering" else list(dns_servers or [])
-    log_dir, state_dir = tls["log_dir"], tls["state_dir"]
-    try:
-        config = render_nginx(gate, dns_mode, resolvers, log_dir + "/access.log", state_dir + "/nginx.pid",
-                              log_dir + "/error.log")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AnsibleFilterError("egress_tls_gate_files: %s" % exc)
-    config = "# %s (role egress); do not edit: every run rewrites this file.\n%s" % (marker, config)
-    filtering = dns_mode == "filtering"
-    after = " ".join(list(platform.get("boot_units") or []) + (["agentguard-dns.service"] if filtering else []))
-    unit = TLS_UNIT.format(
-        marker=marker, user=user, binary=tls["binary"], conf=tls["conf"], after=after,
-        dns_comment=", and asks the filtering resolver" if filtering else "",
-        wants="Wants=agentguard-dns.service\n" if filtering else "",
-        log_name=log_dir.rsplit("/", 1)[1], state_name=state_dir.rsplit("/", 1)[1])
-    files = [dict(path=tls["conf"], content=config, mode="0644", kind="config"),
-             dict(path="/etc/systemd/system/%s" % tls["unit"], content=unit, mode="0644", kind="unit")]
-    for name in before_units or []:
-        files.append(dict(path="/etc/systemd/system/%s.d/%s" % (name, tls["dropin"]), mode="0644", kind="dropin",
-                          content=TLS_DROPIN.format(marker=marker, unit=tls["unit"])))
-    return files
-
-
-def _files_current(files, host):
-    """True when every file ({path, content, mode}) exists with that content and mode, owned by root, as
-    egress_host_state found it when the run started."""
-    paths = _dict(host.get("paths"))
-    for wanted in files:
-        have = _dict(paths.get(wanted["path"]))
-        if (have.get("sha256") != _sha256(wanted["content"]) or have.get("mode") != wanted["mode"]
-                or have.get("uid") != 0 or have.get("gid") != 0):
-            return False
-    return True
-
-
-def _boot_files_current(boot_files, host, platform):
-    """True when every file has the wanted content, owner and mode, and the boot units are enabled (as
-    egress_host_state found them when the run started)."""
-    if not _files_current(boot_files, host):
-        return False
-    if host.get("systemd"):
-        enabled = _dict(host.get("enabled"))
-        return all(enabled.get(unit) == "enabled" for unit in platform.get("boot_units") or [])
-    return True
-
-
-def _tls_files_current(tls_files, host, unit):
-    """True when the gate's files have the wanted content, owner and mode, and its unit is enabled and active."""
-    return (_files_current(tls_files, host) and _dict(host.get("enabled")).get(unit) == "enabled"
-            and _dict(host.get("active")).get(unit) == "active")
 
 
 def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None, tls_files=None, tls_user=None):
@@ -656,12 +485,10 @@ class FilterModule(object):
             "egress_host_query": egress_host_query,
             "egress_platform": egress_platform,
             "egress_host_errors": egress_host_errors,
-            "egress_boot_files": egress_boot_files,
             "egress_phases": egress_phases,
             "egress_decide": egress_decide,
             "egress_dns_names": egress_dns_names,
             "egress_dns_conflicts": egress_dns_conflicts,
             "egress_resolved_in_charge": egress_resolved_in_charge,
             "egress_failure_message": egress_failure_message,
-            "egress_tls_gate_files": egress_tls_gate_files,
         }

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import FilterModule
+from ansible_collections.agentguard.hardening.plugins.filter import egress_boot_files, egress_phases
 
-F = FilterModule().filters()
+F = dict(egress_phases.FilterModule().filters(), **egress_boot_files.FilterModule().filters())
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 with open(os.path.join(ROOT, "roles", "egress", "vars", "main.yml")) as _handle:
     ROLE_VARS = yaml.safe_load(_handle)
