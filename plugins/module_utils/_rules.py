@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import pwd
 
 from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
     coverage,
@@ -96,6 +97,11 @@ def command_runner(module):
         except (OSError, IOError) as exc:
             return 1, "", "could not run or feed %s: %s" % (argv[0], exc)
     return run
+
+
+def uid_of(name):
+    """The uid of a user name (KeyError when there is none: build_policy names the option)."""
+    return pwd.getpwnam(name).pw_uid
 
 
 def managed_families(exists=os.path.exists):

@@ -289,7 +289,6 @@ runtime_access:
 
 import os
 import platform
-import pwd
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
@@ -305,6 +304,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._rules import
     RulesError,
     command_runner,
     plan_rules,
+    uid_of,
 )
 
 ARGUMENT_SPEC = dict(
@@ -330,10 +330,6 @@ def _read_first(*paths):
     return ""
 
 
-def _uid_of(name):
-    return pwd.getpwnam(name).pw_uid
-
-
 def early_plan(module, options):
     """(plan, why not): egress_rules' check-mode result for options, or (None, the reason it cannot plan yet).
     Never fails the module: the role reports the errors from egress_rules itself, after the phases that
@@ -346,7 +342,7 @@ def early_plan(module, options):
         # A missing command is an error here (required=False answers None): the module must not fail.
         result = plan_rules(validated.validated_parameters, command_runner(module),
                             lambda name, required: module.get_bin_path(name) or (_missing(name) if required else None),
-                            _uid_of, warnings.append)[0]
+                            uid_of, warnings.append)[0]
     except (RulesError, OSError) as exc:
         return None, str(exc)
     # An unchanged plan ends the run here, so this module says what it leaves open; a changed one is planned

@@ -475,7 +475,6 @@ families:
   sample: [ipv4, ipv6]
 """
 
-import pwd
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
@@ -484,11 +483,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._rules import
     RulesError,
     command_runner,
     plan_rules,
+    uid_of,
 )
-
-
-def _uid_of(name):
-    return pwd.getpwnam(name).pw_uid
 
 
 def main():
@@ -496,7 +492,7 @@ def main():
     try:
         result, plan, nf = plan_rules(module.params, command_runner(module),
                                       lambda name, required: module.get_bin_path(name, required=required),
-                                      _uid_of, module.warn, want_diff=module._diff)
+                                      uid_of, module.warn, want_diff=module._diff)
     except RulesError as exc:
         if exc.missing_lib:
             module.fail_json(msg=missing_required_lib(str(exc)))

@@ -43,7 +43,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(_rules, "managed_families", lambda: ["ipv4", "ipv6"])
     monkeypatch.setattr(_rules, "load_dnspython", lambda: None)
     monkeypatch.setattr(_rules, "read_comms", lambda: [])
-    monkeypatch.setattr(M, "_uid_of", lambda name: 1000)
+    monkeypatch.setattr(M, "uid_of", lambda name: 1000)
 
 
 OPTIONS = dict(allow=[dict(name="inference-api", host="api.openclaw.security")], dns_servers=["198.18.0.53"])
