@@ -27,8 +27,10 @@ BASE_PKGS=(python3 python3-apt systemd systemd-sysv dbus iproute2 iputils-ping c
 # chrony: the time daemon of the Molecule scenario `host-services` (installed there) and of the lab's
 # time server ag-time; apt-utils: apt-ftparchive, which builds the lab mirror ag-mirror's repository
 # (both services unpack them with dpkg-deb -x, nothing is installed in the image).
+# nftables and prometheus-node-exporter: the Molecule scenario `guard` (Debian's nftables.service with
+# its default flush-ruleset configuration, and a real textfile-collector scrape).
 REPO_PKGS=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent python3-dnspython ulogd2
-  systemd-resolved nginx-light libnginx-mod-stream chrony apt-utils)
+  systemd-resolved nginx-light libnginx-mod-stream chrony apt-utils nftables prometheus-node-exporter)
 # Also in /opt/lab-apt, bookworm only and WITHOUT recommends (no git, perl, apparmor): the container
 # engines of the Molecule scenario `containers` (Docker 20.10; root podman with netavark; rootless
 # podman with uidmap and slirp4netns). Never installed in the image.
@@ -37,7 +39,8 @@ CONTAINER_PKGS=(docker.io containerd runc tini podman conmon golang-github-conta
   aardvark-dns slirp4netns uidmap)
 # Must not be installed in the image, or role tests would prove nothing.
 NOT_PREINSTALLED=(iptables ipset netfilter-persistent iptables-persistent ipset-persistent
-  python3-dnspython nftables docker.io containerd podman netavark nginx-common libnginx-mod-stream chrony)
+  python3-dnspython nftables docker.io containerd podman netavark nginx-common libnginx-mod-stream chrony
+  prometheus-node-exporter)
 
 log() { printf 'images: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
