@@ -18,7 +18,8 @@
 # scenario checks on the shared lab is keyed by its hosts' own addresses (kernel LOG lines by SRC,
 # the lab services' logs by peer address and port), so scenarios can run side by side.
 #
-# Negative control: `default` runs with --destroy never; its test host then gets an ACCEPT rule at
+# Negative control: `default` runs with --destroy never; its guard (agentguard-guard.service, which would
+# put our rules back within a second) is stopped, its test host then gets an ACCEPT rule at
 # the top of AGENTGUARD-EGRESS (iptables and ip6tables) and `molecule verify` MUST fail, with every
 # blocked probe getting through. A verify that passes there means the tests test nothing: the
 # suite fails. The host is destroyed afterwards.
@@ -32,13 +33,13 @@ cd "$ROOT" || exit 2
 # host-services and tls-gate are being written: a scenario whose directory does not exist yet is
 # skipped with a line saying so (named on the command line, it is an error).
 ALL=(default users-scope audit-mode backends platforms persistence rollback filtering-dns containers resolved
-  host-services tls-gate)
+  host-services tls-gate guard)
 # Seconds each scenario took when run one at a time (CI machine, 2 cores, 2026-11-30). resolved: an
 # estimate (about twice default's role runs; 680 s measured beside default on a machine loaded by
 # other work); host-services and tls-gate: not measured yet. Only the order uses them.
 declare -A EXPECTED=([filtering-dns]=500 [containers]=430 [resolved]=400 [rollback]=230 [platforms]=240
   [backends]=205 [default]=165 [persistence]=150 [users-scope]=135 [audit-mode]=110 [host-services]=300
-  [tls-gate]=300)
+  [tls-gate]=300 [guard]=300)
 # Shared lab state: what a scenario must not run beside ("*": anything else).
 #  filtering-dns  its rotation test points api.openclaw.security, a name every scenario resolves (converge,
 #                 canary, verify), at the forbidden host in the lab resolver (up to about a minute); it also
@@ -127,6 +128,7 @@ negative_control() {
   local t0=$SECONDS log=$LOGS/negative-control.log host=ag-mol-default rc n want
   say "NEGATIVE CONTROL: open $host's firewall, molecule verify must FAIL"
   {
+    podman exec "$host" systemctl stop agentguard-guard.service &&
     podman exec "$host" iptables -w -I AGENTGUARD-EGRESS 1 -j ACCEPT -m comment --comment "negative control" &&
     podman exec "$host" ip6tables -w -I AGENTGUARD-EGRESS 1 -j ACCEPT -m comment --comment "negative control"
   } > "$log" 2>&1 || { tail_log "$log"; row negative-control FAILED $((SECONDS - t0)) "could not open the firewall"; return 1; }
