@@ -93,7 +93,6 @@ def test_guard_runs_after_the_reboot(target):
     assert int(target.check_output("date -d %s +%%s", started)) >= boot
 
 
-@pytest.mark.parametrize("family", [4, 6])
 def test_our_jumps_first_after_the_reboot(target, family):
     save = "iptables-save" if family == 4 else "ip6tables-save"
     output = [line for line in target.check_output("%s -t filter", save).splitlines() if line.startswith("-A OUTPUT ")]
