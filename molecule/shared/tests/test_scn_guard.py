@@ -72,7 +72,7 @@ def test_median_restore_time(measured):
 
 
 def _events(target, since):
-    out = target.check_output("journalctl -o json --no-pager SYSLOG_IDENTIFIER=agentguard-guard --since @%d", since)
+    out = target.check_output("journalctl -o json --no-pager SYSLOG_IDENTIFIER=agentguard-guard --since @%s", str(since))
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
