@@ -155,7 +155,7 @@ def test_no_rule_ever_lacks_a_peer(case):
         for rule in spec["egress"]:
             if e["backend"] == "networkpolicy":
                 assert rule.get("to")
-            elif e["backend"] == "cilium":
+            elif e["backend"] in ("cilium", "ciliumclusterwide"):
                 assert any(rule.get(k) for k in ("toEndpoints", "toFQDNs", "toCIDRSet", "toCIDR"))
             else:
                 assert rule["to"] and all(len(peer) == 1 for peer in rule["to"])
@@ -178,6 +178,7 @@ def test_the_networkpolicy_holds_exactly_the_addresses_of_the_families(case):
     if spec["options"].get("dns") == "servers":
         expected.update(str(ipaddress.ip_network(s)) for s in spec["variables"]["egress_dns_servers"]
                         if "ipv%d" % ipaddress.ip_address(s).version in families)
+    expected.update(str(ipaddress.ip_network(a)) for a in spec["options"].get("cluster_dns", {}).get("addresses", []))
     assert cidrs == expected
 
 
