@@ -8,7 +8,9 @@ What is simulated (no cluster runs here):
   next domain, any other answer (REFUSED) ends the search; the name as it is is tried last unless it was
   tried first) and musl's name_from_dns_search (src/network/lookup_name.c: NXDOMAIN goes on; SERVFAIL,
   REFUSED and NODATA end the lookup, the name itself is never tried);
-- Cilium's DNS proxy: a query rules.dns allows (matchName/matchPattern, _k8s.cilium_dns_allows) goes to
+- Cilium's DNS proxy: a query rules.dns allows (matchName/matchPattern, _k8s.cilium_dns_allows, which follows
+  pkg/fqdn/matchpattern/matchpattern.go of Cilium 1.17.5: "*" alone matches every name, otherwise each "*"
+  is [-a-zA-Z0-9_]*, so never a dot) goes to
   CoreDNS; any other gets the reject code of --tofqdns-dns-reject-response-code (refused, the default, or
   nameError, NXDOMAIN);
 - CoreDNS: the names it knows answer, every other name (cluster or not) is NXDOMAIN.
