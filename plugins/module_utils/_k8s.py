@@ -330,8 +330,8 @@ def _dns_selectors(policy, opts, errors):
                 full = "%s.%s" % (value, domain)
                 if len(full) > MAX_DNS_NAME:
                     errors.append("cluster_dns.search: %r (the search-list expansion of %s) is longer than %d "
-                                  "characters; shorten the search domains or the name" % (full, dest.host,
-                                                                                         MAX_DNS_NAME))
+                                  "characters; shorten the search domains or the name"
+                                  % (full, dest.host, MAX_DNS_NAME))
                     continue
                 if {key: full} not in expanded:
                     expanded.append({key: full})
@@ -459,8 +459,8 @@ def metadata_errors(manifest):
     if not isinstance(name, str) or len(name) > MAX_NAME or not DNS1123_SUBDOMAIN.match(name):
         errors.append("metadata.name: %s %r is not a DNS-1123 subdomain of at most %d characters" % (kind, name, MAX_NAME))
     if "namespace" in meta and (len(meta["namespace"]) > MAX_LABEL or not DNS1123_LABEL.match(meta["namespace"])):
-        errors.append("metadata.namespace: %r is not a DNS-1123 label of at most %d characters" % (meta["namespace"],
-                                                                                                  MAX_LABEL))
+        errors.append("metadata.namespace: %r is not a DNS-1123 label of at most %d characters"
+                      % (meta["namespace"], MAX_LABEL))
     _check_selector(meta.get("labels", {}), "metadata.labels", errors)
     annotations = meta.get("annotations", {})
     _check_selector(dict((k, "") for k in annotations), "metadata.annotations", errors)

@@ -20,7 +20,6 @@ import yaml
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with kubernetes-validate (requirements-dev.txt)")
 
 from ansible_collections.agentguard.hardening.plugins.filter.egress_k8s_policies import egress_k8s_policies
-from ansible_collections.agentguard.hardening.plugins.module_utils import _k8s as K
 from ansible_collections.agentguard.hardening.tests.unit.plugins.module_utils.k8s_cases import CASES, RESOLVED
 
 # The Kubernetes versions README.md ("Kubernetes and AWX") names.

@@ -461,7 +461,8 @@ def _breaks(backend, mutate, variables=None, **options):
 
 
 def test_the_dns_path_check_sees_a_missing_rule_port_target_or_name():
-    drop_first = lambda spec: spec["egress"].pop(0)  # noqa: E731
+    def drop_first(spec):
+        spec["egress"].pop(0)
     for backend in K.BACKENDS:
         errors = _breaks(backend, drop_first)
         assert errors and errors[0].startswith("dns: "), backend
@@ -536,3 +537,12 @@ def test_names_stay_within_the_api_servers_limits():
     broken["metadata"]["name"] = "Agentguard"
     broken["metadata"]["annotations"]["agentguard.hardening/limitations"] = "x" * (256 * 1024)
     assert len(K.metadata_errors(broken)) == 3
+
+
+def test_a_search_expansion_over_the_dns_name_limit_is_refused():
+    variables = dict(BASE, egress_dns_mode="filtering")
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(variables, "agents", resolved=RESOLVED, backends=["cilium"],
+                          cluster_dns={"search": [".".join(c * 60 for c in "abcd")]})
+    assert caught.value.errors[0].startswith("cluster_dns.search: 'api.openclaw.security.aaaa")
+    assert "is longer than 253 characters" in caught.value.errors[0]

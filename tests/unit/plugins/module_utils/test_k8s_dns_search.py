@@ -98,7 +98,7 @@ LIBCS = {"glibc": glibc, "musl": musl}
 def exported_selectors(dns="cluster"):
     variables = {"egress_allow": [ALLOW[0], dict(ALLOW[1], subdomains=True)],
                  "egress_dns_servers": ["198.18.0.53"], "egress_dns_mode": "filtering"}
-    manifest = [e for e in K.export_policies(variables, NAMESPACE, backends=["cilium"], dns=dns)][0]["manifest"]
+    manifest = K.export_policies(variables, NAMESPACE, backends=["cilium"], dns=dns)[0]["manifest"]
     rule = manifest["spec"]["egress"][0]
     assert rule["toEndpoints"] if dns == "cluster" else rule["toCIDRSet"]
     return rule["toPorts"][0]["rules"]["dns"]
