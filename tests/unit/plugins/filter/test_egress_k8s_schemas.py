@@ -10,8 +10,11 @@
   JSON Schema cannot say (ranges start < end, networks are CIDRs) are checked by hand below.
 """
 import copy
+import gzip
+import hashlib
 import ipaddress
 import os
+import re
 
 import pytest
 import yaml
@@ -27,10 +30,10 @@ KUBERNETES_VERSIONS = ("1.35.0", "1.36.0", "1.37.0")
 CRDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures", "k8s", "crds")
 # backend: {version: vendored CRD}
 CRD_FILES = {
-    "cilium": {"1.17": "cilium-1.17.5-ciliumnetworkpolicies.yaml", "1.18": "cilium-1.18-ciliumnetworkpolicies.yaml"},
-    "ciliumclusterwide": {"1.17": "cilium-1.17.5-ciliumclusterwidenetworkpolicies.yaml",
-                          "1.18": "cilium-1.18-ciliumclusterwidenetworkpolicies.yaml"},
-    "clusternetworkpolicy": {"v0.2.0": "network-policy-api-v0.2.0-experimental-clusternetworkpolicies.yaml"},
+    "cilium": {"1.17": "cilium-1.17.5-ciliumnetworkpolicies.yaml.gz", "1.18": "cilium-1.18-ciliumnetworkpolicies.yaml.gz"},
+    "ciliumclusterwide": {"1.17": "cilium-1.17.5-ciliumclusterwidenetworkpolicies.yaml.gz",
+                          "1.18": "cilium-1.18-ciliumclusterwidenetworkpolicies.yaml.gz"},
+    "clusternetworkpolicy": {"v0.2.0": "network-policy-api-v0.2.0-experimental-clusternetworkpolicies.yaml.gz"},
 }
 # What the API server requires of any object's metadata (apimachinery validation).
 METADATA = {
@@ -74,7 +77,7 @@ def strict(node):
 
 def crd_schema(path):
     """The JSON Schema of a vendored CRD's served version, with apiVersion, kind, metadata and scope."""
-    with open(os.path.join(CRDS, path)) as handle:
+    with gzip.open(os.path.join(CRDS, path), "rt") as handle:
         crd = yaml.safe_load(handle)
     version = [v for v in crd["spec"]["versions"] if v.get("storage")][0]
     schema = strict(version["schema"]["openAPIV3Schema"])
@@ -100,6 +103,16 @@ def exports(case):
     namespace = options.pop("namespace")
     result = egress_k8s_policies(spec["variables"], namespace, resolved=RESOLVED, **options)
     return dict((e["backend"], e) for e in result["exports"])
+
+
+def test_the_vendored_crds_are_the_upstream_files_the_readme_names():
+    with open(os.path.join(CRDS, "README.md")) as handle:
+        sums = dict(re.findall(r"^- `([^`]+)`: `([0-9a-f]{64})`$", handle.read(), re.M))
+    files = sorted(f for files in CRD_FILES.values() for f in files.values())
+    assert sorted(name + ".gz" for name in sums) == files
+    for name, digest in sums.items():
+        with gzip.open(os.path.join(CRDS, name + ".gz"), "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == digest, name
 
 
 def _version_key(version):
