@@ -13,8 +13,19 @@ short_description: Compile the egress role's allowlist into Kubernetes network p
 version_added: 0.1.0
 description:
   - Compiles the variables of the role C(agentguard.hardening.egress) (O(_input)) into, for one namespace
-    and pod selector, a C(networking.k8s.io/v1) NetworkPolicy, a C(cilium.io/v2) CiliumNetworkPolicy and a
-    C(policy.networking.k8s.io/v1alpha2) ClusterNetworkPolicy (an experimental draft).
+    and pod selector, a C(networking.k8s.io/v1) NetworkPolicy, a C(cilium.io/v2) CiliumNetworkPolicy, optionally
+    a cluster-wide C(cilium.io/v2) CiliumClusterwideNetworkPolicy, and a C(policy.networking.k8s.io/v1alpha2)
+    ClusterNetworkPolicy in the Admin tier (an experimental draft, network-policy-api v0.2.0).
+  - What only exists on a host never widens what the pods may reach. Entries of C(egress_allow) with C(users)
+    (host services, such as C(_apt) to the mirrors) are left out unless O(include_user_entries); DHCP
+    (C(egress_dhcp)), the TLS gate's own user and the filtering resolver's own DNS are never exported. Each is
+    named, with the reason, in RV(_value.exports[].left_out), the limitations and the annotation
+    C(agentguard.hardening/left-out).
+  - Every manifest is checked before it is returned. Its DNS path must be open on UDP and TCP 53 to the resolver
+    it relies on, and Cilium's DNS rule must let through every allowed name and its search-list expansions.
+    Its metadata must be within the API server's limits.
+  - Cilium manifests carry the annotation C(agentguard.hardening/minimum-cilium-version). It is C(1.17), or
+    C(1.18) when C(serverNames) holds a wildcard.
   - The variables are validated first by the code the module M(agentguard.hardening.egress_rules) runs, so a
     policy the role would refuse is refused here with the same messages, naming the role variable and its value.
   - Every manifest carries the annotation C(agentguard.hardening/limitations), the list of what its backend
@@ -30,9 +41,9 @@ positional: namespace
 options:
   _input:
     description:
-      - The role's variables C(egress_allow), C(egress_dns_servers), C(egress_dns_mode), C(egress_mode) and
-        C(egress_families), as a dictionary (a host's C(hostvars) will do). Absent ones take the role's
-        defaults; other keys are not read.
+      - The role's variables C(egress_allow), C(egress_dns_servers), C(egress_dns_mode), C(egress_mode),
+        C(egress_families) and C(egress_dhcp), as a dictionary (a host's C(hostvars) will do). Absent ones take
+        the role's defaults. C(egress_tls_gate_user) is read only to name it as left out; other keys are not read.
     type: dict
     required: true
   namespace:
@@ -53,10 +64,13 @@ options:
     type: list
     elements: str
   backends:
-    description: Which manifests to produce.
+    description:
+      - Which manifests to produce.
+      - V(ciliumclusterwide) (a C(CiliumClusterwideNetworkPolicy) named C(<name>-<namespace>) that selects the
+        namespace and the pods) is only written when listed.
     type: list
     elements: str
-    choices: [networkpolicy, cilium, clusternetworkpolicy]
+    choices: [networkpolicy, cilium, ciliumclusterwide, clusternetworkpolicy]
     default: [networkpolicy, cilium, clusternetworkpolicy]
   dns:
     description:
@@ -66,9 +80,22 @@ options:
     choices: [cluster, servers]
     default: cluster
   cluster_dns:
-    description: Namespace and pod labels of the cluster resolver.
+    description:
+      - The cluster resolver, for O(dns=cluster). Keys left out take their defaults.
+      - C(namespace) and C(pod_selector) (labels) select its pods (default C(kube-system), C(k8s-app=kube-dns)).
+      - C(addresses) lists node-local DNS addresses (NodeLocal DNSCache, for example C(169.254.20.10)), also allowed
+        on UDP and TCP 53 (default none).
+      - C(domain) is the cluster domain (default C(cluster.local)). C(search) lists the nodes' own search domains
+        that kubelet appends to the pods' search list (default none).
+      - The pods' search-list expansions of the allowed names are allowed in Cilium's DNS rule.
     type: dict
-    default: {namespace: kube-system, pod_selector: {k8s-app: kube-dns}}
+    default: {namespace: kube-system, pod_selector: {k8s-app: kube-dns}, addresses: [], domain: cluster.local, search: []}
+  include_user_entries:
+    description:
+      - Export the entries of C(egress_allow) that have C(users) too. On the host only those users may reach
+        them; in the cluster every selected pod can. Each one is then listed as a warning (RV(_value.warnings)).
+    type: bool
+    default: false
   tls_gate:
     description:
       - The role's TLS gate. With V(enforce), destinations on TCP port 443 are TLS destinations and the Cilium
@@ -117,7 +144,7 @@ _value:
   type: dict
   contains:
     exports:
-      description: One entry per backend, in the order networkpolicy, cilium, clusternetworkpolicy.
+      description: One entry per backend, in the order networkpolicy, cilium, ciliumclusterwide, clusternetworkpolicy.
       type: list
       elements: dict
       contains:
@@ -137,9 +164,17 @@ _value:
           description: The manifest as YAML, headed by comments listing its limitations.
           type: str
         limitations:
-          description: What the backend cannot express for this policy, one sentence each.
+          description: What the backend cannot express for this policy, one sentence each (what is left out first).
           type: list
           elements: str
+        left_out:
+          description: "What the pods do not get, as C({entry, reason}) (with C(name) and C(host) for an allow entry)."
+          type: list
+          elements: dict
+    warnings:
+      description: Host-only entries that were exported anyway (O(include_user_entries)), one sentence each.
+      type: list
+      elements: str
     table:
       description: "Every limitation as C(Kind: sentence), for a summary."
       type: list
@@ -152,7 +187,7 @@ import yaml
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.agentguard.hardening.plugins.module_utils._k8s import BACKENDS, ExportError, export_policies
+from ansible_collections.agentguard.hardening.plugins.module_utils._k8s import DEFAULT_BACKENDS, ExportError, export_policies
 
 _LEADING_OPTION = re.compile(r"^([a-z_]+)(?=[\[.:])")
 
@@ -196,13 +231,14 @@ def _render(export):
 
 
 def egress_k8s_policies(variables, namespace, pod_selector=None, resolved=None, resolved_through=None,
-                        backends=BACKENDS, dns="cluster", cluster_dns=None, tls_gate="off",
-                        name="agentguard-egress", priority=100, names=None):
+                        backends=DEFAULT_BACKENDS, dns="cluster", cluster_dns=None, tls_gate="off",
+                        name="agentguard-egress", priority=100, names=None, include_user_entries=False):
     names = names or {}
     try:
         exports = export_policies(variables, namespace, pod_selector=pod_selector, resolved=resolved,
                                   backends=backends, dns=dns, tls_gate=tls_gate, name=name, priority=priority,
-                                  cluster_dns=cluster_dns, resolved_through=resolved_through)
+                                  cluster_dns=cluster_dns, resolved_through=resolved_through,
+                                  include_user_entries=include_user_entries)
     except ExportError as exc:
         raise AnsibleFilterError(" ".join(
             _LEADING_OPTION.sub(lambda m: names.get(m.group(1), m.group(1)), to_native(error), count=1)
@@ -211,7 +247,8 @@ def egress_k8s_policies(variables, namespace, pod_selector=None, resolved=None, 
     for export in exports:
         export["content"] = _render(export)
     table = ["%s: %s" % (e["kind"], row) for e in exports for row in e["limitations"]]
-    return {"exports": exports, "table": table}
+    warnings = exports[0]["warnings"] if exports else []
+    return {"exports": exports, "table": table, "warnings": warnings}
 
 
 class FilterModule(object):

@@ -41,6 +41,12 @@ options:
     description: Extra attempts after a timeout or a server failure (an NXDOMAIN is an answer, not retried).
     type: int
     default: 2
+  include_user_entries:
+    description:
+      - Resolve the entries of C(egress_allow) that have C(users) too. They are host services, which the
+        Kubernetes export leaves out unless told otherwise, so by default they are not resolved.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -76,8 +82,9 @@ class LookupModule(LookupBase):
             policy = validate_policy(terms[0])
         except ExportError as exc:
             raise AnsibleLookupError(" ".join(to_native(e) for e in exc.errors))
+        allow = [d for d in policy.allow if self.get_option("include_user_entries") or not d.users]
         try:
-            resolved = resolve_destinations(policy.allow, policy.resolvers, policy.families,
+            resolved = resolve_destinations(allow, policy.resolvers, policy.families,
                                             timeout=self.get_option("timeout"), retries=self.get_option("retries"),
                                             port=self.get_option("port"))
         except ResolveError as exc:

@@ -11,12 +11,20 @@ One policy in (the role's variables, validated by the same build_policy the modu
 manifest out per backend:
 
 - networking.k8s.io/v1 NetworkPolicy: ipBlocks of the addresses resolved at export time;
-- cilium.io/v2 CiliumNetworkPolicy: toFQDNs, DNS through Cilium's proxy limited to the allowed names;
-- policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy (experimental draft): domainNames.
+- cilium.io/v2 CiliumNetworkPolicy: toFQDNs, DNS through Cilium's proxy limited to the allowed names
+  (and their search-list expansions, so a pod's resolver gets NXDOMAIN for them, not REFUSED);
+- cilium.io/v2 CiliumClusterwideNetworkPolicy (optional): the same, cluster-wide, selecting the namespace;
+- policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy (experimental draft, Admin tier): domainNames.
+
+What only exists on a host never widens what the pods may reach: entries with `users:` (host
+services such as _apt to the mirrors), DHCP, the TLS gate's and the filtering resolver's own
+traffic are left out and named (include_user_entries=True keeps the entries, with a warning).
 
 Each manifest carries, in its annotations, the list of what its backend cannot express for this
-policy. Pure functions: resolution happens before (the caller passes `resolved`), nothing here
-reads the network or the disk.
+policy, what was left out, and the oldest Cilium it needs. Every manifest is checked before it is
+returned: its DNS path is open (the rule it relies on lets the names it allows resolve) and its
+metadata is within the API server's limits. Pure functions: resolution happens before (the caller
+passes `resolved`), nothing here reads the network or the disk.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -35,7 +43,9 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._policy impor
     build_policy,
 )
 
-BACKENDS = ("networkpolicy", "cilium", "clusternetworkpolicy")
+BACKENDS = ("networkpolicy", "cilium", "ciliumclusterwide", "clusternetworkpolicy")
+# What the export writes unless told otherwise; the cluster-wide Cilium object is opt-in.
+DEFAULT_BACKENDS = ("networkpolicy", "cilium", "clusternetworkpolicy")
 DNS_TARGETS = ("cluster", "servers")
 TLS_GATES = ("off", "audit", "enforce")
 TLS_PORT = "443"
@@ -48,14 +58,30 @@ ROLE_VARIABLES = (
     ("egress_dns_mode", "dns_mode", "pinned"),
     ("egress_mode", "mode", "enforce"),
     ("egress_families", "families", ["ipv4", "ipv6"]),
+    ("egress_dhcp", "dhcp", True),
 )
+# Read only to name what is left out (a host-only concept), never validated as an option here.
+GATE_USER_VARIABLE = ("egress_tls_gate_user", "agentguard-tlsgate")
 OPTION_NAMES = dict((option, variable) for variable, option, default in ROLE_VARIABLES)
 
 ANNOTATION = "agentguard.hardening/"
 GENERATED_BY = "agentguard.hardening.egress_k8s_policies"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "agentguard.hardening"}
-# CoreDNS as kubeadm, EKS, GKE and AKS deploy it.
-CLUSTER_DNS = {"namespace": "kube-system", "pod_selector": {"k8s-app": "kube-dns"}}
+# CoreDNS as kubeadm, EKS, GKE and AKS deploy it; the pods' search list is
+# <namespace>.svc.<domain> svc.<domain> <domain> (kubelet's ClusterFirst), then the node's own search domains.
+CLUSTER_DNS = {"namespace": "kube-system", "pod_selector": {"k8s-app": "kube-dns"}, "addresses": [],
+               "domain": "cluster.local", "search": []}
+CLUSTER_DNS_KEYS = ("namespace", "pod_selector", "addresses", "domain", "search")
+# The oldest Cilium whose CRD schema the tests validate the manifests against (tests/unit/fixtures/k8s/crds),
+# and the release that defines wildcards in serverNames.
+CILIUM_MINIMUM = "1.17"
+CILIUM_SERVER_NAME_WILDCARDS = "1.18"
+# API server limits: object names (DNS-1123 subdomain), label values, all annotations of an object.
+MAX_NAME = 253
+MAX_LABEL = 63
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+# DNS names: 253 characters in text form (Cilium matchName/matchPattern take 255 with a trailing dot).
+MAX_DNS_NAME = 253
 # Cilium selects a namespace and Kubernetes labels with its own label sources.
 CILIUM_NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -76,6 +102,12 @@ CNP_DOMAIN = re.compile(r"^([a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.)+[a-zA-Z0-
 
 LIMIT_UID = ("no uid attribution: the policy selects pods, not users or processes; a connection or a denial "
              "cannot be tied to the uid that made it (egress_scope users has no equivalent)")
+
+
+LEFT_OUT_USERS = ("only for users %s on the host (a host service, an owner match): a pod has no uid to match, so "
+                  "exporting it would let every selected pod reach it")
+WIDENED_USERS = ("widened: %s is only for users %s on the host; here every selected pod may reach it "
+                 "(include_user_entries is true)")
 
 
 class ExportError(Exception):
@@ -208,10 +240,242 @@ def _names_of(dest):
     return dest.host, ("*." + dest.host) if dest.subdomains else None
 
 
+# ---------------------------------------------------------------- host-only concepts
+
+def _host_only(policy, variables, opts):
+    """(destinations the pods get, what is left out as dicts, warnings): a host concept never widens the pods."""
+    kept, left_out, warnings = [], [], []
+    for index, dest in enumerate(policy.allow):  # validated: one destination per egress_allow entry, in order
+        if not dest.users:
+            kept.append(dest)
+            continue
+        users = ", ".join(u.name for u in dest.users)
+        entry = "egress_allow[%d] %s (%s)" % (index, dest.name, dest.host)
+        if opts["include_user_entries"]:
+            kept.append(dest)
+            warnings.append(WIDENED_USERS % (entry, users))
+        else:
+            left_out.append({"entry": "egress_allow[%d]" % index, "name": dest.name, "host": dest.host,
+                             "reason": LEFT_OUT_USERS % users})
+    if policy.dhcp:
+        left_out.append({"entry": "egress_dhcp", "reason": "DHCP and DHCPv6 lease renewals are the host's; a pod's "
+                                                           "address comes from the CNI"})
+    if opts["tls_gate"] != "off":
+        left_out.append({"entry": "egress_tls_gate_user", "name": opts["gate_user"],
+                         "reason": "the TLS gate's own connections (user %s) to the gated destinations: no gate "
+                                   "process runs in the cluster" % opts["gate_user"]})
+    if policy.dns_mode == "filtering":
+        left_out.append({"entry": "egress_dns_mode", "reason": "the local filtering resolver's own DNS to "
+                                                               "egress_dns_servers (a host process): the pods ask "
+                                                               "the resolver of the export's dns option"})
+    return kept, left_out, warnings
+
+
+def _left_out_row(item):
+    what = item["entry"]
+    if "host" in item:
+        what = "%s %s (%s)" % (what, item["name"], item["host"])
+    return "left out: %s: %s" % (what, item["reason"])
+
+
+# ---------------------------------------------------------------- DNS
+
+def search_domains(opts):
+    """The pods' search list with dnsPolicy ClusterFirst: kubelet's three, then the nodes' (cluster_dns.search)."""
+    domain = opts["cluster_dns"]["domain"]
+    return ["%s.svc.%s" % (opts["namespace"], domain), "svc.%s" % domain, domain] + list(opts["cluster_dns"]["search"])
+
+
+def _fqdn(name):
+    return name.lower().rstrip(".") + "."
+
+
+def cilium_dns_allows(selectors, qname):
+    """Whether Cilium's DNS proxy lets `qname` through rules.dns `selectors` (its matchName/matchPattern semantics).
+
+    matchName: the name, case-insensitive, with or without the final dot. matchPattern: "*" alone matches every
+    name; otherwise each "*" matches zero or more DNS characters within one label (never a dot).
+    """
+    query = _fqdn(qname)
+    for selector in selectors:
+        if "matchName" in selector and _fqdn(selector["matchName"]) == query:
+            return True
+        if "matchPattern" in selector:
+            pattern = selector["matchPattern"].lower().strip()
+            if pattern.rstrip(".") == "*":
+                return True
+            regex = "^" + re.escape(_fqdn(pattern)).replace(r"\*", "[-a-z0-9_]*") + "$"
+            if re.match(regex, query):
+                return True
+    return False
+
+
+def _dns_selectors(policy, opts, errors):
+    """rules.dns of the Cilium DNS rule: pinned, any name; filtering, the allowed names and their search expansions."""
+    if policy.dns_mode != "filtering":
+        return [{"matchPattern": "*"}]
+    exact, expanded = [], []
+    search = search_domains(opts) if opts["dns"] == "cluster" else []
+    for dest in policy.allow:
+        if dest.kind != "name":
+            continue
+        name, pattern = _names_of(dest)
+        exact.append({"matchName": name})
+        if pattern:
+            exact.append({"matchPattern": pattern})
+        for domain in search:
+            for key, value in (("matchName", name), ("matchPattern", pattern)):
+                if value is None:
+                    continue
+                full = "%s.%s" % (value, domain)
+                if len(full) > MAX_DNS_NAME:
+                    errors.append("cluster_dns.search: %r (the search-list expansion of %s) is longer than %d "
+                                  "characters; shorten the search domains or the name"
+                                  % (full, dest.host, MAX_DNS_NAME))
+                    continue
+                if {key: full} not in expanded:
+                    expanded.append({key: full})
+    return exact + expanded
+
+
+def _expected_dns_targets(policy, opts):
+    """What the pods must reach on UDP and TCP 53: ("pods", namespace, labels) and ("cidr", network) items."""
+    if opts["dns"] == "cluster":
+        targets = [("pods", opts["cluster_dns"]["namespace"], tuple(sorted(opts["cluster_dns"]["pod_selector"].items())))]
+        targets += [("cidr", c) for c in _family_cidrs(opts["cluster_dns"]["addresses"], policy.families)]
+        return targets
+    return [("cidr", c) for c in _family_cidrs(policy.dns_servers, policy.families)]
+
+
+def _ports53(ports):
+    seen = set()
+    for port in ports:
+        if str(port.get("port")) == "53" and "endPort" not in port:
+            seen.add(str(port.get("protocol", "TCP")).upper())
+    return seen >= {"UDP", "TCP"}
+
+
+def _reachable_dns(backend, manifest):
+    """(targets reachable on UDP and TCP 53, the DNS proxy's selectors per target or None) of one manifest."""
+    spec = manifest["spec"]
+    found = {}
+    if backend == "networkpolicy":
+        for rule in spec.get("egress", []):
+            if not _ports53(rule.get("ports", [])):
+                continue
+            for peer in rule.get("to", []):
+                if "ipBlock" in peer and not peer["ipBlock"].get("except"):
+                    found[("cidr", peer["ipBlock"]["cidr"])] = None
+                elif "podSelector" in peer:
+                    ns = peer.get("namespaceSelector", {}).get("matchLabels", {}).get(NAMESPACE_NAME_LABEL)
+                    found[("pods", ns, tuple(sorted(peer["podSelector"].get("matchLabels", {}).items())))] = None
+    elif backend in ("cilium", "ciliumclusterwide"):
+        for rule in spec.get("egress", []):
+            for port_rule in rule.get("toPorts", []):
+                if not _ports53(port_rule.get("ports", [])):
+                    continue
+                selectors = port_rule.get("rules", {}).get("dns")
+                for endpoint in rule.get("toEndpoints", []):
+                    labels = dict(endpoint.get("matchLabels", {}))
+                    ns = labels.pop(CILIUM_NAMESPACE_LABEL, None)
+                    pods = tuple(sorted((k[4:] if k.startswith("k8s:") else k, v) for k, v in labels.items()))
+                    found[("pods", ns, pods)] = selectors
+                for cidr in rule.get("toCIDRSet", []):
+                    if not cidr.get("except"):
+                        found[("cidr", cidr["cidr"])] = selectors
+    else:
+        for rule in spec.get("egress", []):
+            if rule["action"] == "Deny":
+                break  # rules run in order: what comes after the deny never applies
+            protocols = rule.get("protocols", [])
+            udp = {"number": 53} in [p.get("udp", {}).get("destinationPort") for p in protocols]
+            tcp = {"number": 53} in [p.get("tcp", {}).get("destinationPort") for p in protocols]
+            if rule["action"] != "Accept" or not (udp and tcp):
+                continue
+            for peer in rule["to"]:
+                for network in peer.get("networks", []):
+                    found[("cidr", network)] = None
+                if "pods" in peer:
+                    ns = peer["pods"].get("namespaceSelector", {}).get("matchLabels", {}).get(NAMESPACE_NAME_LABEL)
+                    found[("pods", ns, tuple(sorted(peer["pods"]["podSelector"].get("matchLabels", {}).items())))] = None
+    return found
+
+
+def dns_path_errors(backend, manifest, policy, opts):
+    """What in `manifest` would block the DNS path the policy relies on; [] when the path is open.
+
+    The policy relies on DNS when it allows a name: the pods must reach every DNS target of the export's dns
+    option on UDP and TCP 53, and with Cilium the DNS proxy must let through each allowed name, a subdomain of
+    a subdomains entry and, with the cluster resolver, each search-list expansion the pods' resolver asks first.
+    """
+    names = [d for d in policy.allow if d.kind == "name"]
+    if not names:
+        return []
+    errors = []
+    kind = manifest.get("kind", backend)
+    found = _reachable_dns(backend, manifest)
+    expected = _expected_dns_targets(policy, opts)
+    if not expected:
+        errors.append("dns: %s has no DNS target in egress_families %s; the pods could not resolve %s"
+                      % (kind, list(policy.families), names[0].host))
+    for target in expected:
+        if target not in found:
+            errors.append("dns: %s does not let the pods reach %s on UDP and TCP 53; the names it allows (%s, ...) "
+                          "could not be resolved" % (kind, _target_text(target), names[0].host))
+            continue
+        selectors = found[target]
+        if backend not in ("cilium", "ciliumclusterwide"):
+            continue
+        if selectors is None:
+            errors.append("dns: %s sends DNS to %s without rules.dns, so Cilium's DNS proxy never sees the answers "
+                          "and toFQDNs allows nothing" % (kind, _target_text(target)))
+            continue
+        search = search_domains(opts) if opts["dns"] == "cluster" else []
+        for dest in names:
+            probes = [dest.host] + (["sub." + dest.host] if dest.subdomains else [])
+            for probe in list(probes):
+                probes += ["%s.%s" % (probe, domain) for domain in search]
+            refused = [q for q in probes if not cilium_dns_allows(selectors, q)]
+            if refused:
+                errors.append("dns: %s's DNS rule to %s refuses %s, which the pods' resolver asks for %s"
+                              % (kind, _target_text(target), ", ".join(refused), dest.host))
+    return errors
+
+
+def _target_text(target):
+    if target[0] == "cidr":
+        return target[1]
+    return "%s/%s" % (target[1], ",".join("%s=%s" % kv for kv in target[2]))
+
+
+# ---------------------------------------------------------------- metadata
+
+def metadata_errors(manifest):
+    """Where the manifest's metadata exceeds what the API server accepts; [] when it fits."""
+    errors = []
+    meta = manifest.get("metadata", {})
+    kind = manifest.get("kind", "?")
+    name = meta.get("name")
+    if not isinstance(name, str) or len(name) > MAX_NAME or not DNS1123_SUBDOMAIN.match(name):
+        errors.append("metadata.name: %s %r is not a DNS-1123 subdomain of at most %d characters" % (kind, name, MAX_NAME))
+    if "namespace" in meta and (len(meta["namespace"]) > MAX_LABEL or not DNS1123_LABEL.match(meta["namespace"])):
+        errors.append("metadata.namespace: %r is not a DNS-1123 label of at most %d characters"
+                      % (meta["namespace"], MAX_LABEL))
+    _check_selector(meta.get("labels", {}), "metadata.labels", errors)
+    annotations = meta.get("annotations", {})
+    _check_selector(dict((k, "") for k in annotations), "metadata.annotations", errors)
+    size = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_BYTES:
+        errors.append("metadata.annotations: %d bytes; the API server takes at most %d" % (size, MAX_ANNOTATIONS_BYTES))
+    return errors
+
+
 # ---------------------------------------------------------------- limitations
 
-def _limitations(backend, policy, opts, resolved_through):
+def _limitations(backend, policy, opts, resolved_through, left_out=(), warnings=()):
     rows = [LIMIT_UID]
+    rows.extend(_left_out_row(item) for item in left_out)
+    rows.extend(warnings)
     named = [d for d in policy.allow if d.kind == "name"]
     wide = [d for d in named if d.subdomains]
     audit = policy.mode == "audit"
@@ -234,8 +498,10 @@ def _limitations(backend, policy, opts, resolved_through):
                         "any name, so DNS tunnelling through it stays open")
         if gate != "off":
             rows.append("no TLS gate (tls_gate is %s): server names are not checked" % gate)
-        rows.append("additive: another NetworkPolicy (or CNI policy) that selects these pods adds to this allowlist")
-    elif backend == "cilium":
+        rows.append("additive and namespaced: another NetworkPolicy (or CNI policy) that selects these pods adds to "
+                    "this allowlist, and anyone who may edit NetworkPolicies in %s can add one; the Admin tier of "
+                    "the clusternetworkpolicy backend outranks it" % opts["namespace"])
+    elif backend in ("cilium", "ciliumclusterwide"):
         rows.append("no deny log: denied attempts are Hubble flow events (hubble observe --verdict DROPPED), "
                     "not rate-limited '[EGRESS-DENIED]' kernel log lines")
         if audit:
@@ -256,8 +522,29 @@ def _limitations(backend, policy, opts, resolved_through):
             if bare:
                 rows.append("no server name for addresses: %s on port 443 %s no serverNames check"
                             % (", ".join(d.name for d in bare), "gets" if len(bare) == 1 else "get"))
-        rows.append("additive: another CiliumNetworkPolicy or NetworkPolicy that selects these pods adds to this "
-                    "allowlist")
+        if any("*" in n for d in named for n in _names_of(d) if n) and gate == "enforce":
+            rows.append("serverNames wildcards need Cilium %s or later (the annotation %sminimum-cilium-version "
+                        "says so)" % (CILIUM_SERVER_NAME_WILDCARDS, ANNOTATION))
+        if named and policy.dns_mode == "filtering":
+            rows.append("DNS reject: Cilium's DNS proxy answers a name outside rules.dns with REFUSED (agent flag "
+                        "--tofqdns-dns-reject-response-code, default refused; nameError answers NXDOMAIN). glibc "
+                        "and musl stop their search list at REFUSED (musl then fails the lookup)")
+            if opts["dns"] == "cluster":
+                rows.append("search list: rules.dns also allows each allowed name followed by %s (the pods' search "
+                            "list with ndots:5), so the cluster resolver answers them NXDOMAIN and the search goes "
+                            "on to the name itself; node search domains beyond these go in cluster_dns.search. "
+                            "Or give the pods dnsConfig options ndots: 1, or use names with a final dot"
+                            % ", ".join(search_domains(opts)))
+        if backend == "cilium":
+            rows.append("additive and namespaced: another CiliumNetworkPolicy or NetworkPolicy that selects these pods "
+                        "adds to this allowlist, and anyone who may edit policies in %s can add one; the "
+                        "ciliumclusterwide backend keeps this one out of their reach" % opts["namespace"])
+        else:
+            rows.append("additive: a namespaced CiliumNetworkPolicy or NetworkPolicy that selects these pods still "
+                        "adds to this allowlist (Cilium allow rules are a union); being cluster-wide keeps a "
+                        "namespace admin from editing or deleting this one, not from adding another: restrict who "
+                        "may write policies in %s (RBAC), or use the clusternetworkpolicy Admin tier, whose Deny "
+                        "outranks namespaced policies" % opts["namespace"])
     else:
         rows.append("experimental: policy.networking.k8s.io/v1alpha2 is a draft (network-policy-api v0.2.0, "
                     "experimental channel); few CNIs implement domainNames")
@@ -275,10 +562,19 @@ def _limitations(backend, policy, opts, resolved_through):
             rows.append("no TLS gate (tls_gate is %s): server names are not checked" % gate)
         rows.append("precedence: ClusterNetworkPolicies of the Admin tier with a lower priority number run first "
                     "and can accept what this one denies")
-    if opts["dns"] == "cluster":
+    if policy.dns_mode == "filtering" and not named:
+        rows.append("no DNS: egress_dns_mode is filtering and no allowed destination is a name, so the pods get no "
+                    "DNS at all (the host's filtering resolver would answer no name either)")
+    elif opts["dns"] == "cluster":
         labels = ",".join("%s=%s" % kv for kv in sorted(opts["cluster_dns"]["pod_selector"].items()))
-        rows.append("DNS goes to the cluster resolver (%s/%s), which forwards to its own upstream servers, not to "
-                    "egress_dns_servers" % (opts["cluster_dns"]["namespace"], labels))
+        local = opts["cluster_dns"]["addresses"]
+        rows.append("DNS goes to the cluster resolver (%s/%s%s), which forwards to its own upstream servers, not to "
+                    "egress_dns_servers" % (opts["cluster_dns"]["namespace"], labels,
+                                            " and node-local DNS at %s" % ", ".join(local) if local else ""))
+        if local and backend in ("cilium", "ciliumclusterwide"):
+            rows.append("node-local DNS: Cilium matches an address of a node as the host entity, not as a CIDR; "
+                        "the toCIDRSet rule for %s is only used when node-local DNS runs as pods (Cilium's "
+                        "local redirect policy: select those pods with cluster_dns.pod_selector)" % ", ".join(local))
     else:
         rows.append("DNS only to egress_dns_servers: the pods must use them (dnsPolicy: None with dnsConfig "
                     "nameservers); the cluster resolver is denied")
@@ -317,13 +613,16 @@ def _np_ports(dest):
 def _networkpolicy(policy, opts, addresses, limitations):
     egress = []
     dns_ports = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
-    if opts["dns"] == "cluster":
+    if not _needs_dns(policy):
+        pass
+    elif opts["dns"] == "cluster":
         egress.append({"to": [{
             "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: opts["cluster_dns"]["namespace"]}},
             "podSelector": {"matchLabels": dict(opts["cluster_dns"]["pod_selector"])},
-        }], "ports": dns_ports})
+        }] + [{"ipBlock": {"cidr": cidr}} for cidr in _family_cidrs(opts["cluster_dns"]["addresses"], policy.families)],
+            "ports": dns_ports})
     else:
-        servers = _dns_server_cidrs(policy)
+        servers = _family_cidrs(policy.dns_servers, policy.families)
         if servers:
             egress.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in servers], "ports": dns_ports})
     for dest in policy.allow:
@@ -346,13 +645,18 @@ def _networkpolicy(policy, opts, addresses, limitations):
     }
 
 
-def _dns_server_cidrs(policy):
+def _family_cidrs(addresses, families):
     cidrs = []
-    for server in policy.dns_servers:
-        net = ipaddress.ip_network(server)
-        if "ipv%d" % net.version in policy.families:
+    for address in addresses:
+        net = ipaddress.ip_network(address)
+        if "ipv%d" % net.version in families:
             cidrs.append(str(net))
     return cidrs
+
+
+def _needs_dns(policy):
+    """Pinned mode lets the pods ask any name (as the host may); filtering mode, only the allowed names: none, no DNS."""
+    return policy.dns_mode != "filtering" or any(d.kind == "name" for d in policy.allow)
 
 
 # ---------------------------------------------------------------- CiliumNetworkPolicy
@@ -372,25 +676,22 @@ def _cilium_port_rules(dest, server_names):
     return rules
 
 
-def _cilium(policy, opts, limitations):
-    names = []
-    for dest in policy.allow:
-        if dest.kind == "name":
-            exact, pattern = _names_of(dest)
-            names.append({"matchName": exact})
-            if pattern:
-                names.append({"matchPattern": pattern})
-    # pinned: any name may be asked (the role's pinned mode); filtering: only the allowed names.
-    dns_rules = names if policy.dns_mode == "filtering" else [{"matchPattern": "*"}]
+def _cilium(policy, opts, limitations, errors, clusterwide=False):
+    # pinned: any name may be asked (the role's pinned mode); filtering: only the allowed names (and expansions).
     dns_ports = {"ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}],
-                 "rules": {"dns": dns_rules}}
+                 "rules": {"dns": _dns_selectors(policy, opts, errors)}}
     egress = []
-    if opts["dns"] == "cluster":
+    if not _needs_dns(policy):
+        pass  # never rules.dns: [] (Cilium versions read an empty list differently)
+    elif opts["dns"] == "cluster":
         labels = {CILIUM_NAMESPACE_LABEL: opts["cluster_dns"]["namespace"]}
         labels.update(("k8s:" + k, v) for k, v in opts["cluster_dns"]["pod_selector"].items())
         egress.append({"toEndpoints": [{"matchLabels": labels}], "toPorts": [dns_ports]})
+        local = _family_cidrs(opts["cluster_dns"]["addresses"], policy.families)
+        if local:
+            egress.append({"toCIDRSet": [{"cidr": cidr} for cidr in local], "toPorts": [dns_ports]})
     else:
-        servers = _dns_server_cidrs(policy)
+        servers = _family_cidrs(policy.dns_servers, policy.families)
         if servers:
             egress.append({"toCIDRSet": [{"cidr": cidr} for cidr in servers], "toPorts": [dns_ports]})
     for dest in policy.allow:
@@ -402,9 +703,20 @@ def _cilium(policy, opts, limitations):
         elif dest.kind in policy.families:
             # Never toPorts alone: Cilium reads a rule without peers as "every destination".
             egress.append({"toCIDRSet": [{"cidr": dest.host}], "toPorts": _cilium_port_rules(dest, [])})
-    extra = {}
+    wildcards = any("*" in n for r in egress for p in r["toPorts"] for n in p.get("serverNames", []))
+    extra = {ANNOTATION + "minimum-cilium-version": CILIUM_SERVER_NAME_WILDCARDS if wildcards else CILIUM_MINIMUM}
     if policy.mode == "audit":
         extra[ANNOTATION + "policy-audit-mode"] = "required: enable Cilium's policy audit mode for these pods"
+    if clusterwide:
+        # Cluster-wide: the namespace is part of the selector (Cilium's label source for it).
+        labels = {CILIUM_NAMESPACE_LABEL: opts["namespace"]}
+        labels.update(("k8s:" + k, v) for k, v in opts["pod_selector"].items())
+        return {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumClusterwideNetworkPolicy",
+            "metadata": _metadata(opts["cluster_name"], None, policy, limitations, extra),
+            "spec": {"endpointSelector": {"matchLabels": labels}, "egress": egress},
+        }
     selector = {"matchLabels": dict(opts["pod_selector"])} if opts["pod_selector"] else {}
     return {
         "apiVersion": "cilium.io/v2",
@@ -432,13 +744,16 @@ def _cnp_networks(cidrs):
 def _clusternetworkpolicy(policy, opts, limitations, errors):
     egress = []
     dns_protocols = [{"udp": {"destinationPort": {"number": 53}}}, {"tcp": {"destinationPort": {"number": 53}}}]
-    if opts["dns"] == "cluster":
+    if not _needs_dns(policy):
+        pass
+    elif opts["dns"] == "cluster":
+        local = _family_cidrs(opts["cluster_dns"]["addresses"], policy.families)
         egress.append({"name": "dns", "action": "Accept", "to": [{"pods": {
             "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: opts["cluster_dns"]["namespace"]}},
             "podSelector": {"matchLabels": dict(opts["cluster_dns"]["pod_selector"])},
-        }}], "protocols": dns_protocols})
+        }}] + _cnp_networks(local), "protocols": dns_protocols})
     else:
-        servers = _dns_server_cidrs(policy)
+        servers = _family_cidrs(policy.dns_servers, policy.families)
         if servers:
             egress.append({"name": "dns", "action": "Accept", "to": _cnp_networks(servers), "protocols": dns_protocols})
     for index, dest in enumerate(policy.allow):
@@ -470,7 +785,7 @@ def _clusternetworkpolicy(policy, opts, limitations, errors):
     return {
         "apiVersion": "policy.networking.k8s.io/v1alpha2",
         "kind": "ClusterNetworkPolicy",
-        "metadata": _metadata(opts["cnp_name"], None, policy, limitations, {
+        "metadata": _metadata(opts["cluster_name"], None, policy, limitations, {
             ANNOTATION + "experimental": "policy.networking.k8s.io/v1alpha2 draft (network-policy-api v0.2.0, "
                                          "experimental channel)",
         }),
@@ -486,18 +801,73 @@ def _clusternetworkpolicy(policy, opts, limitations, errors):
 # ---------------------------------------------------------------- entry point
 
 KINDS = {"networkpolicy": "NetworkPolicy", "cilium": "CiliumNetworkPolicy",
-         "clusternetworkpolicy": "ClusterNetworkPolicy"}
+         "ciliumclusterwide": "CiliumClusterwideNetworkPolicy", "clusternetworkpolicy": "ClusterNetworkPolicy"}
 
 
-def export_policies(variables, namespace, pod_selector=None, resolved=None, backends=BACKENDS, dns="cluster",
-                    tls_gate="off", name="agentguard-egress", priority=100, cluster_dns=None, resolved_through=None):
+def _check_cluster_dns(cluster_dns, families, errors):
+    """The cluster resolver: CLUSTER_DNS with the given keys replaced; each value checked and named."""
+    if cluster_dns is None:
+        cluster_dns = {}
+    if not isinstance(cluster_dns, Mapping):
+        errors.append("cluster_dns: %r must be a mapping with %s" % (cluster_dns, ", ".join(CLUSTER_DNS_KEYS)))
+        cluster_dns = {}
+    unknown = sorted(set(cluster_dns) - set(CLUSTER_DNS_KEYS), key=str)
+    if unknown:
+        errors.append("cluster_dns: unknown key(s) %s; the keys are %s" % (", ".join(map(str, unknown)),
+                                                                           ", ".join(CLUSTER_DNS_KEYS)))
+    merged = dict(CLUSTER_DNS)
+    merged.update((k, v) for k, v in cluster_dns.items() if k in CLUSTER_DNS_KEYS and v is not None)
+    out = {}
+    namespace = merged["namespace"]
+    if not isinstance(namespace, str) or len(namespace) > MAX_LABEL or not DNS1123_LABEL.match(namespace):
+        errors.append("cluster_dns.namespace: %r is not a namespace name" % (namespace,))
+    out["namespace"] = namespace
+    out["pod_selector"] = _check_selector(merged["pod_selector"], "cluster_dns.pod_selector", errors)
+    if isinstance(merged["pod_selector"], dict) and not out["pod_selector"]:
+        errors.append("cluster_dns.pod_selector: the cluster resolver's pods need at least one label")
+    out["addresses"] = []
+    addresses = merged["addresses"]
+    if not isinstance(addresses, (list, tuple)):
+        errors.append("cluster_dns.addresses: %r must be a list of IP addresses (node-local DNS)" % (addresses,))
+        addresses = []
+    for index, address in enumerate(addresses):
+        try:
+            parsed = ipaddress.ip_address(str(address))
+        except ValueError:
+            errors.append("cluster_dns.addresses[%d]: %r is not an IP address" % (index, address))
+            continue
+        if "ipv%d" % parsed.version not in families:
+            errors.append("cluster_dns.addresses[%d]: %r is not in egress_families %s" % (index, address, list(families)))
+            continue
+        out["addresses"].append(str(parsed))
+    domain = merged["domain"]
+    if not isinstance(domain, str) or len(domain) > MAX_DNS_NAME or not DNS1123_SUBDOMAIN.match(domain):
+        errors.append("cluster_dns.domain: %r is not a DNS domain (the cluster domain, cluster.local)" % (domain,))
+    out["domain"] = domain
+    search = merged["search"]
+    if not isinstance(search, (list, tuple)):
+        errors.append("cluster_dns.search: %r must be a list of the nodes' search domains" % (search,))
+        search = []
+    out["search"] = []
+    for index, item in enumerate(search):
+        if not isinstance(item, str) or len(item) > MAX_DNS_NAME or not DNS1123_SUBDOMAIN.match(item.rstrip(".").lower()):
+            errors.append("cluster_dns.search[%d]: %r is not a DNS domain" % (index, item))
+            continue
+        out["search"].append(item.rstrip(".").lower())
+    return out
+
+
+def export_policies(variables, namespace, pod_selector=None, resolved=None, backends=DEFAULT_BACKENDS, dns="cluster",
+                    tls_gate="off", name="agentguard-egress", priority=100, cluster_dns=None, resolved_through=None,
+                    include_user_entries=False):
     """Compile the role's variables into one manifest per backend.
 
-    variables: the role's egress_allow, egress_dns_servers, egress_dns_mode, egress_mode, egress_families
-    (absent ones take the role's defaults). resolved: {label: {"ipv4": [...], "ipv6": [...]}} as
-    _resolve.resolve_destinations returns it, needed for NetworkPolicy when egress_allow has names.
-    Returns [{"backend", "kind", "file", "manifest", "limitations"}] in the order of `backends`;
-    raises ExportError listing every problem, each starting with the variable or option it is about.
+    variables: the role's egress_allow, egress_dns_servers, egress_dns_mode, egress_mode, egress_families,
+    egress_dhcp (absent ones take the role's defaults) and egress_tls_gate_user (named only). resolved:
+    {label: {"ipv4": [...], "ipv6": [...]}} as _resolve.resolve_destinations returns it, needed for
+    NetworkPolicy when egress_allow has names. Entries with users are left out unless include_user_entries.
+    Returns [{"backend", "kind", "file", "manifest", "limitations", "left_out", "warnings"}] in the order of
+    BACKENDS; raises ExportError listing every problem, each starting with the variable or option it is about.
     """
     errors = []
     try:
@@ -505,14 +875,21 @@ def export_policies(variables, namespace, pod_selector=None, resolved=None, back
     except ExportError as exc:
         policy = None
         errors.extend(exc.errors)
-    if not isinstance(namespace, str) or len(namespace) > 63 or not DNS1123_LABEL.match(namespace):
+    if not isinstance(namespace, str) or len(namespace) > MAX_LABEL or not DNS1123_LABEL.match(namespace):
         errors.append("namespace: %r is not a namespace name (lower-case letters, digits and '-', at most 63)"
                       % (namespace,))
-    if not isinstance(name, str) or len(name) > 200 or not DNS1123_SUBDOMAIN.match(name):
-        errors.append("name: %r is not an object name (lower-case letters, digits, '-' and '.', at most 200)" % (name,))
+        namespace = "x"
+    if not isinstance(name, str) or len(name) > MAX_NAME or not DNS1123_SUBDOMAIN.match(name):
+        errors.append("name: %r is not an object name (lower-case letters, digits, '-' and '.', at most %d)"
+                      % (name, MAX_NAME))
+        name = "x"
+    cluster_name = "%s-%s" % (name, namespace)
     selector = _check_selector(pod_selector if pod_selector is not None else {}, "pod_selector", errors)
     dns = _check_choice(dns, DNS_TARGETS, "dns", errors)
     tls_gate = _check_choice(tls_gate, TLS_GATES, "tls_gate", errors)
+    if not isinstance(include_user_entries, bool):
+        errors.append("include_user_entries: %r is not a boolean" % (include_user_entries,))
+        include_user_entries = False
     if isinstance(backends, str):
         backends = [backends]
     if not isinstance(backends, (list, tuple)) or not backends:
@@ -521,41 +898,60 @@ def export_policies(variables, namespace, pod_selector=None, resolved=None, back
     for index, backend in enumerate(backends):
         _check_choice(backend, BACKENDS, "backends[%d]" % index, errors)
     chosen = [b for b in BACKENDS if b in backends]
+    if len(cluster_name) > MAX_NAME and set(chosen) & {"ciliumclusterwide", "clusternetworkpolicy"}:
+        errors.append("name: %r makes the cluster-wide object name <name>-<namespace> %d characters long; the API "
+                      "server takes at most %d" % (name, len(cluster_name), MAX_NAME))
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= CNP_PRIORITY_MAX:
         errors.append("priority: %r is not a ClusterNetworkPolicy priority (0 to %d)" % (priority, CNP_PRIORITY_MAX))
-    cluster_dns = cluster_dns or CLUSTER_DNS
-    dns_namespace = cluster_dns.get("namespace") if isinstance(cluster_dns, dict) else None
-    if not isinstance(dns_namespace, str) or not DNS1123_LABEL.match(dns_namespace):
-        errors.append("cluster_dns.namespace: %r is not a namespace name" % (dns_namespace,))
-    dns_selector = _check_selector(cluster_dns.get("pod_selector") if isinstance(cluster_dns, dict) else None,
-                                   "cluster_dns.pod_selector", errors)
-    if isinstance(cluster_dns, dict) and not dns_selector:
-        errors.append("cluster_dns.pod_selector: the cluster resolver's pods need at least one label")
+    families = policy.families if policy is not None else FAMILIES
+    cluster_dns = _check_cluster_dns(cluster_dns, families, errors)
     if policy is None:
         raise ExportError(errors)
+
+    gate_variable, gate_default = GATE_USER_VARIABLE
+    gate_user = variables.get(gate_variable) or gate_default
+    opts = {"name": name, "namespace": namespace, "pod_selector": selector, "dns": dns, "tls_gate": tls_gate,
+            "priority": priority, "cluster_dns": cluster_dns, "cluster_name": cluster_name,
+            "include_user_entries": include_user_entries, "gate_user": str(gate_user)}
+    kept, left_out, warnings = _host_only(policy, variables, opts)
+    if not kept:
+        errors.append("egress_allow: no destination is left for the pods%s; an empty allowlist has no unambiguous "
+                      "form across the backends (Cilium reads an empty egress list, or a DNS rule without names, "
+                      "differently across versions): allow at least one destination, or write a deny-all policy "
+                      "by hand" % (" (left out: %s)" % ", ".join(i["entry"] for i in left_out if "host" in i)
+                                   if any("host" in i for i in left_out) else ""))
+        raise ExportError(errors)
+    policy = policy._replace(allow=tuple(kept))
+    if dns == "servers" and _needs_dns(policy) and not _family_cidrs(policy.dns_servers, policy.families):
+        errors.append("egress_dns_servers: %s has no address in egress_families %s; with dns servers the pods "
+                      "could not resolve the allowed names" % (list(policy.dns_servers), list(policy.families)))
 
     addresses = {}
     if "networkpolicy" in chosen:
         for dest in policy.allow:
             addresses[dest.name] = _addresses(dest, resolved, policy.families, errors)
     through = list(resolved_through) if resolved_through else list(policy.resolvers)
-    opts = {"name": name, "namespace": namespace, "pod_selector": selector, "dns": dns, "tls_gate": tls_gate,
-            "priority": priority, "cluster_dns": {"namespace": dns_namespace, "pod_selector": dns_selector},
-            "resolved_through": through, "cnp_name": "%s-%s" % (name, namespace)}
+    opts["resolved_through"] = through
     if errors:
         raise ExportError(errors)
 
     exports = []
     for backend in chosen:
-        limitations = _limitations(backend, policy, opts, through)
+        limitations = _limitations(backend, policy, opts, through, left_out, warnings)
         if backend == "networkpolicy":
             manifest = _networkpolicy(policy, opts, addresses, limitations)
-        elif backend == "cilium":
-            manifest = _cilium(policy, opts, limitations)
+        elif backend in ("cilium", "ciliumclusterwide"):
+            manifest = _cilium(policy, opts, limitations, errors, clusterwide=backend == "ciliumclusterwide")
         else:
             manifest = _clusternetworkpolicy(policy, opts, limitations, errors)
+        if left_out:
+            manifest["metadata"]["annotations"][ANNOTATION + "left-out"] = ", ".join(i["entry"] for i in left_out)
+        # Safety nets: an export that would block its own DNS path, or that the API server would refuse, stops here.
+        errors.extend(dns_path_errors(backend, manifest, policy, opts))
+        errors.extend(metadata_errors(manifest))
         exports.append({"backend": backend, "kind": KINDS[backend], "manifest": manifest,
-                        "limitations": limitations, "file": "%s.%s.yaml" % (namespace, backend)})
+                        "limitations": limitations, "left_out": left_out, "warnings": warnings,
+                        "file": "%s.%s.yaml" % (namespace, backend)})
     if errors:
         raise ExportError(errors)
     return exports

@@ -64,11 +64,11 @@ def resolver(tmp_path_factory):
     proc.wait(10)
 
 
-def play(tmp_path, *extra):
+def play(tmp_path, *extra, inventory="inventories/lab"):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
                ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".cache", "collections"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_HOME=str(tmp_path / "home"))
-    argv = [os.path.join(BIN, "ansible-playbook"), "-i", "inventories/lab", "playbooks/export-kubernetes.yml",
+    argv = [os.path.join(BIN, "ansible-playbook"), "-i", inventory, "playbooks/export-kubernetes.yml",
             "-e", "egress_export_namespace=agents", "-e", "egress_export_dir=%s" % (tmp_path / "out")]
     for item in extra:
         argv += ["-e", item]
@@ -114,3 +114,35 @@ def test_the_namespace_and_the_directory_are_required(tmp_path):
                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=300, check=False)
     assert run.returncode != 0
     assert "Give the namespace and the output directory" in run.stdout
+
+
+def test_the_example_inventory_exports_offline_without_its_host_services(tmp_path):
+    # README's command with pinned addresses (no DNS at all): the _apt entries are neither resolved nor exported.
+    run = play(tmp_path, '{"egress_export_resolved": {"openclaw-inference": {"ipv4": ["203.0.113.10"], "ipv6": []}}}',
+               '{"egress_export_backends": ["networkpolicy", "cilium", "ciliumclusterwide", "clusternetworkpolicy"]}',
+               '{"egress_export_cluster_dns": {"addresses": ["169.254.20.10"]}}', inventory="inventories/example")
+    assert run.returncode == 0, run.stdout
+    out = tmp_path / "out"
+    assert sorted(os.listdir(str(out))) == ["agents.cilium.yaml", "agents.ciliumclusterwide.yaml",
+                                            "agents.clusternetworkpolicy.yaml", "agents.networkpolicy.yaml"]
+    for path in out.iterdir():
+        manifest = yaml.safe_load(path.read_text().partition("\n---\n")[2])
+        assert "debian.org" not in yaml.safe_dump(manifest["spec"]), path.name
+        assert manifest["metadata"]["annotations"]["agentguard.hardening/left-out"] == \
+            "egress_allow[1], egress_allow[2], egress_dhcp"
+    assert "NetworkPolicy: left out: egress_allow[1] debian-mirror (deb.debian.org): only for" in run.stdout
+    assert "WARNING" not in run.stdout
+
+
+def test_host_services_go_to_the_pods_only_on_request_with_a_warning(tmp_path):
+    resolved = ('{"egress_export_resolved": {"openclaw-inference": {"ipv4": ["203.0.113.10"], "ipv6": []}, '
+                '"debian-mirror": {"ipv4": ["203.0.113.20"], "ipv6": []}, '
+                '"debian-security": {"ipv4": ["203.0.113.21"], "ipv6": []}}}')
+    run = play(tmp_path, resolved, "egress_export_include_user_entries=true", inventory="inventories/example")
+    assert run.returncode == 0, run.stdout
+    assert "WARNING: 2 host-only entries exported" in run.stdout
+    cilium = yaml.safe_load((tmp_path / "out" / "agents.cilium.yaml").read_text().partition("\n---\n")[2])
+    assert {"matchName": "deb.debian.org"} in [s for r in cilium["spec"]["egress"] for s in r.get("toFQDNs", [])]
+    bad = play(tmp_path, resolved, '{"egress_export_cluster_dns": {"namespace": "Kube"}}', inventory="inventories/example")
+    assert bad.returncode != 0
+    assert "egress_export_cluster_dns.namespace: 'Kube' is not a namespace name" in bad.stdout

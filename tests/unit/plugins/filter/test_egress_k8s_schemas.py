@@ -2,23 +2,19 @@
 
 - NetworkPolicy: the real Kubernetes OpenAPI schemas, offline, with kubernetes-validate (PyPI) in strict
   mode (unknown fields refused), for the Kubernetes versions README.md names.
-- CiliumNetworkPolicy and ClusterNetworkPolicy are CRDs that kubernetes-validate does not ship. Their
-  allowed fields are written out below by hand from the published CRD schemas (openAPIV3Schema), as
-  JSON Schemas with additionalProperties: false at every level, so an unknown field fails:
-    * cilium.io/v2 CiliumNetworkPolicy: cilium/cilium, pkg/k8s/apis/cilium.io/client/crds/v2/
-      ciliumnetworkpolicies.yaml at commit 02904c9bb25567e06b55639622528a8b8c829f25 (main, controller-gen
-      v0.19.0; toFQDNs matchPattern documents the "**." prefix);
-    * policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy: kubernetes-sigs/network-policy-api,
-      config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml, bundle-version
-      v0.2.0, experimental channel (commit 0eec1b0e5fa92715b4c0f4c48d3c8d2913ed2159).
-  Each is a subset: only the branches the exporter can write are spelled out (with the upstream types,
-  enums, patterns and limits); a sibling that exists upstream but is never written (ingress, toServices,
-  http rules, ...) is left out, so the check errs on the strict side. Upstream CEL rules that JSON Schema
-  cannot say (ranges start < end, networks are CIDRs) are checked by hand below.
+- CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and ClusterNetworkPolicy: the published CRDs, vendored
+  in tests/unit/fixtures/k8s/crds (README.md there names each file's repository, version and commit):
+  Cilium 1.17.5 and 1.18, network-policy-api v0.2.0 (experimental channel). Each openAPIV3Schema becomes a
+  strict JSON Schema (crd_schema below): an object without x-kubernetes-preserve-unknown-fields refuses
+  fields it does not define, as the API server's strict field validation does. Upstream CEL rules that
+  JSON Schema cannot say (ranges start < end, networks are CIDRs) are checked by hand below.
 """
 import copy
+import gzip
+import hashlib
 import ipaddress
 import os
+import re
 
 import pytest
 import yaml
@@ -31,113 +27,74 @@ from ansible_collections.agentguard.hardening.tests.unit.plugins.module_utils.k8
 
 # The Kubernetes versions README.md ("Kubernetes and AWX") names.
 KUBERNETES_VERSIONS = ("1.35.0", "1.36.0", "1.37.0")
+CRDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fixtures", "k8s", "crds")
+# backend: {version: vendored CRD}
+CRD_FILES = {
+    "cilium": {"1.17": "cilium-1.17.5-ciliumnetworkpolicies.yaml.gz", "1.18": "cilium-1.18-ciliumnetworkpolicies.yaml.gz"},
+    "ciliumclusterwide": {"1.17": "cilium-1.17.5-ciliumclusterwidenetworkpolicies.yaml.gz",
+                          "1.18": "cilium-1.18-ciliumclusterwidenetworkpolicies.yaml.gz"},
+    "clusternetworkpolicy": {"v0.2.0": "network-policy-api-v0.2.0-experimental-clusternetworkpolicies.yaml.gz"},
+}
+# What the API server requires of any object's metadata (apimachinery validation).
+METADATA = {
+    "type": "object", "additionalProperties": False, "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 253,
+                 "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+        "namespace": {"type": "string", "maxLength": 63, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        "labels": {"type": "object", "additionalProperties": {
+            "type": "string", "maxLength": 63, "pattern": r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
 
 
-def obj(properties, required=(), **extra):
-    schema = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    schema.update(extra)
+def strict(node):
+    """A CRD schema node as a JSON Schema that refuses unknown fields (structural-schema pruning made an error)."""
+    if isinstance(node, list):
+        return [strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in ("properties", "patternProperties"):
+            out[key] = dict((name, strict(sub)) for name, sub in value.items())
+        elif key in ("items", "additionalProperties", "not"):
+            out[key] = strict(value) if isinstance(value, dict) else value
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [strict(n) for n in value]
+        elif key == "description" or key.startswith("x-kubernetes-") or key == "nullable":
+            continue
+        else:
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+    if out.get("type") == "object" and "additionalProperties" not in out \
+            and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_schema(path):
+    """The JSON Schema of a vendored CRD's served version, with apiVersion, kind, metadata and scope."""
+    with gzip.open(os.path.join(CRDS, path), "rt") as handle:
+        crd = yaml.safe_load(handle)
+    version = [v for v in crd["spec"]["versions"] if v.get("storage")][0]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["apiVersion"] = {"const": "%s/%s" % (crd["spec"]["group"], version["name"])}
+    schema["properties"]["kind"] = {"const": crd["spec"]["names"]["kind"]}
+    metadata = copy.deepcopy(METADATA)
+    if crd["spec"]["scope"] == "Namespaced":
+        metadata["required"] = ["name", "namespace"]
+    else:
+        metadata["not"] = {"required": ["namespace"]}
+    schema["properties"]["metadata"] = metadata
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
     return schema
 
 
-def arr(items, **extra):
-    schema = {"type": "array", "items": items}
-    schema.update(extra)
-    return schema
-
-
-STR = {"type": "string"}
-STRING_MAP = {"type": "object", "additionalProperties": STR}
-METADATA = obj({"name": STR, "namespace": STR, "labels": STRING_MAP, "annotations": STRING_MAP}, required=["name"])
-
-
-def label_selector(value_pattern=None):
-    value = {"type": "string"}
-    if value_pattern:
-        value.update(maxLength=63, pattern=value_pattern)
-    return obj({
-        "matchLabels": {"type": "object", "additionalProperties": value},
-        "matchExpressions": arr(obj({
-            "key": STR, "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
-            "values": arr(STR)}, required=["key", "operator"])),
-    })
-
-
-# ---- cilium.io/v2 CiliumNetworkPolicy (subset of the published CRD, see the module docstring)
-CILIUM_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-CILIUM_SELECTOR = label_selector(CILIUM_LABEL_VALUE)
-CILIUM_FQDN = dict(obj({
-    "matchName": {"type": "string", "maxLength": 255, "pattern": r"^([-a-zA-Z0-9_]+[.]?)+$"},
-    "matchPattern": {"type": "string", "maxLength": 255, "pattern": r"^([-a-zA-Z0-9_*]+[.]?)+$"},
-}), oneOf=[{"required": ["matchName"]}, {"required": ["matchPattern"]}])
-CILIUM_PORT = obj({
-    "port": {"type": "string", "pattern": r"^(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}"
-                                          r"|[0-9]{1,4})|([a-zA-Z0-9]-?)*[a-zA-Z](-?[a-zA-Z0-9])*$"},
-    "endPort": {"type": "integer", "minimum": 0, "maximum": 65535},
-    "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP", "VRRP", "IGMP", "ANY"]},
-})
-CILIUM_PORT_RULE = obj({
-    "ports": arr(CILIUM_PORT, maxItems=40),
-    "rules": dict(obj({"dns": arr(CILIUM_FQDN)}), oneOf=[{"required": ["http"]}, {"required": ["dns"]}]),
-    "serverNames": arr(STR),
-})
-CILIUM_EGRESS = obj({
-    "toEndpoints": arr(CILIUM_SELECTOR),
-    "toFQDNs": arr(CILIUM_FQDN),
-    "toCIDR": arr(STR),
-    "toCIDRSet": arr(dict(obj({"cidr": STR, "except": arr(STR)}), required=["cidr"])),
-    "toPorts": arr(CILIUM_PORT_RULE),
-})
-CILIUM_SCHEMA = obj({
-    "apiVersion": {"const": "cilium.io/v2"},
-    "kind": {"const": "CiliumNetworkPolicy"},
-    "metadata": dict(METADATA, required=["name", "namespace"]),
-    "spec": dict(obj({"description": STR, "endpointSelector": CILIUM_SELECTOR, "egress": arr(CILIUM_EGRESS)}),
-                 # upstream: oneOf endpointSelector/nodeSelector, anyOf ingress/ingressDeny/egress/egressDeny
-                 required=["endpointSelector", "egress"]),
-}, required=["apiVersion", "kind", "metadata", "spec"])
-
-# ---- policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy (subset, network-policy-api v0.2.0 experimental)
-CNP_SELECTOR = label_selector()
-CNP_PORT_NUMBER = {"type": "integer", "minimum": 1, "maximum": 65535}
-CNP_PORT = dict(obj({
-    "destinationPort": dict(obj({
-        "number": CNP_PORT_NUMBER,
-        "range": obj({"start": CNP_PORT_NUMBER, "end": CNP_PORT_NUMBER}, required=["start", "end"]),
-    }), minProperties=1, maxProperties=1),
-}), minProperties=1)
-CNP_PROTOCOL = dict(obj({"tcp": CNP_PORT, "udp": CNP_PORT, "sctp": CNP_PORT, "destinationNamedPort": STR}),
-                    minProperties=1, maxProperties=1)
-CNP_PODS = obj({"namespaceSelector": CNP_SELECTOR, "podSelector": CNP_SELECTOR}, required=["podSelector"])
-CNP_PEER = dict(obj({
-    "domainNames": arr({"type": "string", "pattern": r"^(\*\.)?([a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.)+"
-                                                     r"[a-zA-z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\.?$"},
-                       minItems=1, maxItems=25, uniqueItems=True),
-    "namespaces": CNP_SELECTOR,
-    "networks": arr({"type": "string", "maxLength": 43}, minItems=1, maxItems=25, uniqueItems=True),
-    "nodes": CNP_SELECTOR,
-    "pods": CNP_PODS,
-}), minProperties=1, maxProperties=1)
-CNP_EGRESS = obj({
-    "name": {"type": "string", "maxLength": 100},
-    "action": {"type": "string", "enum": ["Accept", "Deny", "Pass"]},
-    "to": arr(CNP_PEER, minItems=1, maxItems=25),
-    "protocols": arr(CNP_PROTOCOL, minItems=1, maxItems=25),
-}, required=["action", "to"])
-CNP_SCHEMA = obj({
-    "apiVersion": {"const": "policy.networking.k8s.io/v1alpha2"},
-    "kind": {"const": "ClusterNetworkPolicy"},
-    "metadata": METADATA,  # cluster-scoped: no namespace (checked below)
-    "spec": obj({
-        "tier": {"type": "string", "enum": ["Admin", "Baseline"]},
-        "priority": {"type": "integer", "minimum": 0, "maximum": 1000},
-        "subject": dict(obj({"namespaces": CNP_SELECTOR, "pods": CNP_PODS}), minProperties=1, maxProperties=1),
-        "egress": arr(CNP_EGRESS, maxItems=25),
-    }, required=["priority", "subject", "tier"]),
-}, required=["apiVersion", "kind", "metadata", "spec"])
-
-SCHEMAS = {"cilium": CILIUM_SCHEMA, "clusternetworkpolicy": CNP_SCHEMA}
+SCHEMAS = dict((backend, dict((version, crd_schema(path)) for version, path in files.items()))
+               for backend, files in CRD_FILES.items())
 
 
 def exports(case):
@@ -148,23 +105,48 @@ def exports(case):
     return dict((e["backend"], e) for e in result["exports"])
 
 
-def crd_errors(backend, manifest):
+def test_the_vendored_crds_are_the_upstream_files_the_readme_names():
+    with open(os.path.join(CRDS, "README.md")) as handle:
+        sums = dict(re.findall(r"^- `([^`]+)`: `([0-9a-f]{64})`$", handle.read(), re.M))
+    files = sorted(f for files in CRD_FILES.values() for f in files.values())
+    assert sorted(name + ".gz" for name in sums) == files
+    for name, digest in sums.items():
+        with gzip.open(os.path.join(CRDS, name + ".gz"), "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == digest, name
+
+
+def _version_key(version):
+    return tuple(int(part) for part in version.lstrip("v").split("."))
+
+
+def versions_for(backend, manifest):
+    """The vendored schema versions a manifest must pass: for Cilium, from its stated minimum on."""
+    versions = sorted(SCHEMAS[backend], key=_version_key)
+    minimum = manifest["metadata"]["annotations"].get("agentguard.hardening/minimum-cilium-version")
+    if minimum:
+        versions = [v for v in versions if _version_key(v) >= _version_key(minimum)]
+    return versions
+
+
+def crd_errors(backend, manifest, version):
     """Schema errors plus the upstream CEL rules JSON Schema cannot state."""
-    errors = [e.message for e in jsonschema.Draft7Validator(SCHEMAS[backend]).iter_errors(manifest)]
+    errors = ["%s: %s" % ("/".join(map(str, e.absolute_path)), e.message)
+              for e in jsonschema.Draft7Validator(SCHEMAS[backend][version]).iter_errors(manifest)]
     if backend == "clusternetworkpolicy":
-        if "namespace" in manifest["metadata"]:
-            errors.append("a cluster-scoped object has no namespace")
         for rule in manifest["spec"]["egress"]:
             for peer in rule["to"]:
                 for network in peer.get("networks", []):
-                    ipaddress.ip_network(network)  # isCIDR(self)
+                    try:
+                        ipaddress.ip_network(network)  # isCIDR(self)
+                    except ValueError:
+                        errors.append("Invalid CIDR format provided")
             for protocol in rule.get("protocols", []):
                 for port in protocol.values():
                     span = port.get("destinationPort", {}).get("range")
                     if span and not span["start"] < span["end"]:
                         errors.append("Start port must be less than End port")
-            if rule["action"] != "Accept" and any("domainNames" in p for p in rule["to"]):
-                errors.append("DomainNames is only supported for Accept rules")
+            if any("destinationNamedPort" in p for p in rule.get("protocols", [])):
+                errors.append("networks/nodes/domainNames peer cannot be set with namedPorts")
     else:
         for rule in manifest["spec"]["egress"]:
             for cidr in rule.get("toCIDRSet", []):
@@ -179,7 +161,43 @@ def crd_errors(backend, manifest):
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("backend", sorted(SCHEMAS))
 def test_crd_manifests_have_only_fields_the_published_schema_defines(case, backend):
-    assert crd_errors(backend, exports(case)[backend]["manifest"]) == []
+    manifest = exports(case)[backend]["manifest"]
+    versions = versions_for(backend, manifest)
+    assert versions, "no vendored schema at or above the manifest's minimum version"
+    for version in versions:
+        assert crd_errors(backend, manifest, version) == [], version
+
+
+def test_every_vendored_schema_is_used_and_two_cilium_minors_are_checked():
+    assert sorted(SCHEMAS["cilium"]) == ["1.17", "1.18"]
+    used = set()
+    for case in CASES:
+        for backend in SCHEMAS:
+            used.update((backend, v) for v in versions_for(backend, exports(case)[backend]["manifest"]))
+    assert used == set((b, v) for b in SCHEMAS for v in SCHEMAS[b])
+
+
+def test_the_minimum_cilium_version_follows_server_name_wildcards():
+    for case in CASES:
+        for backend in ("cilium", "ciliumclusterwide"):
+            manifest = exports(case)[backend]["manifest"]
+            names = [n for r in manifest["spec"]["egress"] for p in r["toPorts"] for n in p.get("serverNames", [])]
+            expected = "1.18" if any("*" in n for n in names) else "1.17"
+            assert manifest["metadata"]["annotations"]["agentguard.hardening/minimum-cilium-version"] == expected
+    assert any(exports(c)["cilium"]["manifest"]["metadata"]["annotations"][
+        "agentguard.hardening/minimum-cilium-version"] == "1.18" for c in CASES)
+
+
+def test_the_converter_keeps_preserve_unknown_fields_open_and_int_or_string():
+    schema = strict({"type": "object", "properties": {
+        "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "closed": {"type": "object"},
+        "port": {"x-kubernetes-int-or-string": True}}})
+    validator = jsonschema.Draft7Validator(schema)
+    assert not list(validator.iter_errors({"open": {"anything": 1}, "port": "https"}))
+    assert not list(validator.iter_errors({"port": 443}))
+    assert len(list(validator.iter_errors({"closed": {"anything": 1}}))) == 1
+    assert len(list(validator.iter_errors({"extra": 1}))) == 1
 
 
 @pytest.mark.parametrize("backend, path, key", [
@@ -187,6 +205,8 @@ def test_crd_manifests_have_only_fields_the_published_schema_defines(case, backe
     ("cilium", ("spec", "egress", 1), "toFQDN"),
     ("cilium", ("spec", "egress", 1, "toPorts", 0), "serverName"),
     ("cilium", ("spec", "egress", 0, "toPorts", 0, "ports", 0), "endport"),
+    ("cilium", ("metadata",), "labelz"),
+    ("ciliumclusterwide", ("spec", "egress", 0), "toEndpoint"),
     ("clusternetworkpolicy", ("spec",), "mode"),
     ("clusternetworkpolicy", ("spec", "egress", 1), "ports"),
     ("clusternetworkpolicy", ("spec", "egress", 1, "to", 0), "fqdns"),
@@ -198,8 +218,9 @@ def test_an_unknown_field_fails_the_check(backend, path, key):
     for step in path:
         node = node[step]
     node[key] = "x"
-    assert any("Additional properties are not allowed ('%s' was unexpected)" % key in e
-               for e in crd_errors(backend, manifest))
+    for version in SCHEMAS[backend]:
+        assert any("Additional properties are not allowed ('%s' was unexpected)" % key in e
+                   for e in crd_errors(backend, manifest, version)), version
 
 
 def test_out_of_range_values_fail_the_check():
@@ -207,11 +228,16 @@ def test_out_of_range_values_fail_the_check():
     cnp["spec"]["priority"] = 1001
     cnp["spec"]["egress"][1]["to"][0]["domainNames"].append("*.*.example.com")
     cnp["metadata"]["namespace"] = "agents"
-    assert len(crd_errors("clusternetworkpolicy", cnp)) == 3
-    cilium = copy.deepcopy(exports("pinned-enforce-dual-cluster")["cilium"]["manifest"])
-    cilium["spec"]["egress"][1]["toPorts"][0]["ports"][0]["port"] = 443  # upstream: a string
-    cilium["spec"]["egress"][1]["toFQDNs"][0]["matchName"] = "api example"
-    assert len(crd_errors("cilium", cilium)) == 2
+    assert len(crd_errors("clusternetworkpolicy", cnp, "v0.2.0")) == 3
+    for version in ("1.17", "1.18"):
+        cilium = copy.deepcopy(exports("pinned-enforce-dual-cluster")["cilium"]["manifest"])
+        cilium["spec"]["egress"][1]["toPorts"][0]["ports"][0]["port"] = 443  # upstream: a string
+        cilium["spec"]["egress"][1]["toFQDNs"][0]["matchName"] = "api example"
+        cilium["metadata"]["name"] = "x" * 254
+        assert len(crd_errors("cilium", cilium, version)) == 3, version
+        ccnp = copy.deepcopy(exports("pinned-enforce-dual-cluster")["ciliumclusterwide"]["manifest"])
+        ccnp["metadata"]["namespace"] = "agents"  # cluster-scoped
+        assert len(crd_errors("ciliumclusterwide", ccnp, version)) == 1, version
 
 
 @pytest.fixture(name="kubernetes_validate")

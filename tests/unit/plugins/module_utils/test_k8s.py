@@ -155,7 +155,7 @@ def test_no_rule_ever_lacks_a_peer(case):
         for rule in spec["egress"]:
             if e["backend"] == "networkpolicy":
                 assert rule.get("to")
-            elif e["backend"] == "cilium":
+            elif e["backend"] in ("cilium", "ciliumclusterwide"):
                 assert any(rule.get(k) for k in ("toEndpoints", "toFQDNs", "toCIDRSet", "toCIDR"))
             else:
                 assert rule["to"] and all(len(peer) == 1 for peer in rule["to"])
@@ -178,6 +178,7 @@ def test_the_networkpolicy_holds_exactly_the_addresses_of_the_families(case):
     if spec["options"].get("dns") == "servers":
         expected.update(str(ipaddress.ip_network(s)) for s in spec["variables"]["egress_dns_servers"]
                         if "ipv%d" % ipaddress.ip_address(s).version in families)
+    expected.update(str(ipaddress.ip_network(a)) for a in spec["options"].get("cluster_dns", {}).get("addresses", []))
     assert cidrs == expected
 
 
@@ -264,3 +265,284 @@ def test_cilium_ports_are_split_at_the_crd_maximum():
     variables = {"egress_allow": [dict(name="many", host="198.18.7.1", ports=ports)], "egress_dns_servers": ["198.18.0.53"]}
     rule = K.export_policies(variables, "agents", backends=["cilium"])[0]["manifest"]["spec"]["egress"][1]
     assert [len(p["ports"]) for p in rule["toPorts"]] == [40, 5]
+
+
+# ---------------------------------------------------------------- host-only concepts (issue 26, item 1)
+
+def _example_inventory():
+    with open(os.path.join(ROOT, "inventories", "example", "group_vars", "agents.yml")) as handle:
+        return yaml.safe_load(handle)
+
+
+EXAMPLE_RESOLVED = {"openclaw-inference": {"ipv4": ["198.18.0.10"], "ipv6": ["fd00:a9e:1::10"]}}
+
+
+def _rules_text(manifest):
+    """The manifest without its metadata: what the CNI enforces."""
+    return json.dumps(manifest["spec"])
+
+
+def test_the_example_inventorys_apt_entries_reach_no_backend():
+    variables = _example_inventory()
+    apt = [e for e in variables["egress_allow"] if e.get("users") == ["_apt"]]
+    assert [e["host"] for e in apt] == ["deb.debian.org", "security.debian.org"]
+    exports = K.export_policies(variables, "finance-agents", resolved=EXAMPLE_RESOLVED, backends=K.BACKENDS)
+    assert [e["backend"] for e in exports] == list(K.BACKENDS)
+    for e in exports:
+        assert "debian.org" not in _rules_text(e["manifest"]), e["backend"]
+        assert "api.openclaw.security" in _rules_text(e["manifest"]) or e["backend"] == "networkpolicy"
+        named = [i for i in e["left_out"] if "host" in i]
+        assert [(i["entry"], i["host"]) for i in named] == [("egress_allow[1]", "deb.debian.org"),
+                                                            ("egress_allow[2]", "security.debian.org")]
+        assert all("only for users _apt on the host" in i["reason"] for i in named)
+        rows = [r for r in e["limitations"] if r.startswith("left out: egress_allow[1] debian-mirror (deb.debian.org)")]
+        assert len(rows) == 1
+        annotations = e["manifest"]["metadata"]["annotations"]
+        assert annotations["agentguard.hardening/left-out"] == "egress_allow[1], egress_allow[2], egress_dhcp"
+        assert e["warnings"] == []
+    # The NetworkPolicy did not even need their addresses.
+    assert "198.18.0.10/32" in _rules_text(exports[0]["manifest"])
+
+
+def test_user_entries_are_exported_only_on_request_and_then_with_a_warning():
+    variables = _example_inventory()
+    resolved = dict(EXAMPLE_RESOLVED, **{"debian-mirror": {"ipv4": ["198.18.5.1"], "ipv6": []},
+                                         "debian-security": {"ipv4": ["198.18.5.2"], "ipv6": []}})
+    exports = by_backend(K.export_policies(variables, "finance-agents", resolved=resolved, include_user_entries=True))
+    for e in exports.values():
+        assert "deb.debian.org" in _rules_text(e["manifest"]) or "198.18.5.1/32" in _rules_text(e["manifest"])
+        assert e["warnings"] == [
+            "widened: egress_allow[1] debian-mirror (deb.debian.org) is only for users _apt on the host; here every "
+            "selected pod may reach it (include_user_entries is true)",
+            "widened: egress_allow[2] debian-security (security.debian.org) is only for users _apt on the host; "
+            "here every selected pod may reach it (include_user_entries is true)"]
+        assert set(e["warnings"]) <= set(e["limitations"])
+        assert [i["entry"] for i in e["left_out"]] == ["egress_dhcp"]
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(variables, "finance-agents", resolved=resolved, include_user_entries="yes")
+    assert caught.value.errors == ["include_user_entries: 'yes' is not a boolean"]
+
+
+def test_other_host_only_concepts_are_named_not_exported():
+    variables = dict(BASE, egress_dns_mode="filtering", egress_tls_gate_user="gate")
+    rows = by_backend(K.export_policies(variables, "agents", resolved=RESOLVED, tls_gate="enforce"))["cilium"]
+    assert [i["entry"] for i in rows["left_out"]] == ["egress_dhcp", "egress_tls_gate_user", "egress_dns_mode"]
+    assert "the TLS gate's own connections (user gate)" in rows["left_out"][1]["reason"]
+    assert rows["limitations"][1].startswith("left out: egress_dhcp: DHCP and DHCPv6 lease renewals")
+    # Nothing about them in the rules: no DHCP ports, no rule for a user.
+    text = _rules_text(rows["manifest"])
+    assert '"67"' not in text and '"68"' not in text and "gate" not in text
+    quiet = by_backend(K.export_policies(dict(BASE, egress_dhcp=False), "agents", resolved=RESOLVED))["cilium"]
+    assert quiet["left_out"] == [] and "agentguard.hardening/left-out" not in quiet["manifest"]["metadata"]["annotations"]
+
+
+# ---------------------------------------------------------------- empty allowlists (item 4)
+
+@pytest.mark.parametrize("allow", [[], [{"name": "mirror", "host": "deb.debian.org", "ports": [80], "users": ["_apt"]}]])
+def test_an_allowlist_with_nothing_for_the_pods_is_refused(allow):
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(dict(BASE, egress_allow=allow), "agents", resolved=RESOLVED)
+    assert len(caught.value.errors) == 1
+    assert caught.value.errors[0].startswith("egress_allow: no destination is left for the pods")
+    assert ("(left out: egress_allow[0])" in caught.value.errors[0]) == bool(allow)
+
+
+def test_filtering_without_names_writes_no_dns_rule_never_an_empty_one():
+    variables = {"egress_allow": [dict(name="batch", host="198.18.7.0/24")], "egress_dns_servers": ["198.18.0.53"],
+                 "egress_dns_mode": "filtering"}
+    for e in K.export_policies(variables, "agents", backends=K.BACKENDS):
+        text = _rules_text(e["manifest"])
+        assert '"dns"' not in text and "53" not in text and "kube-dns" not in text, e["backend"]
+        assert any(r.startswith("no DNS: egress_dns_mode is filtering and no allowed destination is a name")
+                   for r in e["limitations"])
+    # Pinned mode keeps DNS (any name, as on the host).
+    pinned = by_backend(K.export_policies(dict(variables, egress_dns_mode="pinned"), "agents"))["cilium"]
+    assert pinned["manifest"]["spec"]["egress"][0]["toPorts"][0]["rules"] == {"dns": [{"matchPattern": "*"}]}
+
+
+# ---------------------------------------------------------------- DNS (item 2)
+
+def test_cilium_dns_rule_allows_the_search_list_expansions_of_the_allowed_names():
+    variables = dict(BASE, egress_dns_mode="filtering")
+    rule = by_backend(K.export_policies(variables, "agents", resolved=RESOLVED,
+                                        cluster_dns={"search": ["corp.example"], "domain": "k8s.internal"}))["cilium"]
+    selectors = rule["manifest"]["spec"]["egress"][0]["toPorts"][0]["rules"]["dns"]
+    for name in ("api.openclaw.security", "openexchangerates.org", "telemetry.example.net"):
+        for domain in ("agents.svc.k8s.internal", "svc.k8s.internal", "k8s.internal", "corp.example"):
+            assert K.cilium_dns_allows(selectors, "%s.%s" % (name, domain))
+        assert K.cilium_dns_allows(selectors, name + ".")
+    assert not K.cilium_dns_allows(selectors, "api.openai.com")
+    assert not K.cilium_dns_allows(selectors, "api.openai.com.agents.svc.k8s.internal")
+    assert not K.cilium_dns_allows(selectors, "x.api.openclaw.security")
+    # With dns servers, the pods use dnsConfig without the cluster's search list: no expansions.
+    servers = by_backend(K.export_policies(variables, "agents", resolved=RESOLVED, dns="servers"))["cilium"]
+    assert servers["manifest"]["spec"]["egress"][0]["toPorts"][0]["rules"]["dns"] == [
+        {"matchName": "api.openclaw.security"}, {"matchName": "openexchangerates.org"},
+        {"matchName": "telemetry.example.net"}]
+
+
+@pytest.mark.parametrize("selectors, name, allowed", [
+    ([{"matchName": "Example.COM"}], "example.com.", True),
+    ([{"matchName": "example.com"}], "www.example.com", False),
+    ([{"matchPattern": "*"}], "anything.at.all", True),
+    ([{"matchPattern": "*.example.com"}], "a.example.com", True),
+    ([{"matchPattern": "*.example.com"}], "a.b.example.com", False),
+    ([{"matchPattern": "*.example.com"}], "example.com", False),
+    ([{"matchPattern": "api*.example.com"}], "api-eu.example.com", True),
+    ([], "example.com", False),
+])
+def test_the_dns_matcher_follows_ciliums_semantics(selectors, name, allowed):
+    assert K.cilium_dns_allows(selectors, name) is allowed
+
+
+def test_cluster_dns_is_selectable_and_node_local_dns_is_allowed():
+    dns = {"namespace": "dns", "pod_selector": {"app": "coredns"}, "addresses": ["169.254.20.10"]}
+    exports = by_backend(K.export_policies(BASE, "agents", resolved=RESOLVED, cluster_dns=dns, backends=K.BACKENDS))
+    assert exports["networkpolicy"]["manifest"]["spec"]["egress"][0]["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+         "podSelector": {"matchLabels": {"app": "coredns"}}},
+        {"ipBlock": {"cidr": "169.254.20.10/32"}}]
+    cilium = exports["cilium"]["manifest"]["spec"]["egress"]
+    assert cilium[0]["toEndpoints"] == [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "dns", "k8s:app": "coredns"}}]
+    assert cilium[1]["toCIDRSet"] == [{"cidr": "169.254.20.10/32"}] and cilium[1]["toPorts"] == cilium[0]["toPorts"]
+    assert exports["clusternetworkpolicy"]["manifest"]["spec"]["egress"][0]["to"][1] == {"networks": ["169.254.20.10/32"]}
+    assert any(r.startswith("node-local DNS: Cilium matches an address of a node") for r in exports["cilium"]["limitations"])
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(BASE, "agents", resolved=RESOLVED, cluster_dns={
+            "namespace": "Kube", "pod_selector": {}, "addresses": ["node-local", "fd00::1"], "domain": "-x",
+            "search": ["ok.example", "bad domain"], "upstream": 1})
+    assert caught.value.errors == [
+        "cluster_dns: unknown key(s) upstream; the keys are namespace, pod_selector, addresses, domain, search",
+        "cluster_dns.namespace: 'Kube' is not a namespace name",
+        "cluster_dns.pod_selector: the cluster resolver's pods need at least one label",
+        "cluster_dns.addresses[0]: 'node-local' is not an IP address",
+        "cluster_dns.domain: '-x' is not a DNS domain (the cluster domain, cluster.local)",
+        "cluster_dns.search[1]: 'bad domain' is not a DNS domain",
+    ]
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(dict(BASE, egress_families=["ipv4"]), "agents", resolved=RESOLVED,
+                          cluster_dns={"addresses": ["fd00::1"]}, backends=["cilium"])
+    assert caught.value.errors == ["cluster_dns.addresses[0]: 'fd00::1' is not in egress_families ['ipv4']"]
+
+
+def test_dns_servers_outside_the_families_are_refused_not_exported_without_dns():
+    variables = dict(BASE, egress_allow=ALLOW[:2], egress_dns_servers=["198.18.0.53"], egress_families=["ipv6"])
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(variables, "agents", resolved=RESOLVED, dns="servers", backends=["cilium"])
+    assert caught.value.errors == ["egress_dns_servers: ['198.18.0.53'] has no address in egress_families ['ipv6']; "
+                                   "with dns servers the pods could not resolve the allowed names"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_export_keeps_its_dns_path_open(case):
+    spec = CASES[case]
+    options = dict(spec["options"])
+    policy = K.validate_policy(spec["variables"])
+    if not options.get("include_user_entries"):
+        policy = policy._replace(allow=tuple(d for d in policy.allow if not d.users))
+    opts = {"namespace": options["namespace"], "dns": options.get("dns", "cluster"),
+            "cluster_dns": K._check_cluster_dns(options.get("cluster_dns"), policy.families, [])}
+    for e in export(case):
+        assert K.dns_path_errors(e["backend"], e["manifest"], policy, opts) == [], e["backend"]
+
+
+def _breaks(backend, mutate, variables=None, **options):
+    """Errors of dns_path_errors after `mutate` broke the exported manifest."""
+    variables = variables or dict(BASE, egress_dns_mode="filtering")
+    options.setdefault("resolved", RESOLVED)
+    exports = by_backend(K.export_policies(variables, "agents", backends=K.BACKENDS, **options))
+    manifest = json.loads(json.dumps(exports[backend]["manifest"]))
+    policy = K.validate_policy(variables)
+    opts = {"namespace": "agents", "dns": options.get("dns", "cluster"),
+            "cluster_dns": K._check_cluster_dns(options.get("cluster_dns"), policy.families, [])}
+    assert K.dns_path_errors(backend, manifest, policy, opts) == []
+    mutate(manifest["spec"])
+    return K.dns_path_errors(backend, manifest, policy, opts)
+
+
+def test_the_dns_path_check_sees_a_missing_rule_port_target_or_name():
+    def drop_first(spec):
+        spec["egress"].pop(0)
+    for backend in K.BACKENDS:
+        errors = _breaks(backend, drop_first)
+        assert errors and errors[0].startswith("dns: "), backend
+        assert "does not let the pods reach kube-system/k8s-app=kube-dns on UDP and TCP 53" in errors[0]
+
+    def no_tcp(spec):
+        spec["egress"][0]["ports"] = spec["egress"][0]["ports"][:1]
+    assert _breaks("networkpolicy", no_tcp)
+
+    def no_expansion(spec):
+        rules = spec["egress"][0]["toPorts"][0]["rules"]["dns"]
+        rules[:] = [r for r in rules if r.get("matchName") != "openexchangerates.org.svc.cluster.local"]
+    assert _breaks("cilium", no_expansion) == [
+        "dns: CiliumNetworkPolicy's DNS rule to kube-system/k8s-app=kube-dns refuses "
+        "openexchangerates.org.svc.cluster.local, which the pods' resolver asks for openexchangerates.org"]
+
+    def no_dns_rules(spec):
+        del spec["egress"][0]["toPorts"][0]["rules"]
+    assert "without rules.dns" in _breaks("ciliumclusterwide", no_dns_rules)[0]
+
+    def deny_first(spec):
+        spec["egress"].insert(0, spec["egress"].pop())
+    assert _breaks("clusternetworkpolicy", deny_first)
+
+    def other_server(spec):
+        spec["egress"][0]["to"] = [{"ipBlock": {"cidr": "198.18.0.54/32"}}]
+    assert _breaks("networkpolicy", other_server, dns="servers")[0].startswith(
+        "dns: NetworkPolicy does not let the pods reach 198.18.0.53/32")
+
+
+def test_a_failing_dns_path_check_stops_the_export(monkeypatch):
+    monkeypatch.setattr(K, "_dns_selectors", lambda policy, opts, errors: [{"matchName": "api.openclaw.security"}])
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(dict(BASE, egress_dns_mode="filtering"), "agents", backends=["cilium"])
+    assert caught.value.errors[0].startswith("dns: CiliumNetworkPolicy's DNS rule to kube-system/k8s-app=kube-dns "
+                                             "refuses api.openclaw.security.agents.svc.cluster.local")
+
+
+# ---------------------------------------------------------------- cluster-wide objects (item 3)
+
+def test_the_cluster_wide_cilium_policy_selects_the_namespace_and_the_pods():
+    e = by_backend(export("pinned-enforce-dual-cluster"))["ciliumclusterwide"]
+    manifest = e["manifest"]
+    assert manifest["kind"] == "CiliumClusterwideNetworkPolicy"
+    assert manifest["metadata"]["name"] == "agentguard-egress-agents" and "namespace" not in manifest["metadata"]
+    assert manifest["spec"]["endpointSelector"] == {"matchLabels": {"k8s:io.kubernetes.pod.namespace": "agents",
+                                                                    "k8s:app": "agent"}}
+    namespaced = by_backend(export("pinned-enforce-dual-cluster"))["cilium"]["manifest"]
+    assert manifest["spec"]["egress"] == namespaced["spec"]["egress"]
+    assert any(r.startswith("additive: a namespaced CiliumNetworkPolicy") for r in e["limitations"])
+    # Opt-in: not in the default backends.
+    assert "ciliumclusterwide" not in [x["backend"] for x in K.export_policies(BASE, "agents", resolved=RESOLVED)]
+
+
+# ---------------------------------------------------------------- metadata (item 4)
+
+def test_names_stay_within_the_api_servers_limits():
+    long_name = "a" * 200
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(BASE, "n" * 63, resolved=RESOLVED, name=long_name)
+    assert caught.value.errors == ["name: %r makes the cluster-wide object name <name>-<namespace> 264 characters "
+                                   "long; the API server takes at most 253" % long_name]
+    # Only the cluster-wide objects carry <name>-<namespace>.
+    assert K.export_policies(BASE, "n" * 63, resolved=RESOLVED, name=long_name, backends=["networkpolicy", "cilium"])
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(BASE, "agents", resolved=RESOLVED, name="a" * 254, backends=["cilium"])
+    assert caught.value.errors[0].startswith("name: 'aaaa")
+    for e in export("filtering-audit-ipv4-servers"):
+        assert K.metadata_errors(e["manifest"]) == []
+    broken = json.loads(json.dumps(export("pinned-enforce-dual-cluster")[0]["manifest"]))
+    broken["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "x" * 64
+    broken["metadata"]["name"] = "Agentguard"
+    broken["metadata"]["annotations"]["agentguard.hardening/limitations"] = "x" * (256 * 1024)
+    assert len(K.metadata_errors(broken)) == 3
+
+
+def test_a_search_expansion_over_the_dns_name_limit_is_refused():
+    variables = dict(BASE, egress_dns_mode="filtering")
+    with pytest.raises(K.ExportError) as caught:
+        K.export_policies(variables, "agents", resolved=RESOLVED, backends=["cilium"],
+                          cluster_dns={"search": [".".join(c * 60 for c in "abcd")]})
+    assert caught.value.errors[0].startswith("cluster_dns.search: 'api.openclaw.security.aaaa")
+    assert "is longer than 253 characters" in caught.value.errors[0]
