@@ -291,9 +291,12 @@ def table(results):
             loop = ("%.2f" % s["loop_s"], "%.1fx" % s["ratio"]) if s["loop_s"] else ("-", "-")
             lines.append("| %s | %s | %.2f | %s | %s | %s/%s |" % (
                 n, kind, s["ours_s"], loop[0], loop[1], reps.get("ours", "?"), reps.get("loop", "?")))
-    floors = ["| %s | %.2f | %.2f | %.2fx | %d |" % (n, d["summary"]["idempotent"]["ours_s"], d["summary"]["floor"]["ping_s"],
-                                                   d["summary"]["floor"]["idempotent_vs_ping"], d["summary"]["floor"]["reps"])
-              for n, d in results["sizes"].items() if d.get("summary", {}).get("floor")]
+    floors = []
+    for n, data in results["sizes"].items():
+        floor = data.get("summary", {}).get("floor")
+        if floor:
+            floors.append("| %s | %.2f | %.2f | %.2fx | %d |" % (
+                n, data["summary"]["idempotent"]["ours_s"], floor["ping_s"], floor["idempotent_vs_ping"], floor["reps"]))
     if floors:
         lines += ["", "| N (per family) | egress_rules idempotent (s) | ansible.builtin.ping (s) | idempotent / ping "
                   "(median of each repetition's ratio) | reps |", "|---|---|---|---|---|"] + floors
