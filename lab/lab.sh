@@ -22,6 +22,9 @@ LABEL=org.agentguard.lab
 # The host's own services of the Molecule scenario host-services: an NTP server and a Debian mirror.
 LAB_TIME4=198.18.0.12 LAB_TIME6=fd00:a9e:1::12 LAB_MIRROR4=198.18.0.13 LAB_MIRROR6=fd00:a9e:1::13
 NF_SYSCTL=net.netfilter.nf_log_all_netns
+# Each systemd lab host takes several inotify instances: past about 25 hosts at the default 128, a new
+# host's systemd stays "initializing" (bench/fleet at M = 50).
+INOTIFY_SYSCTL=fs.inotify.max_user_instances INOTIFY_MIN=1024
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -193,11 +196,23 @@ set_host_sysctl() {
     sysctl -qw "$NF_SYSCTL=1"
   fi
   log "HOST sysctl $NF_SYSCTL=1 (runtime only, nothing under /etc): iptables LOG lines from the lab hosts' network namespaces reach the kernel log (dmesg)"
+  raise_inotify
 }
-note_host_sysctl() {  # not reset on down: other namespaces on this host may rely on it as well
-  local orig=$LAB_STATE/host-$NF_SYSCTL.orig
-  [ -s "$orig" ] || return 0
-  log "HOST sysctl $NF_SYSCTL left at $(sysctl -n "$NF_SYSCTL") (was $(cat "$orig") before the lab): sysctl -w $NF_SYSCTL=$(cat "$orig") to reset"
+raise_inotify() {  # from `up` and from `agent` (a host started by itself needs it too)
+  local cur
+  cur=$(sysctl -n "$INOTIFY_SYSCTL" 2>/dev/null) || { log "NOTE: no $INOTIFY_SYSCTL on this kernel"; return 0; }
+  [ "$cur" -lt "$INOTIFY_MIN" ] || return 0
+  [ -e "$LAB_STATE/host-$INOTIFY_SYSCTL.orig" ] || printf '%s\n' "$cur" > "$LAB_STATE/host-$INOTIFY_SYSCTL.orig"
+  sysctl -qw "$INOTIFY_SYSCTL=$INOTIFY_MIN"
+  log "HOST sysctl $INOTIFY_SYSCTL=$INOTIFY_MIN (was $cur; runtime only, nothing under /etc): each systemd lab host takes several inotify instances"
+}
+note_host_sysctl() {  # not reset on down: other namespaces on this host may rely on them as well
+  local key orig
+  for key in "$NF_SYSCTL" "$INOTIFY_SYSCTL"; do
+    orig=$LAB_STATE/host-$key.orig
+    [ -s "$orig" ] || continue
+    log "HOST sysctl $key left at $(sysctl -n "$key") (was $(cat "$orig") before the lab): sysctl -w $key=$(cat "$orig") to reset"
+  done
 }
 
 # Fixed MAC addresses: `podman restart` otherwise gives a container a new MAC, and its peers keep the
@@ -351,6 +366,7 @@ status() {
   podman ps -a --filter "network=$LAB_NET" \
     --format '{{printf "%-14s" .Names}} {{printf "%-28s" .Status}} {{.Image}}'
   echo "host $NF_SYSCTL=$(sysctl -n "$NF_SYSCTL" 2>/dev/null || echo n/a)," \
+    "$INOTIFY_SYSCTL=$(sysctl -n "$INOTIFY_SYSCTL" 2>/dev/null || echo n/a)," \
     "guard $(iptables -w -C FORWARD -j "$GUARD-FWD" 2>/dev/null && ip6tables -w -C FORWARD -j "$GUARD-FWD" 2>/dev/null && echo on || echo OFF)"
   check 1 | grep -v '^ok'
 }
@@ -362,6 +378,7 @@ agent() {
   if [ "$name" = ag-agent ]; then ip4=${ip4:-$LAB_AGENT4} ip6=${ip6:-$LAB_AGENT6}; fi
   podman network exists "$LAB_NET" || die "the lab is down: lab/lab.sh up"
   [ -s "$LAB_CA" ] || die "no lab CA: lab/lab.sh up"
+  raise_inotify
   ensure_image "$suite"
   hash=$(printf '%s %s %s %s\n' "$(image_id "$suite")" "$(sha256sum < "$LAB_CA")" "$ip4" "$ip6" | sha256sum | cut -c1-16)
   have=$(podman inspect --format "{{index .Config.Labels \"$LABEL.config\"}}" "$name" 2>/dev/null || true)

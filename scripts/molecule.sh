@@ -30,8 +30,8 @@ cd "$ROOT" || exit 2
 # shellcheck source=lab/env.sh
 . lab/env.sh
 
-# host-services and tls-gate are being written: a scenario whose directory does not exist yet is
-# skipped with a line saying so (named on the command line, it is an error).
+# A scenario whose directory does not exist (none today) is skipped with a line saying so (named on
+# the command line, it is an error).
 ALL=(default users-scope audit-mode backends platforms persistence rollback filtering-dns containers resolved
   host-services tls-gate guard)
 # Seconds each scenario took when run one at a time (CI machine, 2 cores, 2026-11-30). resolved: an

@@ -7,7 +7,9 @@ in a fresh network namespace, through ansible-playbook with a local connection w
 inside the namespace. Per N, each repetition runs both sides in alternating order and measures
 three runs each: first apply (fresh namespace), idempotent re-run, check-mode run. Reported
 figures are medians of the task time (the JSON callback's task durations, so ansible-playbook's
-start-up cost is excluded) and their ratio.
+start-up cost is excluded) and their ratio. Beside them, the Ansible floor: an ansible.builtin.ping task
+in the same namespace right before or after our idempotent run (the order alternating by repetition),
+and the ratio of our idempotent run to it.
 
 Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE] [--resume]
        .venv/bin/python bench/apply/run.py --report --out FILE
@@ -86,6 +88,11 @@ def loop_items(n):
     return items
 
 
+def ping_play():
+    return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "The Ansible floor (ansible.builtin.ping)", "ansible.builtin.ping": {}}]}]
+
+
 def loop_play(n):
     return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
         "name": "Egress allowlist (ansible.builtin.iptables loop)",
@@ -128,12 +135,18 @@ def netns(name, action):
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
 
 
-def measure(side, playfile, n, rep):
+def measure(side, playfile, n, rep, ping=None):
+    """The three runs of one side in a fresh namespace; with ping (ours), the floor beside the idempotent run."""
     name = "agbench-%s-%d-%d" % (side, n, rep)
     netns(name, "add")
+    floor = None
     try:
         first, changed_first = run_play(playfile, name)
+        if ping and rep % 2:
+            floor = run_play(ping, name)[0]
         idem, changed_idem = run_play(playfile, name)
+        if ping and not rep % 2:
+            floor = run_play(ping, name)[0]
         check, changed_check = run_play(playfile, name, check=True)
         save = subprocess.run(["ip", "netns", "exec", name, "iptables-save", "-t", "filter"], stdout=subprocess.PIPE,
                               universal_newlines=True, check=True).stdout
@@ -141,7 +154,10 @@ def measure(side, playfile, n, rep):
         netns(name, "del")
     assert changed_first and not changed_idem and not changed_check, (side, changed_first, changed_idem, changed_check)
     rules = sum(1 for line in save.splitlines() if line.startswith("-A "))
-    return {"first": first, "idempotent": idem, "check": check, "rules_v4": rules}
+    result = {"first": first, "idempotent": idem, "check": check, "rules_v4": rules}
+    if floor is not None:
+        result["ping"] = floor
+    return result
 
 
 def main():
@@ -181,6 +197,9 @@ def main():
             plays[side] = os.path.join(workdir, "%s-%d.yml" % (side, n))
             with open(plays[side], "w") as handle:
                 json.dump(builder(n), handle)  # JSON is YAML
+        plays["ping"] = os.path.join(workdir, "ping.yml")
+        with open(plays["ping"], "w") as handle:
+            json.dump(ping_play(), handle)
         entry = results["sizes"].setdefault(str(n), {"runs": {"ours": [], "loop": []}, "loadavg_start": loadavg()})
         runs = entry["runs"]
         # Until this sitting ends, the file's medians are those of its complete repetitions (--report).
@@ -195,7 +214,7 @@ def main():
             for side in order:
                 if side == "loop" and rep >= loop_reps:
                     continue
-                runs[side].append(measure(side, plays[side], n, rep))
+                runs[side].append(measure(side, plays[side], n, rep, plays["ping"] if side == "ours" else None))
                 runs[side][-1].update(rep=rep, rep_started=started, loadavg_before=load, loadavg_after=loadavg())
                 print("N=%d rep %d %s: %s" % (n, rep + 1, side, runs[side][-1]), file=sys.stderr, flush=True)
                 save()
@@ -210,9 +229,16 @@ def summarise(runs):
     summary = {}
     for kind in ("first", "idempotent", "check"):
         ours = statistics.median(r[kind] for r in runs["ours"])
-        loop = statistics.median(r[kind] for r in runs["loop"])
-        summary[kind] = {"ours_s": round(ours, 3), "loop_s": round(loop, 3), "ratio": round(loop / ours, 1)}
-    summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"]}
+        loop = statistics.median(r[kind] for r in runs["loop"]) if runs["loop"] else None
+        summary[kind] = {"ours_s": round(ours, 3), "loop_s": loop and round(loop, 3),
+                         "ratio": loop and round(loop / ours, 1)}
+    pings = [r for r in runs["ours"] if "ping" in r]
+    if pings:
+        # The ratio of each repetition (its idempotent run over the ping beside it), then their median.
+        summary["floor"] = {"ping_s": round(statistics.median(r["ping"] for r in pings), 3),
+                            "idempotent_vs_ping": round(statistics.median(r["idempotent"] / r["ping"] for r in pings), 2),
+                            "reps": len(pings)}
+    summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"] if runs["loop"] else None}
     summary["reps"] = {"ours": len(runs["ours"]), "loop": len(runs["loop"])}
     return summary
 
@@ -262,8 +288,18 @@ def table(results):
         reps = summary["reps"]
         for kind in ("first", "idempotent", "check"):
             s = summary[kind]
-            lines.append("| %s | %s | %.2f | %.2f | %.1fx | %s/%s |" % (
-                n, kind, s["ours_s"], s["loop_s"], s["ratio"], reps.get("ours", "?"), reps.get("loop", "?")))
+            loop = ("%.2f" % s["loop_s"], "%.1fx" % s["ratio"]) if s["loop_s"] else ("-", "-")
+            lines.append("| %s | %s | %.2f | %s | %s | %s/%s |" % (
+                n, kind, s["ours_s"], loop[0], loop[1], reps.get("ours", "?"), reps.get("loop", "?")))
+    floors = []
+    for n, data in results["sizes"].items():
+        floor = data.get("summary", {}).get("floor")
+        if floor:
+            floors.append("| %s | %.2f | %.2f | %.2fx | %d |" % (
+                n, data["summary"]["idempotent"]["ours_s"], floor["ping_s"], floor["idempotent_vs_ping"], floor["reps"]))
+    if floors:
+        lines += ["", "| N (per family) | egress_rules idempotent (s) | ansible.builtin.ping (s) | idempotent / ping "
+                  "(median of each repetition's ratio) | reps |", "|---|---|---|---|---|"] + floors
     loads = ["N=%s: loadavg %s at start, %s at end" % (n, d.get("loadavg_start"), d.get("loadavg_end", "(not finished)"))
              for n, d in results["sizes"].items()]
     return "\n".join(lines + [""] + loads + [""] + rep_table(results))

@@ -34,9 +34,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 VENV_BIN = os.path.dirname(sys.executable)
 
 
+class CommandFailed(RuntimeError):
+    """A command failed; the message carries its output (lab.sh says why a host did not start)."""
+
+
 def sh(*argv, **kw):
-    return subprocess.run(argv, check=kw.pop("check", True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, **kw)
+    check = kw.pop("check", True)
+    proc = subprocess.run(argv, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          **kw)
+    if check and proc.returncode != 0:
+        raise CommandFailed("%s: exit %d\n%s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
+    return proc
 
 
 PROFILE = False
@@ -66,12 +74,21 @@ def baseline_checkout(rev, workdir):
     return os.path.join(tree, "playbooks", "harden-agent.yml"), coll + os.pathsep + os.path.join(ROOT, ".cache", "collections")
 
 
-def start_hosts(count):
-    sh("bash", os.path.join(ROOT, "lab", "lab.sh"), "up")
+def start_hosts(count, keep=False):
+    """Fresh lab hosts; when one does not start, says which and why (lab.sh's output) and stops."""
+    lab = os.path.join(ROOT, "lab", "lab.sh")
+    sh("bash", lab, "up")
     names = ["ag-fleet-%02d" % i for i in range(count)]
-    for name in names:
-        sh("bash", os.path.join(ROOT, "lab", "lab.sh"), "agent-rm", name, check=False)
-        sh("bash", os.path.join(ROOT, "lab", "lab.sh"), "agent", name, "bookworm")
+    for index, name in enumerate(names):
+        sh("bash", lab, "agent-rm", name, check=False)
+        try:
+            sh("bash", lab, "agent", name, "bookworm")
+        except CommandFailed as exc:
+            print("lab host %s (%d of %d) did not start:\n%s" % (name, index + 1, count, exc), file=sys.stderr)
+            if not keep:
+                for started in names[:index + 1]:
+                    sh("bash", lab, "agent-rm", started, check=False)
+            sys.exit(1)
     addresses = {}
     for name in names:
         out = sh("podman", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name,
@@ -157,7 +174,7 @@ def main():
     load_start = loadavg()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     workdir = tempfile.mkdtemp(prefix="agfleet-")
-    addresses = start_hosts(args.hosts)
+    addresses = start_hosts(args.hosts, keep=args.keep)
     inv = inventory(addresses, workdir, args.ssh_keepalive)
     # One batch (serial is a play keyword: extra vars only): this measures the work, not the rollout's pacing.
     extra = json.dumps({"egress_serial": ["100%"], "egress_rollback_timeout": args.rollback_timeout})

@@ -955,9 +955,3 @@ def export_policies(variables, namespace, pod_selector=None, resolved=None, back
     if errors:
         raise ExportError(errors)
     return exports
-
-
-def limitation_table(exports):
-    """Rows {backend, kind, limitation} of every export, for the playbook's summary."""
-    return [{"backend": e["backend"], "kind": e["kind"], "limitation": row}
-            for e in exports for row in e["limitations"]]

@@ -152,7 +152,19 @@ def _allow_rules(policy, resolved, family, sets):
             else:
                 rules.append("-d %s %s -m conntrack --ctstate NEW %s -j ACCEPT"
                              % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
+    rules.extend(_destination_rules(policy, resolved, family, sets, forwarded=False))
+    rules.append("-j " + CHAIN_DENY)
+    return rules
+
+
+def _destination_rules(policy, resolved, family, sets, forwarded):
+    """One rule per allowed destination address (or its set), port and owner: ACCEPT on the local path;
+    on the forwarded path RETURN, and no entry with users (a forwarded packet has no owner)."""
+    rules = []
+    verdict = "RETURN" if forwarded else "ACCEPT"
     for dest in policy.allow:
+        if forwarded and dest.users:
+            continue  # for the host's own services
         # Sorted: the order of the DNS answers never changes the rules.
         addresses = sort_networks(resolved.get(dest.name, {}).get(family, []))
         name = set_name(family, dest.name)
@@ -160,14 +172,13 @@ def _allow_rules(policy, resolved, family, sets):
         owners = ["-m owner --uid-owner %d " % user.uid for user in dest.users] or [""]
         for port in dest.ports:
             for owner in owners:
-                tail = "%s %s-m conntrack --ctstate NEW %s -j ACCEPT" % (_dport(dest.protocol, port), owner, _comment(dest.name))
+                tail = "%s-m conntrack --ctstate NEW %s -j %s" % (owner, _comment(dest.name), verdict)
                 if name in sets:
-                    rules.append("-p %s -m set --match-set %s dst -m %s --dport %s %s-m conntrack --ctstate NEW %s -j ACCEPT"
-                                 % (dest.protocol, name, dest.protocol, port, owner, _comment(dest.name)))
+                    rules.append("-p %s -m set --match-set %s dst -m %s --dport %s %s"
+                                 % (dest.protocol, name, dest.protocol, port, tail))
                     continue
-                for address in addresses:
-                    rules.append("-d %s %s" % (_addr(address, family), tail))
-    rules.append("-j " + CHAIN_DENY)
+                rules.extend("-d %s %s %s" % (_addr(address, family), _dport(dest.protocol, port), tail)
+                             for address in addresses)
     return rules
 
 
@@ -272,19 +283,7 @@ def _fwd_allow_rules(policy, resolved, family, sets):
             for protocol in ("udp", "tcp"):
                 rules.append("-d %s %s -m conntrack --ctstate NEW %s -j RETURN"
                              % (_addr(server, family), _dport(protocol, 53), _comment("dns")))
-    for dest in policy.allow:
-        if dest.users:
-            continue  # for the host's own services: a forwarded packet has no owner
-        addresses = sort_networks(resolved.get(dest.name, {}).get(family, []))
-        name = set_name(family, dest.name)
-        for port in dest.ports:
-            if name in sets:
-                rules.append("-p %s -m set --match-set %s dst -m %s --dport %s -m conntrack --ctstate NEW %s -j RETURN"
-                             % (dest.protocol, name, dest.protocol, port, _comment(dest.name)))
-                continue
-            for address in addresses:
-                rules.append("-d %s %s -m conntrack --ctstate NEW %s -j RETURN"
-                             % (_addr(address, family), _dport(dest.protocol, port), _comment(dest.name)))
+    rules.extend(_destination_rules(policy, resolved, family, sets, forwarded=True))
     rules.append("-j " + CHAIN_FWD_DENY)
     return rules
 
@@ -436,21 +435,20 @@ def render_hook_persistent(table, state, hooks=None):
     return "\n".join(lines) + "\n"
 
 
-def render_hook_transaction(table, current, desired, foreign_rules):
-    """iptables-restore --noflush section turning our part of hook `table` from `current` into
-    `desired` (None when equal). Like render_transaction: only our chains and jumps are named."""
-    body = hook_transaction_body(table, current, desired, foreign_rules)
-    if body is None:
-        return None
-    return "\n".join(["*" + HOOK_TABLES[table]] + body + ["COMMIT"]) + "\n"
-
-
 def hook_transaction_body(table, current, desired, foreign_rules):
-    """The lines of render_hook_transaction between "*table" and "COMMIT" (None when equal), so
-    that two hooks of one table go in one section (one commit)."""
+    """The --noflush lines turning our part of hook `table` (a HOOKS name) from `current` into
+    `desired` (None when equal), to go in its table's section (merge_section) with the table's other
+    hooks: one commit per table."""
     if current == desired:
         return None
-    hook = HOOKS[table]
+    return _transaction_body(HOOKS[table], current, desired, foreign_rules)
+
+
+def _transaction_body(hook, current, desired, foreign_rules):
+    """The lines of one hook's transaction (the filter table's OUTPUT is one more hook): our chains
+    declared (which flushes them under --noflush) and refilled, our jumps deleted and inserted at
+    their index (clamped: the hook may hold fewer foreign rules now than when `desired` was
+    recorded), obsolete chains removed; every other chain and rule is left alone."""
     lines = []
     desired_names = [name for name, rules in desired.chains]
     obsolete = [name for name, rules in current.chains if name not in desired_names]
@@ -494,33 +492,19 @@ def render_persistent(state, policies, hooks=None):
 
 
 def render_transaction(current, desired, foreign_output_rules, extra=None):
-    """iptables-restore --noflush payload that turns `current` into `desired` in one commit.
-
-    Only our objects are named: our chains are declared (which flushes them under
-    --noflush) and refilled, our jumps deleted and inserted, obsolete chains
-    removed; every other chain and rule is left alone. Returns None when nothing differs.
+    """iptables-restore --noflush payload that turns our part of the filter table from `current` into
+    `desired` (ManagedStates: the OUTPUT hook and its policy) in one commit (_transaction_body).
+    Returns None when nothing differs.
     extra: lines of other hooks of the filter table (hook_transaction_body), in the same commit.
     """
     if current == desired and not extra:
         return None
     if current == desired:
         return merge_section("filter", [extra])
-    lines = ["*filter"]
-    if current.policy != desired.policy:
-        # No counters: the policy changes, the OUTPUT counters are kept.
-        lines.append(":OUTPUT %s" % desired.policy)
-    desired_names = [name for name, rules in desired.chains]
-    obsolete = [name for name, rules in current.chains if name not in desired_names]
-    lines.extend(":%s - [0:0]" % name for name in desired_names + obsolete)
-    if current.jumps != desired.jumps:
-        lines.extend("-D OUTPUT %s" % spec for index, spec in current.jumps)
-        for inserted, (index, spec) in enumerate(sorted(desired.jumps)):
-            # Clamp: OUTPUT may hold fewer rules now than when `desired` was recorded.
-            lines.append("-I OUTPUT %d %s" % (min(index, foreign_output_rules + inserted) + 1, spec))
-    for name, rules in desired.chains:
-        lines.extend("-A %s %s" % (name, spec) for spec in rules)
-    lines.extend("-X %s" % name for name in obsolete)
-    return merge_section("filter", [lines[1:]] + ([extra] if extra else []))
+    # No counters: the policy changes, the OUTPUT counters are kept.
+    lines = [":OUTPUT %s" % desired.policy] if current.policy != desired.policy else []
+    lines.extend(_transaction_body("OUTPUT", current, desired, foreign_output_rules))
+    return merge_section("filter", [lines] + ([extra] if extra else []))
 
 
 def merge_section(table, bodies):

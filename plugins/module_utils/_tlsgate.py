@@ -23,7 +23,8 @@ __metaclass__ = type
 import ipaddress
 import re
 
-GATE_MODES = ("off", "audit", "enforce")
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import DNS_MODES
+
 TLS_LOG_PREFIX = "[EGRESS-TLS] "
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 REASONS = ("allowed", "no-sni", "ip-literal", "not-allowed", "not-tls", "not-resolved", "would-refuse-sni")
@@ -64,8 +65,8 @@ def _check_gate(gate, dns_mode):
         raise ValueError("tls_gate: %r is not the tls_gate result of egress_rules" % (gate,))
     if gate.get("mode") not in ("audit", "enforce"):
         raise ValueError("tls_gate.mode: %r is not audit or enforce; nothing to render" % (gate.get("mode"),))
-    if dns_mode not in ("pinned", "filtering"):
-        raise ValueError("dns_mode: %r is not one of pinned, filtering" % (dns_mode,))
+    if dns_mode not in DNS_MODES:
+        raise ValueError("dns_mode: %r is not one of %s" % (dns_mode, ", ".join(DNS_MODES)))
     listeners = gate.get("listeners") or []
     if not listeners:
         raise ValueError("tls_gate.listeners: %r is empty; no destination is gated" % (listeners,))

@@ -369,15 +369,18 @@ resolved:
       ipv6: ["2001:db8::10"]
 rules:
   description:
-    - Per family, a complete C(iptables-restore) payload of the filter table with only what this module
-      manages (OUTPUT policy, its chains, the jump). It is what the role persists to
-      C(/etc/iptables/rules.v4) and C(rules.v6); loading it at boot yields the enforced state.
+    - Per family, a complete C(iptables-restore) payload with only what this module manages, one
+      section per table it uses. C(filter) (the OUTPUT policy, its chains and jumps, the TLS gate's INPUT
+      rules), C(mangle) when O(scope_networks) holds the forwarded traffic (FORWARD), and C(nat) for the
+      TLS gate's redirects and, in filtering DNS mode, the redirect of the networks' DNS. It is what the
+      role persists to C(/etc/iptables/rules.v4) and C(rules.v6); loading it at boot yields the enforced
+      state.
     - Empty for a family that was skipped.
   returned: always
   type: dict
   sample:
     # One line each here (the real values are whole files, one rule per line).
-    ipv4: "*filter :INPUT ACCEPT [0:0] :FORWARD ACCEPT [0:0] :OUTPUT DROP [0:0] ... COMMIT"
+    ipv4: "*filter :INPUT ACCEPT [0:0] :FORWARD ACCEPT [0:0] :OUTPUT DROP [0:0] ... COMMIT *nat ... COMMIT"
     ipv6: "*filter ... COMMIT"
 sets:
   description: C(ipset restore) payload creating and filling the sets the rules use; empty when no set is used.

@@ -41,6 +41,17 @@ def foreign_lines(save_text):
     return [l for l in save_text.splitlines() if "AGENTGUARD" not in l and not l.startswith(":OUTPUT")]
 
 
+def diff_sections(text):
+    """egress_rules' diff text ("# ipv4" then its lines, per family) as {family: [lines]}."""
+    sections = {}
+    for line in text.splitlines():
+        if line.startswith("# "):
+            sections[line[2:]] = current = []
+        else:
+            current.append(line)
+    return sections
+
+
 def snapshot(lab):
     return (lab.save("ipv4"), lab.save("ipv6"), lab.ipset())
 
@@ -58,12 +69,26 @@ def test_apply_four_ways_and_real_connections(lab, egress):
     first = egress(POLICY)
     assert first["changed"] is True
     assert first["resolved"] == {"inference-api": {"ipv4": [V4["allowed"]], "ipv6": [V6["allowed"]]}}
-    assert "--- before" not in first.get("diff", {}).get("before", "")
+    diff = first["diff"]
+    assert (diff["before_header"], diff["after_header"]) == ("managed netfilter state (live)",
+                                                             "managed netfilter state (desired)")
+    before_text, after_text = diff_sections(diff["before"]), diff_sections(diff["after"])
+    assert sorted(before_text) == sorted(after_text) == ["ipv4", "ipv6"]
+    for family in ("ipv4", "ipv6"):
+        # Nothing of ours before (the admin's rules are not ours to show); after, exactly what changed.
+        assert before_text[family] == ["-P OUTPUT ACCEPT"], before_text[family]
+        assert after_text[family][0] == "-P OUTPUT DROP"
+        assert "-N AGENTGUARD-EGRESS" in after_text[family]
+        allowed = "%s/%d" % ((V4["allowed"], 32) if family == "ipv4" else (V6["allowed"], 128))
+        assert [l for l in after_text[family] if "-d %s -p tcp -m tcp --dport 443 " % allowed in l], after_text[family]
+        assert first["changes"][family]["removed"] == ["-P OUTPUT ACCEPT"]
+        assert after_text[family][1:] == first["changes"][family]["added"][1:]
 
     again_check = egress(POLICY, check=True)
     again = egress(POLICY)
     assert again_check["changed"] is False and again["changed"] is False
     assert again["changes"] == {"ipv4": {"added": [], "removed": []}, "ipv6": {"added": [], "removed": []}}
+    assert again["diff"]["before"] == again["diff"]["after"] == diff["after"]
 
     v4, v6, sets = snapshot(lab)
     assert foreign_lines(v4) == foreign_lines(before[0]) and foreign_lines(v6) == foreign_lines(before[1])

@@ -26,6 +26,8 @@ import pytest
 import testinfra
 import yaml
 
+from probe import probe_results  # the reader of probe.py's output lives beside its writer
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 PROBE_SOURCE = (HERE / "probe.py").read_text()
@@ -277,8 +279,7 @@ class Target:
             out = self.check_output("python3 -c %s %s", PROBE_SOURCE, request)
         else:
             out = self.check_output("runuser -u %s -- python3 -c %s %s", user, PROBE_SOURCE, request)
-        data = json.loads(out)
-        return data["uid"], {r["id"]: r for r in data["results"]}
+        return probe_results(probes, out)
 
     def rules(self, family, save="iptables-save"):
         """The live filter table (family 4 or 6) as iptables-save prints it, without counters."""
@@ -452,7 +453,7 @@ def blocked_run(target):
 def control_run(sibling):
     """The same probes from the unfirewalled ag-sibling: every service must answer there."""
     out = sibling.check_output("python3 -c %s %s", PROBE_SOURCE, json.dumps({"probes": BLOCKED}))
-    return {r["id"]: r for r in json.loads(out)["results"]}
+    return probe_results(BLOCKED, out)[1]
 
 
 @pytest.fixture(params=BLOCKED, ids=BLOCKED_IDS)

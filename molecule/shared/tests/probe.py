@@ -250,6 +250,18 @@ def run(probe):
     return res
 
 
+def probe_results(probes, out):
+    """On the controller (conftest): (uid, {id: result}) of main()'s output `out` for `probes`.
+    Fails unless every probe sent came back exactly once and nothing else did: a test that loops
+    over the results must not pass because none came back."""
+    data = json.loads(out)
+    sent = sorted(p["id"] for p in probes)
+    got = sorted(r["id"] for r in data["results"])
+    if len(set(sent)) != len(sent) or got != sent:
+        raise AssertionError("probes sent %s, results for %s" % (sent, got))
+    return data["uid"], {r["id"]: r for r in data["results"]}
+
+
 def main():
     request = json.loads(sys.argv[1])
     probes = request["probes"]

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from conftest import (PROBE_SOURCE, dmesg_lines, dmesg_mark, lab_addr, log_match, made_once, parse_log_line,
-                      probe_set, service_log_since, service_log_sizes, wait_for_log_budget)
+                      probe_results, probe_set, service_log_since, service_log_sizes, wait_for_log_budget)
 
 API = "api.openclaw.security"
 API_BODY = "agentguard-lab api ok"
@@ -74,7 +74,7 @@ class Source:
     def probe(self, probes):
         out = self.target.check_output("cd / && " + self.prefix + "python3 -c %s %s", PROBE_SOURCE,
                                        json.dumps({"probes": probes}))
-        return {r["id"]: r for r in json.loads(out)["results"]}
+        return probe_results(probes, out)[1]
 
 
 _SOURCES = {}

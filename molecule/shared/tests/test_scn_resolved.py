@@ -89,8 +89,10 @@ def test_other_names_get_nxdomain_and_never_reach_the_upstream(target):
               for qtype in ("A", "AAAA", "TXT")]
     sizes = service_log_sizes()
     _uid, res = target.probe(probes)
-    for key, result in res.items():
-        assert result["ok"] and result["detail"] == "rcode=3 answers=0", (key, result)
+    assert sorted(res) == ["A", "AAAA", "TXT"], res  # each query ran (target.probe checks it too)
+    for probe in probes:
+        result = res[probe["id"]]
+        assert result["ok"] and result["detail"] == "rcode=3 answers=0", (probe["id"], result)
     time.sleep(0.5)  # the lab resolver writes its query log asynchronously (log-async)
     assert zone not in (service_log_since("ag-resolver", sizes) or ""), "the upstream was asked about %s" % zone
 
@@ -104,7 +106,9 @@ def test_dns_around_the_filtering_resolver_is_denied_and_logged(target, family, 
     wait_for_log_budget(target, 2, families=(family,))
     mark = dmesg_mark()
     uid, res = target.probe(probes, user=user)
-    for kind, result in res.items():
+    assert sorted(res) == ["dns-tcp", "dns-udp"], res  # both probes ran (target.probe checks it too)
+    for probe in probes:
+        kind, result = probe["id"], res[probe["id"]]
         assert not result["ok"], "%s to the upstream got through as %s: %s" % (kind, user, result)
         assert result["sport"] is not None, result
         proto = "UDP" if kind == "dns-udp" else "TCP"
