@@ -23,8 +23,10 @@
 # the EE container (AWX's receptor does the same in its pod), `ansible-runner process` writes the
 # artifacts (job_events, status, rc, stdout) back here. The EE reaches the lab host over SSH on a
 # network of its own (ag-ee-net, --internal), with a checked host key; the host is a systemd
-# container of the lab image running openssh-server. Jobs: agentguard.hardening.harden_agent twice
-# (changed, then changed=0), then agentguard.hardening.egress_report writing to a mounted path.
+# container of the lab image running openssh-server. Jobs: agentguard.hardening.harden_agent by its
+# FQCN twice (changed, then changed=0), then a project playbook that imports
+# agentguard.hardening.egress_report (the way an AWX job template, which names a file of its project,
+# reaches a collection's playbook), writing its report to a mounted path.
 # tests/ee/test_awx_job.py checks the artifacts, the reports and the host's firewall.
 #
 # Caching: each image carries the hash of its inputs in a label (like lab/images.sh): the base
@@ -221,7 +223,10 @@ EOF
   job harden-2 agentguard.hardening.harden_agent
   # A denied attempt for the report to find (198.18.79.66: nobody there, the firewall drops it first).
   podman exec "$HOST" curl -s --max-time 2 http://198.18.79.66/ >/dev/null 2>&1 || true
-  job report agentguard.hardening.egress_report --cmdline '-e egress_report_dir=/reports'
+  # An AWX job template names a playbook of its project: one that imports the collection's playbook.
+  printf -- '---\n- name: The report, from the collection in the EE\n  ansible.builtin.import_playbook: agentguard.hardening.egress_report\n' \
+    > "$STATE/job/project/egress_report.yml"
+  job report egress_report.yml --cmdline '-e egress_report_dir=/reports'
   log "jobs done in $((SECONDS - t0)) s"
   AG_EE_OUT=$STATE/out AG_EE_HOST=$HOST AG_EE_IMAGE=$EE_IMAGE \
     python -m pytest -q -p no:cacheprovider tests/ee
