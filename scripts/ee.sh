@@ -98,9 +98,10 @@ specs = [deps["ansible_core"]["package_pip"], deps["ansible_runner"]["package_pi
          # ansible-builder's builder stage; pip itself for the base image
          "bindep", "pyyaml", "packaging", "pip"]
 with open("meta/execution-environment.yml") as handle:
-    python = yaml.safe_load(handle)["dependencies"]["python"]
-with open(python) as handle:
-    specs += [line.split("#")[0].strip() for line in handle if line.split("#")[0].strip()]
+    python = yaml.safe_load(handle)["dependencies"].get("python")
+if python:
+    with open(python) as handle:
+        specs += [line.split("#")[0].strip() for line in handle if line.split("#")[0].strip()]
 print("\n".join(specs))
 EOF
 )
