@@ -90,8 +90,11 @@ ee["dependencies"]["python_interpreter"] = {"python_path": "/usr/bin/python3"}
 ee.setdefault("options", {})["package_manager_path"] = "/usr/bin/apt-get"
 # pip is in the base image (ensurepip is not in Debian's python3 without python3-venv).
 ee["options"]["skip_pip_install"] = True
+class Dumper(yaml.SafeDumper):  # lists indented under their key, as yamllint (ansible-lint) wants
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)
 with open(out + "/execution-environment.yml", "w") as handle:
-    yaml.safe_dump(ee, handle, sort_keys=False)
+    yaml.dump(ee, handle, Dumper=Dumper, sort_keys=False, explicit_start=True, width=120)
 deps = ee["dependencies"]
 specs = [deps["ansible_core"]["package_pip"], deps["ansible_runner"]["package_pip"],
          ee["options"].get("container_init", {}).get("package_pip", "dumb-init==1.2.5"),
@@ -148,6 +151,8 @@ EOF
       die "ansible-builder build failed (tests/output/ee-build.log)"
     fi
     drop_old "$old" "$EE_IMAGE"
+    # The build's intermediate stages (galaxy, builder): untagged, with the base image's label, so ours only.
+    podman images -q --filter dangling=true --filter "label=$LABEL" | xargs -r podman image rm >/dev/null 2>&1 || true
   else
     log "$EE_IMAGE is up to date (inputs $hash)"
   fi
