@@ -7,12 +7,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 PYTEST ?= $(VENV)/bin/python -m pytest
 
-.PHONY: help bootstrap demo test unit netns compat sanity lint build molecule lab-images lab-up lab-down clean
+.PHONY: help bootstrap demo test unit netns compat sanity lint build ee molecule lab-images lab-up lab-down clean
 
 help:
 	@echo "make demo   - build the lab, harden its agent host with playbooks/harden-agent.yml, show the proof"
-	@echo "make test   - every test: unit, namespace integration, ansible-test sanity, ansible-lint, build, Molecule"
-	@echo "parts: make unit | netns | compat | sanity | lint | build | molecule | lab-up | lab-down"
+	@echo "make test   - every test: unit, namespace integration, ansible-test sanity, ansible-lint, build, EE, Molecule"
+	@echo "parts: make unit | netns | compat | sanity | lint | build | ee | molecule | lab-up | lab-down"
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -41,6 +41,9 @@ lint: bootstrap
 
 build: bootstrap
 	@bash scripts/build.sh
+
+ee: bootstrap
+	@bash scripts/ee.sh
 
 molecule: bootstrap
 	@bash scripts/molecule.sh

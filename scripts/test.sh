@@ -5,7 +5,7 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(pytest compat sanity lint build molecule)
+[ ${#stages[@]} -gt 0 ] || stages=(pytest compat sanity lint build ee molecule)
 declare -a report=()
 run_stage() {
   local name=$1; shift
@@ -28,6 +28,8 @@ for stage in "${stages[@]}"; do
     sanity)   run_stage sanity bash scripts/sanity.sh ;;
     lint)     run_stage lint bash -c 'ansible-lint --profile production && antsibull-changelog lint' ;;
     build)    run_stage build bash scripts/build.sh importer ;;
+    # The AWX path: the EE image built with ansible-builder, jobs run in it with ansible-runner (podman).
+    ee)       run_stage ee bash scripts/ee.sh ;;
     molecule) run_stage molecule bash scripts/molecule.sh ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

@@ -1,9 +1,11 @@
-"""execution-environment.yml: `ansible-builder create` writes a build context that holds the collection.
+"""execution-environment.yml: `ansible-builder create` writes a build context that holds the collection,
+and the installed collection tells ansible-builder what it needs (meta/execution-environment.yml).
 
-Building the image needs a container engine and the base image from a registry, which CI does not
-have; this test stops at the build context and then runs the context's galaxy step
+This test stops at the build context and then runs the context's galaxy step
 (`ansible-galaxy collection install -r requirements.yml` in its _build directory, as the Containerfile
-does) on this machine, so the collection the image would get is proved installable and complete.
+does) on this machine, so the collection the image would get is proved installable and complete, and
+`ansible-builder introspect` on that installed copy lists its Python and system requirements.
+scripts/ee.sh (stage `ee` of scripts/test.sh) builds the image for real and runs a job in it.
 """
 import os
 import shutil
@@ -37,7 +39,7 @@ def context(tmp_path_factory):
     ee = tmp_path_factory.mktemp("ee")
     definition = _load("execution-environment.yml")
     shutil.copy(os.path.join(ROOT, "execution-environment.yml"), str(ee))
-    for key in ("python", "galaxy"):
+    for key in ("galaxy",):
         path = definition["dependencies"][key]
         os.makedirs(str(ee / os.path.dirname(path)), exist_ok=True)
         shutil.copy(os.path.join(ROOT, path), str(ee / path))
@@ -61,7 +63,9 @@ def test_create_writes_a_build_context(context):
     assert "ansible-galaxy collection install" in containerfile
     assert "COPY _build /build" in containerfile
     build = context / "_build"
-    assert "dnspython" in (build / "requirements.txt").read_text()
+    # The Python requirements come from the installed collection's meta/execution-environment.yml
+    # (introspected in the builder stage), not from the EE definition.
+    assert not (build / "requirements.txt").exists()
     version = _load("galaxy.yml")["version"]
     assert (build / "collections" / ("agentguard-hardening-%s.tar.gz" % version)).is_file()
 
@@ -74,5 +78,16 @@ def test_the_contexts_galaxy_step_installs_the_whole_collection(context, tmp_pat
     installed = tmp_path / "ansible_collections" / "agentguard" / "hardening"
     for path in ("plugins/modules/egress_rules.py", "plugins/filter/egress_k8s_policies.py",
                  "plugins/lookup/egress_resolve.py", "roles/egress/tasks/main.yml",
-                 "playbooks/harden-agent.yml", "playbooks/export-kubernetes.yml", "playbooks/egress-report.yml"):
+                 "playbooks/harden-agent.yml", "playbooks/export-kubernetes.yml", "playbooks/egress-report.yml",
+                 "meta/execution-environment.yml"):
         assert (installed / path).is_file(), path
+    # What ansible-builder's builder stage does with the installed collections.
+    proc = subprocess.run([os.path.join(BIN, "ansible-builder"), "introspect", str(tmp_path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found = yaml.safe_load(proc.stdout)
+    origin = "  # from collection agentguard.hardening"
+    assert found == {
+        "python": ["dnspython>=2.3" + origin],
+        "system": ["openssh-client [platform:dpkg]" + origin, "openssh-clients [platform:rpm]" + origin],
+    }, found
