@@ -25,7 +25,7 @@ import json
 import re
 
 LEARN_SET_RE = re.compile(r"^ag([46])-_learn(?:-(u\d+|fwd))?$")
-MEMBER_RE = re.compile(r"^(?P<addr>[0-9A-Fa-f.:]+),(?P<proto>[a-z0-9]+):(?P<port>\S+)$")
+MEMBER_RE = re.compile(r"^(?P<addr>[0-9A-Fa-f.:]+),(?P<proto>[a-z0-9-]+):(?P<port>\S+)$")
 # dnsmasq (log-queries) answers: "reply api.test is 198.18.0.20", also "cached ..." and "config ..."
 # (an answer of its own configuration: a hosts entry of the lab's resolver, say).
 DNS_ANSWER_RE = re.compile(r"\b(?:reply|cached|config) (\S+) is ([0-9A-Fa-f.:]+)$")
@@ -160,7 +160,7 @@ def withheld_reason(protocol, port, address, dns_servers=()):
     if address in METADATA:
         return "metadata"
     if (protocol, port) in WITHHELD_PORTS["dns"]:
-        return None if address in dns_servers and port == 53 else "dns"
+        return "trusted-dns" if address in dns_servers and port == 53 else "dns"
     if (protocol, port) in WITHHELD_PORTS["smtp"]:
         return "smtp"
     net = ipaddress.ip_address(address)
@@ -207,6 +207,8 @@ def propose(records, current_allow=(), dns_servers=(), dns_mode="pinned", accept
     withheld = []
     for item in records:
         reason = withheld_reason(item["protocol"], item["port"], item["address"], dns_servers)
+        if reason == "trusted-dns":
+            continue  # the policy's dns_servers: allowed in every mode already
         if reason and reason not in accept_withheld:
             withheld.append(dict(item, reason=reason))
             continue
