@@ -14,7 +14,7 @@ short_description: Read every destination the egress recorder kept, with the nam
 version_added: 0.2.0
 description:
   - Reads the recorder's sets of M(agentguard.hardening.egress_rules) with O(agentguard.hardening.egress_rules#module:learn=true)
-    (C(ipset save)): every distinct destination (address, protocol, port) that reached the deny rules,
+    (read with C(ipset save)), every distinct destination (address, protocol, port) that reached the deny rules,
     exactly, by bucket (C(host), C(u<uid>) for a user recorded apart, C(fwd) for forwarded traffic),
     with its count (packets that reached the deny rules, that is connection attempts) and when it was first seen.
   - Joins each address to the names that led there, from three sources only, never a reverse lookup
