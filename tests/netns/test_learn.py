@@ -128,3 +128,36 @@ def test_a_changed_bound_recreates_the_sets(lab, egress, option):
     changed = egress(dict(POLICY, **option))
     assert changed["changed"]
     assert members(lab) == []
+
+
+def test_the_playbook_writes_a_valid_proposal(lab, egress, tmp_path):
+    """playbooks/egress_learn.yml end to end against the lab's host namespace (one host, group agents)."""
+    import json
+    import os
+    import subprocess
+
+    import yaml
+
+    from .conftest import PYTHON, ROOT
+
+    egress(POLICY)
+    assert set(lab.probe(HOST_TARGETS[:4] + RAW).values()) == {"ok"}
+    host_vars = dict(egress_allow=POLICY["allow"], egress_dns_servers=POLICY["dns_servers"], egress_learn_names=["cdn.test"],
+                     ansible_connection="local", ansible_become=False,
+                     ansible_python_interpreter=os.path.join(ROOT, "tests", "netns", "netns-python"))
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"agents": {"hosts": {"lab": host_vars}}}))
+    env = dict(os.environ, AGENTGUARD_NETNS=lab.host, AGENTGUARD_NETNS_PYTHON=PYTHON, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".cache", "collections"), PWD=str(tmp_path))
+    env["PATH"] = os.path.dirname(PYTHON) + os.pathsep + env["PATH"]
+    proc = subprocess.run([os.path.join(os.path.dirname(PYTHON), "ansible-playbook"), "-i", str(inventory),
+                           os.path.join(ROOT, "playbooks", "egress_learn.yml")], cwd=str(tmp_path), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    proposal = yaml.safe_load((tmp_path / "egress-learn" / "proposal.yml").read_text())
+    hosts = dict((e["host"], e) for e in proposal["egress_allow"])
+    assert sorted(hosts) == ["api.test", "cdn.test"]
+    assert hosts["cdn.test"]["ports"] == [80, 443]
+    text = (tmp_path / "egress-learn" / "proposal.yml").read_text()
+    assert "# FLAGGED, left out" in text and V4["forbidden"] in text
+    assert "## Flagged" in (tmp_path / "egress-learn" / "proposal.md").read_text()
