@@ -324,8 +324,8 @@ def render_yaml(allow, proposal, generated, hosts):
     for entry in allow:
         seen = proposed.get(entry.get("host"))
         if seen is not None:
-            note = "seen %d times, first %s on %s" % (seen["seen"]["count"], seen["seen"]["first_seen"],
-                                                     ", ".join(seen["seen"]["hosts"]))
+            stats = seen["seen"]
+            note = "seen %d times, first %s on %s" % (stats["count"], stats["first_seen"], ", ".join(stats["hosts"]))
             if seen.get("flag"):
                 note += "; FLAGGED " + seen["flag"]
             if seen.get("forwarded_only"):
@@ -341,8 +341,9 @@ def render_yaml(allow, proposal, generated, hosts):
         lines[-1] = "egress_allow: []"
     if proposal["flagged"]:
         lines.append("# FLAGGED, left out: nameless destinations (accept them with egress_learn_accept: [ADDRESS]):")
-        lines.extend("#   %s %s %s (seen %d times, first %s)" % (f["host"], f["protocol"], f["ports"], f["seen"]["count"],
-                                                                   f["seen"]["first_seen"]) for f in proposal["flagged"])
+        for f in proposal["flagged"]:
+            lines.append("#   %s %s %s (seen %d times, first %s)"
+                         % (f["host"], f["protocol"], f["ports"], f["seen"]["count"], f["seen"]["first_seen"]))
     if proposal["withheld"]:
         lines.append("# WITHHELD, never proposed unless accepted (egress_learn_accept_withheld: [dns, smtp, metadata, link-local]):")
         lines.extend("#   %s %s:%s %s (%s)" % (w["host"], w["protocol"], w["port"], w["reason"], ", ".join(w["names"]) or "no name")
@@ -360,23 +361,24 @@ def render_markdown(proposal, diffs, sets_status, generated):
             e["name"], e["host"], e.get("protocol", "tcp"), ", ".join(str(p) for p in e["ports"]),
             ", ".join(e.get("users", [])), e["seen"]["count"], e["seen"]["first_seen"], ", ".join(e["seen"]["hosts"]), note))
     lines += ["", "## Flagged (nameless, left out)", ""]
-    lines += ["- %s %s %s: seen %d times, first %s, users %s" % (f["host"], f["protocol"], f["ports"], f["seen"]["count"],
-                                                                f["seen"]["first_seen"], ", ".join(f["users"]) or "-")
-              for f in proposal["flagged"]] or ["none"]
+    flagged = ["- %s %s %s: seen %d times, first %s, users %s"
+               % (f["host"], f["protocol"], f["ports"], f["seen"]["count"], f["seen"]["first_seen"], ", ".join(f["users"]) or "-")
+               for f in proposal["flagged"]]
+    lines += flagged or ["none"]
     lines += ["", "## Withheld (never proposed without a flag)", ""]
     lines += ["- %s %s:%s (%s) names: %s" % (w["host"], w["protocol"], w["port"], w["reason"], ", ".join(w["names"]) or "-")
               for w in proposal["withheld"]] or ["none"]
     lines += ["", "## Changes against each host's current egress_allow", ""]
     for host in sorted(diffs):
         changes = diffs[host]
-        lines.append("- %s: %s" % (host, "; ".join("%s %s %s%s" % (c["host"], c["protocol"], c["ports"],
-                                                                    " (new entry)" if c["new_entry"] else "")
-                                                   for c in changes) or "no change"))
+        text = "; ".join("%s %s %s%s" % (c["host"], c["protocol"], c["ports"], " (new entry)" if c["new_entry"] else "")
+                         for c in changes)
+        lines.append("- %s: %s" % (host, text or "no change"))
     lines += ["", "## Recorder sets", ""]
     for host in sorted(sets_status):
         for name, info in sorted(sets_status[host].items()):
-            lines.append("- %s %s: %d of %d entries%s" % (host, name, info["entries"], info["maxelem"],
-                                                           " FULL: later destinations were not recorded" if info["full"] else ""))
+            full = " FULL: later destinations were not recorded" if info["full"] else ""
+            lines.append("- %s %s: %d of %d entries%s" % (host, name, info["entries"], info["maxelem"], full))
     lines += ["", "Counts are packets that reached the deny rules (connection attempts: established traffic never does); "
               "first seen is exact, last seen is not recorded (an ipset add that refreshed it would reset the count)."]
     return "\n".join(lines) + "\n"
