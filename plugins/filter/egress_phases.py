@@ -117,6 +117,8 @@ OPTION_VARS = {
     "scope_networks": "egress_scope_networks", "families": "egress_families", "state": "egress_state",
     "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout", "dhcp": "egress_dhcp",
     "tls_gate": "egress_tls_gate", "tls_gate_user": "egress_tls_gate_user", "tls_gate_port": "egress_tls_gate_port",
+    "learn": "egress_learn", "learn_users": "egress_learn_users", "learn_maxelem": "egress_learn_maxelem",
+    "learn_timeout": "egress_learn_timeout",
 }
 # A user the role creates (the TLS gate's): a plain system user name.
 USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")

@@ -64,11 +64,18 @@ Policy = namedtuple("Policy", [
     "allow", "dns_servers", "log_prefix", "log_limit", "log_burst", "deny_action",
     "mode", "scope", "users", "families", "state", "dns_mode", "resolver_user", "dns_set_timeout", "resolvers",
     "networks", "dhcp", "tls_gate", "tls_gate_user", "tls_gate_port", "tls_listeners", "tls_ungated",
+    "learn", "learn_users", "learn_maxelem", "learn_timeout",
 ])
-Policy.__new__.__defaults__ = ("off", None, 10443, (), ())
+Policy.__new__.__defaults__ = ("off", None, 10443, (), (), False, (), 65536, 604800)
 """tls_gate: off, audit or enforce; tls_gate_user: the gate's User; tls_listeners: ((upstream port,
 listen port), ...) in ascending order; tls_ungated: the plan's warnings about entries the gate
-does not cover (dicts, as returned in tls_gate.ungated)."""
+does not cover (dicts, as returned in tls_gate.ungated).
+learn: record every distinct would-be-denied destination in ipsets (_learn.py); learn_users: the Users
+recorded apart besides the restricted ones; learn_maxelem, learn_timeout: each recorder set's bound
+and how long an entry stays from its first packet."""
+# The recorder's sets (learn): at least one entry, at most what a 32-bit maxelem holds; entries
+# live from one second to ipset's longest timeout.
+MAX_LEARN_ELEMENTS = 2 ** 31
 GATE_MODES = ("off", "audit", "enforce")
 # Listeners are unprivileged ports, so the gate needs no capability.
 MIN_GATE_PORT = 1024
@@ -581,8 +588,18 @@ def build_policy(params, lookup_user):
     check(_float_in, params.get("resolve_timeout", 3.0), MIN_RESOLVE_TIMEOUT, MAX_RESOLVE_TIMEOUT, "resolve_timeout")
     check(_int_in, params.get("resolve_retries", 2), 0, MAX_RESOLVE_RETRIES, "resolve_retries")
 
+    learn = params.get("learn", False)
+    if not isinstance(learn, bool):
+        errors.append("learn: %s is not a boolean" % _repr(learn))
+        learn = False
+    learn_users, learn_user_errors = parse_users(params.get("learn_users") or [], lookup_user, where="learn_users")
+    errors.extend(learn_user_errors)
+    learn_maxelem = check(_int_in, params.get("learn_maxelem", 65536), 1, MAX_LEARN_ELEMENTS, "learn_maxelem")
+    learn_timeout = check(_int_in, params.get("learn_timeout", 604800), 1, MAX_SET_TIMEOUT, "learn_timeout")
+
     if errors:
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
                   mode, scope, tuple(users), families, state, dns_mode, resolver_user, dns_set_timeout, tuple(resolvers),
-                  tuple(networks), dhcp, tls_gate, gate_user, gate_port, listeners, ungated)
+                  tuple(networks), dhcp, tls_gate, gate_user, gate_port, listeners, ungated,
+                  learn, tuple(learn_users), learn_maxelem, learn_timeout)

@@ -36,6 +36,8 @@ CHAIN_FWD = "AGENTGUARD-FORWARD"
 CHAIN_FWD_ALLOW = "AGENTGUARD-FWD-ALLOW"
 CHAIN_FWD_DENY = "AGENTGUARD-FWD-DENY"
 CHAIN_DNS = "AGENTGUARD-DNS"
+# The recorder (learn): every distinct would-be-denied destination in a hash:ip,port set.
+CHAIN_LEARN = "AGENTGUARD-LEARN"
 # The TLS gate: local connections redirected in nat OUTPUT, forwarded ones in nat PREROUTING, and
 # connections to its listeners that were not redirected dropped in filter INPUT.
 CHAIN_TLS = "AGENTGUARD-TLS"
@@ -99,6 +101,69 @@ def is_dynamic(policy, dest):
     return policy.dns_mode == "filtering" and dest.kind == "name"
 
 
+# The recorder's set labels start with "_", which no allow label can (_policy.LABEL_RE), so they
+# never clash with an entry's set: ag4-_learn (everyone not recorded apart), ag4-_learn-u<uid>
+# (one per restricted or learn_users user), ag4-_learn-fwd (forwarded from scope_networks).
+LEARN_LABEL = "_learn"
+LEARN_TYPE = "hash:ip,port"
+
+
+def learn_on(policy):
+    return policy.state == "present" and bool(policy.learn)
+
+
+def learn_users(policy):
+    """The users whose destinations are recorded apart, by uid: the restricted ones and learn_users."""
+    users = dict((user.uid, user) for user in policy.learn_users)
+    for user in restricted_users(policy):
+        users.setdefault(user.uid, user)
+    return [users[uid] for uid in sorted(users)]
+
+
+def learn_set_names(policy, family):
+    """{bucket: set name}: "" for everyone else on the host, "u<uid>" per user, "fwd" for forwarded."""
+    if not learn_on(policy):
+        return {}
+    names = {}
+    if policy.scope != "none" or gate_on(policy):
+        names[""] = set_name(family, LEARN_LABEL)
+        for user in learn_users(policy):
+            names["u%d" % user.uid] = set_name(family, "%s-u%d" % (LEARN_LABEL, user.uid))
+    if policy.networks:
+        names["fwd"] = set_name(family, LEARN_LABEL + "-fwd")
+    return names
+
+
+def learn_sets(policy):
+    """The recorder's sets, dynamic like filtering mode's (a timeout: members never compared):
+    hash:ip,port with counters, bounded by learn_maxelem (a full set refuses new entries)."""
+    sets = {}
+    for family in policy.families:
+        for name in learn_set_names(policy, family).values():
+            sets[name] = IpSet(name, LEARN_TYPE, SET_FAMILY[family],
+                               {"timeout": str(policy.learn_timeout), "maxelem": str(policy.learn_maxelem),
+                                "counters": True}, ())
+    return sets
+
+
+def _record(match, name):
+    """Count a packet to a recorded destination, or record it: the set match counts (an add with
+    --exist would reset the entry's counters and timeout, so there is none); the add of an entry
+    already there (or into a full set) fails and changes nothing. Timeouts run from the first packet."""
+    return ["%s-m set --match-set %s dst,dst" % (match, name), "%s-j SET --add-set %s dst,dst" % (match, name)]
+
+
+def _learn_rules(policy, family):
+    names = learn_set_names(policy, family)
+    rules = []
+    for user in learn_users(policy):
+        owner = "-m owner --uid-owner %d " % user.uid
+        rules.extend(_record(owner, names["u%d" % user.uid]))
+        rules.append("%s-j RETURN" % owner)
+    rules.extend(_record("", names[""]))
+    return rules
+
+
 def desired_sets(policy, resolved):
     """The ipsets the policy needs: {name: IpSet}.
 
@@ -117,6 +182,7 @@ def desired_sets(policy, resolved):
                                    tuple(sort_networks(addresses)))
             elif len(addresses) > SET_THRESHOLD:
                 sets[name] = IpSet(name, "hash:net", SET_FAMILY[family], {}, tuple(sort_networks(addresses)))
+    sets.update(learn_sets(policy))
     return sets
 
 
@@ -185,6 +251,8 @@ def _destination_rules(policy, resolved, family, sets, forwarded):
 def _deny_rules(policy, family):
     rules = ["-m limit --limit %s --limit-burst %d -j LOG --log-prefix \"%s\" --log-uid"
              % (policy.log_limit, policy.log_burst, policy.log_prefix)]
+    if learn_on(policy) and family in policy.families:
+        rules.insert(0, "-j " + CHAIN_LEARN)
     if policy.mode == "audit":
         rules.append("-j RETURN")
     elif policy.deny_action == "reject":
@@ -239,6 +307,8 @@ def desired_state(policy, resolved, family, sets=None):
         CHAIN_ALLOW: tuple(_allow_rules(policy, resolved, family, sets)),
         CHAIN_DENY: tuple(_deny_rules(policy, family)),
     }
+    if learn_on(policy) and family in policy.families:
+        chains[CHAIN_LEARN] = tuple(_learn_rules(policy, family))
     policy_verdict = "DROP" if policy.scope == "host" and policy.mode == "enforce" else "ACCEPT"
     return ManagedState(policy_verdict, ((0, JUMP_SPEC),), tuple(sorted(chains.items())))
 
@@ -288,12 +358,15 @@ def _fwd_allow_rules(policy, resolved, family, sets):
     return rules
 
 
-def _fwd_deny_rules(policy):
+def _fwd_deny_rules(policy, family=None):
     # The same log line as local denials, without --log-uid (a forwarded packet has no local
     # socket; the source address says which container sent it). REJECT exists in the filter table
     # only, where runtimes can outrank us: forwarded denials are dropped whatever deny_action says.
     rules = ["-m limit --limit %s --limit-burst %d -j LOG --log-prefix \"%s\""
              % (policy.log_limit, policy.log_burst, policy.log_prefix)]
+    if learn_on(policy) and family in policy.families:
+        # Inline (the chain is reached by goto): a forwarded packet has no owner to bucket by.
+        rules[:0] = _record("", learn_set_names(policy, family)["fwd"])
     rules.append("-j RETURN" if policy.mode == "audit" else "-j DROP")
     return rules
 
@@ -319,7 +392,7 @@ def desired_hooks(policy, resolved, family, sets=None):
     chains = {
         CHAIN_FWD: tuple(dispatch),
         CHAIN_FWD_ALLOW: tuple(_fwd_allow_rules(policy, resolved, family, sets)),
-        CHAIN_FWD_DENY: tuple(_fwd_deny_rules(policy)),
+        CHAIN_FWD_DENY: tuple(_fwd_deny_rules(policy, family)),
     }
     hooks["mangle"] = HookState(((0, "-j " + CHAIN_FWD),), tuple(sorted(chains.items())))
     nat_jumps = []
@@ -523,9 +596,12 @@ def _maxelem(count):
 
 
 def _create(name, ipset, count):
-    text = "create %s hash:net family %s hashsize 1024 maxelem %d" % (name, ipset.family, _maxelem(count))
+    maxelem = ipset.options.get("maxelem") or _maxelem(count)
+    text = "create %s %s family %s hashsize 1024 maxelem %s" % (name, ipset.settype, ipset.family, maxelem)
     if ipset.options.get("timeout"):
         text += " timeout %s" % ipset.options["timeout"]
+    if ipset.options.get("counters"):
+        text += " counters"
     return text
 
 
@@ -544,6 +620,10 @@ def sets_equal(current, desired):
     if (current.settype, current.family, current.options.get("timeout")) != \
             (desired.settype, desired.family, desired.options.get("timeout")):
         return False
+    # Options only the recorder's sets state (their bound and counters): compared when stated.
+    for option in ("maxelem", "counters"):
+        if option in desired.options and current.options.get(option) != desired.options[option]:
+            return False
     return bool(desired.options.get("timeout")) or tuple(current.members) == tuple(desired.members)
 
 

@@ -74,6 +74,10 @@ ARGUMENT_SPEC = dict(
     tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
     tls_gate_user=dict(type="str"),
     tls_gate_port=dict(type="int", default=10443),
+    learn=dict(type="bool", default=False),
+    learn_users=dict(type="list", elements="str", default=[]),
+    learn_maxelem=dict(type="int", default=65536),
+    learn_timeout=dict(type="int", default=604800),
 )
 
 

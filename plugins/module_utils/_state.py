@@ -21,6 +21,8 @@ SET_PREFIXES = {"ipv4": "ag4-", "ipv6": "ag6-"}
 # Temporary sets used to swap new contents in atomically.
 TEMP_SET_PREFIXES = ("agt4-", "agt6-")
 BUILTIN_FILTER_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
+# Set types whose members are addresses or networks; others (the recorder's hash:ip,port) keep theirs as text.
+NETWORK_SET_TYPES = ("hash:net", "hash:ip")
 KEYED_OPTIONS = ("family", "hashsize", "maxelem", "timeout", "bucketsize", "initval", "netmask", "markmask", "size")
 
 Table = namedtuple("Table", ["name", "chains", "rules"])
@@ -239,6 +241,10 @@ def parse_ipset_save(text, prefixes=tuple(SET_PREFIXES.values()) + TEMP_SET_PREF
             members[name] = []
         elif words[0] == "add" and len(words) >= 3:
             if words[1] in members:
+                if sets[words[1]][0] not in NETWORK_SET_TYPES:
+                    # The recorder's hash:ip,port entries ("192.0.2.1,tcp:443"): kept as written.
+                    members[words[1]].append(words[2])
+                    continue
                 try:
                     members[words[1]].append(canonical_member(words[2]))
                 except ValueError:
@@ -247,7 +253,8 @@ def parse_ipset_save(text, prefixes=tuple(SET_PREFIXES.values()) + TEMP_SET_PREF
             raise ParseError("ipset line %d: unexpected %r" % (number, raw))
     result = {}
     for name, (settype, family, options) in sets.items():
-        result[name] = IpSet(name, settype, family, options, tuple(sort_networks(members[name])))
+        entries = sort_networks(members[name]) if settype in NETWORK_SET_TYPES else sorted(members[name])
+        result[name] = IpSet(name, settype, family, options, tuple(entries))
     return result
 
 

@@ -244,6 +244,42 @@ options:
         connection (established connections pass by conntrack anyway).
     type: int
     default: 300
+  learn:
+    description:
+      - Record every distinct destination that reaches the deny rules (in O(mode=audit), what would be
+        denied; in O(mode=enforce), what was), exactly, alongside the rate-limited log line, in a
+        C(hash:ip,port) set with counters and a timeout per family, C(ag4-_learn)/C(ag6-_learn) for the
+        host's processes, C(ag4-_learn-u<uid>) for each restricted user and each of O(learn_users), and
+        C(ag4-_learn-fwd) for traffic forwarded from O(scope_networks). A rule in the chain
+        C(AGENTGUARD-LEARN) (C(AGENTGUARD-FWD-DENY) for forwarded traffic) counts each further packet
+        to a recorded destination with a set match; an entry's count is its packets (connection attempts,
+        since established traffic never reaches the deny rules), and it expires O(learn_timeout)
+        seconds after its first packet.
+      - The sets are the module's, their members are not (they are never compared, reported as drift
+        or emptied by a later run); changing O(learn_maxelem) or O(learn_timeout) recreates the sets
+        empty. A full set refuses new destinations (the log line still samples them);
+        M(agentguard.hardening.egress_learned) reports it as C(full).
+      - Read the sets with M(agentguard.hardening.egress_learned) and the playbook
+        C(agentguard.hardening.egress_learn).
+    type: bool
+    default: false
+  learn_users:
+    description:
+      - With O(learn), users (names or uids) whose destinations are recorded in a set of their own, so a
+        proposal can say which user needed a destination. The restricted users (O(scope=users)) always are.
+    type: list
+    elements: str
+    default: []
+  learn_maxelem:
+    description: With O(learn), how many destinations each recorder set holds at most (1 to 2147483648).
+    type: int
+    default: 65536
+  learn_timeout:
+    description:
+      - With O(learn), seconds a recorded destination stays in its set after its first packet (1 to 2147483);
+        a later packet counts but does not extend it (an ipset add that extends an entry resets its counters).
+    type: int
+    default: 604800
   resolvers:
     description:
       - The servers this module asks to resolve O(allow). Defaults to O(dns_servers). With
