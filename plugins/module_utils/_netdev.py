@@ -372,3 +372,142 @@ def passwd_groups(name):
         except KeyError:
             found.append((gid, str(gid)))
     return found
+
+
+# The forward path's "between covered networks" (a connection from a covered network that leaves by an interface an
+# interface element matches, or to an address inside a CIDR element, RETURNs unchecked) is safe only while no element
+# reaches the host's way out. These read the host's routes and say which element does.
+ROUTE_ARGV = {"ipv4": ["ip", "-j", "-4", "route", "show", "table", "all"],
+              "ipv6": ["ip", "-j", "-6", "route", "show", "table", "all"]}
+# Kernel route types that forward nothing to a device (local, broadcast... are the host's own addresses).
+UNICAST_TYPES = ("", "unicast")
+LINK_LOCAL_NETS = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+
+
+def parse_routes(ip_json_text, family):
+    """The unicast routes of `ip -j -4|-6 route show table all` output, as [{"dst": network, "dev", "table"}].
+
+    "default" is 0.0.0.0/0 or ::/0, a host route its /32 or /128; a multipath route gives one entry per next hop.
+    Local, broadcast, multicast, anycast, blackhole, unreachable and prohibit routes are left out (they send nothing
+    through a device), and so are link-local destinations (never forwarded). Raises ValueError on other text.
+    """
+    data = json.loads(ip_json_text or "[]")
+    if not isinstance(data, list):
+        raise ValueError("ip -j printed %s, not a list of routes" % type(data).__name__)
+    routes = []
+    for entry in data:
+        if not isinstance(entry, dict) or (entry.get("type") or "") not in UNICAST_TYPES:
+            continue
+        dst = entry.get("dst") or ""
+        if dst == "default":
+            dst = "0.0.0.0/0" if family == "ipv4" else "::/0"
+        try:
+            network = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            continue
+        if any(network.version == local.version and network.subnet_of(local) for local in LINK_LOCAL_NETS):
+            continue
+        devices = [hop.get("dev") for hop in entry.get("nexthops") or [] if isinstance(hop, dict)] or [entry.get("dev")]
+        for dev in devices:
+            if dev:
+                routes.append({"dst": str(network), "dev": dev, "table": str(entry.get("table") or "main")})
+    return routes
+
+
+def read_routes(run_command):
+    """(routes, warnings) of this host, both families (parse_routes); run_command(argv) -> (rc, out, err)."""
+    routes, warnings = [], []
+    for family in ("ipv4", "ipv6"):
+        argv = ROUTE_ARGV[family]
+        try:
+            rc, out, err = run_command(argv)
+            if rc != 0:
+                raise ValueError("rc=%s: %s" % (rc, (err or out).strip()))
+            routes.extend(parse_routes(out, family))
+        except (IOError, OSError, ValueError) as exc:
+            warnings.append("`%s` failed (%s): the routes are not known" % (" ".join(argv), exc))
+    return routes, warnings
+
+
+def _subtract(pieces, network):
+    """pieces (networks) without the addresses of network."""
+    left = []
+    for piece in pieces:
+        if piece.version != network.version or not piece.overlaps(network):
+            left.append(piece)
+        elif not piece.subnet_of(network):
+            left.extend(piece.address_exclude(network))
+    return left
+
+
+def uplink_errors(scope_networks, bridges, routes):
+    """Why scope_networks may not be used on this host: [] when no element reaches the host's way out.
+
+    The forward path lets a connection from a covered network pass unchecked when it goes to another covered network:
+    out of an interface that an interface element matches, or to an address inside a CIDR element. So:
+    - an interface element must not match an interface that carries the default route, or a route to anything
+      outside the covered networks (the CIDR elements and the addresses of the guest bridges that interface elements
+      match): the host's uplink (eth0), a VPN, a bridge with a physical port;
+    - a CIDR element must not contain an address that this host routes through any other interface (by the
+      longest matching route: 172.16.0.0/12 with only docker0's 172.17.0.0/16 on the host sends 172.20.0.1 out by
+      the default route).
+    bridges: the guest bridges (guest_bridges); routes: parse_routes of both families. Each error names the element,
+    its value, the interface and the route.
+    """
+    patterns, networks = _split_scope(scope_networks)
+    guests = [bridge for bridge in bridges if any(iface_matches(pattern, bridge["name"]) for pattern in patterns)]
+    covered_nets = [element for _text, element in networks]
+    for bridge in guests:
+        for family in ("ipv4", "ipv6"):
+            covered_nets.extend(ipaddress.ip_network(cidr) for cidr in bridge["networks"].get(family) or [])
+    errors = []
+    elements = [str(element).strip() for element in scope_networks or []]
+    for index, text in enumerate(elements):
+        if text not in patterns:
+            continue
+        for route in routes:
+            if not iface_matches(text, route["dev"]):
+                continue
+            dst = ipaddress.ip_network(route["dst"])
+            if dst.prefixlen == 0:
+                what = "the default route (%s)" % dst
+            elif not any(dst.version == net.version and dst.subnet_of(net) for net in covered_nets):
+                what = "the route to %s, outside the covered networks" % dst
+            else:
+                continue
+            errors.append("scope_networks[%d]: %r matches %s, which carries %s: every connection from a covered "
+                          "network out of it would count as 'between covered networks' and pass unchecked; name the "
+                          "container or VM networks only (docker0, br-+, virbr+ or their CIDRs)" % (index, text, route["dev"], what))
+            break
+    # The routes to the covered networks: through an interface an interface element matches, or through a guest
+    # bridge to a network inside a CIDR element. A CIDR element's other addresses must be routed by none but these.
+    guest_names = set(bridge["name"] for bridge in bridges)
+
+    def to_covered(route):
+        if any(iface_matches(pattern, route["dev"]) for pattern in patterns):
+            return True
+        dst = ipaddress.ip_network(route["dst"])
+        return route["dev"] in guest_names and any(dst.version == net.version and dst.subnet_of(net)
+                                                   for _text, net in networks)
+    covered_routes = [ipaddress.ip_network(route["dst"]) for route in routes if to_covered(route)]
+    for index, text in enumerate(elements):
+        element = dict(networks).get(text)
+        if element is None:
+            continue
+        for route in routes:
+            dst = ipaddress.ip_network(route["dst"])
+            if to_covered(route) or dst.version != element.version or not dst.overlaps(element):
+                continue
+            # The addresses of the element this route takes: those no more specific route of a covered network takes.
+            left = [dst if dst.subnet_of(element) else element]
+            for other in covered_routes:
+                if other.version == dst.version and other.prefixlen > dst.prefixlen:
+                    left = _subtract(left, other)
+            if left:
+                errors.append("scope_networks[%d]: %r contains %s, which this host routes out of %s (%s): a connection "
+                              "from a covered network to it would count as 'between covered networks' and pass "
+                              "unchecked; give the container or VM networks' own CIDRs"
+                              % (index, text, left[0], route["dev"],
+                                 "its default route" if dst.prefixlen == 0 else "route to %s" % dst))
+                break
+    return errors

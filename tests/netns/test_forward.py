@@ -394,3 +394,43 @@ def test_docker_rules_cannot_outrank_the_forward_path(lab, egress, docker):
     for family in ("ipv4", "ipv6"):
         mangle = [l for l in table_rules(lab, family, "mangle") if l.startswith("-A FORWARD")]
         assert mangle[:2] == ["-A FORWARD -j AGENTGUARD-FORWARD", "-A FORWARD -j ACCEPT"]
+
+
+def uplink_opening(lab, egress, scope_networks, interface):
+    """A scope_networks that also matches the host's uplink (agh0, the route to the lab's servers): refused with a
+    message naming the element and the interface, in check mode too, and nothing changed. Before the refusal
+    existed, every forwarded connection counted as 'between covered networks' and RETURNed: the forbidden
+    probes of the container arrived at their servers."""
+    before = (lab.save_all("ipv4"), lab.save_all("ipv6"))
+    for check in (True, False):
+        failed = egress(dict(POLICY, scope_networks=scope_networks), check=check, expect_failure=True)
+        assert "scope_networks" in failed["msg"] and interface in failed["msg"], failed["msg"]
+        assert "nothing was changed" in failed["msg"], failed["msg"]
+        assert (lab.save_all("ipv4"), lab.save_all("ipv6")) == before, "a refused policy changes nothing"
+    return failed["msg"]
+
+
+def test_a_wildcard_matching_the_uplink_is_refused(lab, egress, kernel_log):
+    """'ag+' matches the container bridge agbr1 and the host's uplink agh0 (the path to every lab server)."""
+    bridge = lab.add_bridge("agbr1", 31)
+    container = lab.add_container(bridge, 2)
+    msg = uplink_opening(lab, egress, ["ag+"], "agh0")
+    assert "'ag+'" in msg and "198.18.1.0/24" in msg, msg
+    # The bridge alone is fine, and holds the container to the allowlist.
+    egress(dict(POLICY, scope_networks=["agbr+"]))
+    assert_enforced(lab, container, kernel_log)
+
+
+def test_a_list_naming_the_uplink_is_refused(lab, egress, docker):
+    uplink_opening(lab, egress, ["docker0", "agh0"], "agh0")
+
+
+def test_a_cidr_containing_the_uplink_path_is_refused(lab, egress, docker):
+    """198.18.0.0/15 holds docker0's 198.19.30.0/24 and the lab servers' 198.18.1.0/24, routed out of agh0."""
+    msg = uplink_opening(lab, egress, ["198.18.0.0/15", "fd00:d0c:30::/64"], "agh0")
+    assert "198.18.1.0/24" in msg, msg
+    # A default route through the uplink: a CIDR wider than the bridges' own networks sends the rest out by it.
+    lab.run("ip", "route", "add", "default", "dev", "agh0")
+    uplink_opening(lab, egress, ["198.19.0.0/16", "fd00:d0c:30::/64"], "agh0")
+    assert egress(dict(POLICY, scope_networks=DOCKER_CIDRS))["changed"] is True
+    assert set(lab.probe(FORBIDDEN_443, ns=docker.ns, timeout=1.0).values()) == {"timeout"}
