@@ -468,8 +468,12 @@ def run_role_validation(lab, role_vars):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env, cwd=root,
                           timeout=300, check=False)
     output = json.loads(proc.stdout)
-    first = output["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    return bool(first.get("failed")), first.get("msg", "")
+    tasks = output["plays"][0]["tasks"]
+    assert "Validating arguments against arg spec" in tasks[0]["task"]["name"], tasks[0]["task"]
+    check = [t for t in tasks if t["task"]["name"].endswith("Check the inputs beyond their types")]
+    assert len(check) == 1 and tasks.index(check[0]) == 1, [t["task"]["name"] for t in tasks]
+    result = check[0]["hosts"]["localhost"]
+    return bool(result.get("failed")), result.get("msg", "")
 
 
 def test_scope_none_and_forbidden_canary_probes_are_refused(lab, egress, docker):
