@@ -18,8 +18,8 @@ description:
     leaves without a way out (time, updates, DHCP), per restricted user who can start containers, and, with
     the TLS gate on, per allowed entry whose TLS it does not check, each naming what is open or cut and why.
   - With O(firewalls) (RV(agentguard.hardening.egress_host_state#module:firewalls)), also one per other firewall
-    manager (C(nftables.service), firewalld, ufw) whose start, reload, restart, stop or boot changes the egress rules:
-    what it does, and what the guard does about it (O(guard), the role's C(egress_guard)).
+    manager (C(nftables.service), firewalld, ufw) whose start, reload, restart, stop or boot changes the egress rules,
+    saying what it does and what the guard does about it (O(guard), the role's C(egress_guard)).
   - Empty when there is nothing to say.
 author:
   - agentguard.hardening developers (@agentguard)

@@ -145,6 +145,26 @@ def guest_bridges(links, is_physical):
     return sorted(bridges, key=lambda bridge: bridge["name"])
 
 
+def lan_devices(links, is_physical):
+    """The names of the links that reach the host's LAN: physical devices, VLANs, macvlans and bonds on them, and
+    bridges with such a port (br0 with eth0). A veth, a container bridge or a tunnel is not one of them."""
+    by_name = dict((link["name"], link) for link in links)
+
+    def reaches(name, seen):
+        if name in seen or name not in by_name:
+            return False
+        seen.add(name)
+        link = by_name[name]
+        if is_physical(name):
+            return True
+        if link["kind"] in LOWER_KINDS and link.get("link"):
+            return reaches(link["link"], seen)
+        if link["kind"] in AGGREGATE_KINDS + ("bridge",):
+            return any(reaches(port["name"], seen) for port in links if port["master"] == name)
+        return False
+    return set(link["name"] for link in links if reaches(link["name"], set()))
+
+
 def iface_matches(pattern, name):
     """Whether iptables' -i/-o `pattern` matches interface `name`: exactly, or as a prefix with a trailing "+"."""
     if pattern.endswith("+"):
@@ -414,9 +434,10 @@ def parse_routes(ip_json_text, family):
     return routes
 
 
-def read_routes(run_command):
-    """(routes, warnings) of this host, both families (parse_routes); run_command(argv) -> (rc, out, err)."""
-    routes, warnings = [], []
+def read_routes(run_command, is_physical):
+    """(routes, lan, warnings) of this host: the routes of both families (parse_routes) and the links that reach its
+    LAN (lan_devices, from `ip -j -d addr show`); run_command(argv) -> (rc, out, err)."""
+    routes, lan, warnings = [], set(), []
     for family in ("ipv4", "ipv6"):
         argv = ROUTE_ARGV[family]
         try:
@@ -426,7 +447,14 @@ def read_routes(run_command):
             routes.extend(parse_routes(out, family))
         except (IOError, OSError, ValueError) as exc:
             warnings.append("`%s` failed (%s): the routes are not known" % (" ".join(argv), exc))
-    return routes, warnings
+    try:
+        rc, out, err = run_command(IP_ARGV)
+        if rc != 0:
+            raise ValueError("rc=%s: %s" % (rc, (err or out).strip()))
+        lan = lan_devices(parse_links(out), is_physical)
+    except (IOError, OSError, ValueError) as exc:
+        warnings.append("`%s` failed (%s): the host's LAN ports are not known" % (" ".join(IP_ARGV), exc))
+    return routes, lan, warnings
 
 
 def _subtract(pieces, network):
@@ -440,74 +468,82 @@ def _subtract(pieces, network):
     return left
 
 
-def uplink_errors(scope_networks, bridges, routes):
+def best_route(routes, network):
+    """The route the host takes to the first address of network (longest prefix; None when it has none)."""
+    address = network.network_address
+    best = None
+    for route in routes:
+        dst = ipaddress.ip_network(route["dst"])
+        if dst.version == address.version and address in dst and (best is None or dst.prefixlen > best[1].prefixlen):
+            best = (route, dst)
+    return best[0] if best else None
+
+
+def uplinks(routes, lan=(), destinations=()):
+    """{interface: why it is a way out of the host}: the interfaces that carry a default route, the route to one of
+    the policy's destinations (destinations: networks, the allowed addresses and the trusted resolvers), or reach the
+    host's LAN (lan: lan_devices)."""
+    found = {}
+    for route in routes:
+        if ipaddress.ip_network(route["dst"]).prefixlen == 0:
+            found.setdefault(route["dev"], "the default route (%s)" % route["dst"])
+    for text in destinations:
+        network = ipaddress.ip_network(str(text), strict=False)
+        route = best_route(routes, network)
+        if route is not None:
+            found.setdefault(route["dev"], "the route to %s (%s), a destination of the policy" % (route["dst"], network))
+    for name in sorted(lan):
+        found.setdefault(name, "the host's LAN (a physical device, or a VLAN, bond or bridge on one)")
+    return found
+
+
+def uplink_errors(scope_networks, routes, lan=(), destinations=()):
     """Why scope_networks may not be used on this host: [] when no element reaches the host's way out.
 
     The forward path lets a connection from a covered network pass unchecked when it goes to another covered network:
-    out of an interface that an interface element matches, or to an address inside a CIDR element. So:
-    - an interface element must not match an interface that carries the default route, or a route to anything
-      outside the covered networks (the CIDR elements and the addresses of the guest bridges that interface elements
-      match): the host's uplink (eth0), a VPN, a bridge with a physical port;
-    - a CIDR element must not contain an address that this host routes through any other interface (by the
-      longest matching route: 172.16.0.0/12 with only docker0's 172.17.0.0/16 on the host sends 172.20.0.1 out by
-      the default route).
-    bridges: the guest bridges (guest_bridges); routes: parse_routes of both families. Each error names the element,
-    its value, the interface and the route.
+    out of an interface that an interface element matches, or to an address inside a CIDR element. So no element may
+    reach a way out of the host (uplinks: an interface with a default route, the route to one of the policy's
+    destinations, or a port of the host's LAN):
+    - an interface element must not match one (e+ and the uplink eth0; a list naming it);
+    - a CIDR element must not contain an address that the host routes out of one (by the longest matching route:
+      172.16.0.0/12 with only docker0's 172.17.0.0/16 sends 172.20.0.1 out by the default route).
+    routes: parse_routes of both families; lan: lan_devices; destinations: the allowed networks and the trusted
+    resolvers. Each error names the element, its value, the interface and why it is a way out.
     """
+    ways_out = uplinks(routes, lan, destinations)
     patterns, networks = _split_scope(scope_networks)
-    guests = [bridge for bridge in bridges if any(iface_matches(pattern, bridge["name"]) for pattern in patterns)]
-    covered_nets = [element for _text, element in networks]
-    for bridge in guests:
-        for family in ("ipv4", "ipv6"):
-            covered_nets.extend(ipaddress.ip_network(cidr) for cidr in bridge["networks"].get(family) or [])
     errors = []
     elements = [str(element).strip() for element in scope_networks or []]
     for index, text in enumerate(elements):
         if text not in patterns:
             continue
-        for route in routes:
-            if not iface_matches(text, route["dev"]):
-                continue
-            dst = ipaddress.ip_network(route["dst"])
-            if dst.prefixlen == 0:
-                what = "the default route (%s)" % dst
-            elif not any(dst.version == net.version and dst.subnet_of(net) for net in covered_nets):
-                what = "the route to %s, outside the covered networks" % dst
-            else:
-                continue
-            errors.append("scope_networks[%d]: %r matches %s, which carries %s: every connection from a covered "
-                          "network out of it would count as 'between covered networks' and pass unchecked; name the "
-                          "container or VM networks only (docker0, br-+, virbr+ or their CIDRs)" % (index, text, route["dev"], what))
-            break
-    # The routes to the covered networks: through an interface an interface element matches, or through a guest
-    # bridge to a network inside a CIDR element. A CIDR element's other addresses must be routed by none but these.
-    guest_names = set(bridge["name"] for bridge in bridges)
-
-    def to_covered(route):
-        if any(iface_matches(pattern, route["dev"]) for pattern in patterns):
-            return True
-        dst = ipaddress.ip_network(route["dst"])
-        return route["dev"] in guest_names and any(dst.version == net.version and dst.subnet_of(net)
-                                                   for _text, net in networks)
-    covered_routes = [ipaddress.ip_network(route["dst"]) for route in routes if to_covered(route)]
+        for name in sorted(ways_out):
+            if iface_matches(text, name):
+                errors.append("scope_networks[%d]: %r matches %s, which carries %s: every connection from a covered "
+                              "network out of it would count as 'between covered networks' and pass unchecked; name "
+                              "the container or VM networks only (docker0, br-+, virbr+ or their CIDRs)"
+                              % (index, text, name, ways_out[name]))
+                break
+    inner = [ipaddress.ip_network(route["dst"]) for route in routes if route["dev"] not in ways_out]
     for index, text in enumerate(elements):
         element = dict(networks).get(text)
         if element is None:
             continue
         for route in routes:
             dst = ipaddress.ip_network(route["dst"])
-            if to_covered(route) or dst.version != element.version or not dst.overlaps(element):
+            if route["dev"] not in ways_out or dst.version != element.version or not dst.overlaps(element):
                 continue
-            # The addresses of the element this route takes: those no more specific route of a covered network takes.
+            # The addresses of the element this route takes: those no more specific route inside the host takes.
             left = [dst if dst.subnet_of(element) else element]
-            for other in covered_routes:
+            for other in inner:
                 if other.version == dst.version and other.prefixlen > dst.prefixlen:
                     left = _subtract(left, other)
             if left:
-                errors.append("scope_networks[%d]: %r contains %s, which this host routes out of %s (%s): a connection "
-                              "from a covered network to it would count as 'between covered networks' and pass "
-                              "unchecked; give the container or VM networks' own CIDRs"
+                errors.append("scope_networks[%d]: %r contains %s, which this host routes out of %s (%s, which carries "
+                              "%s): a connection from a covered network to it would count as 'between covered "
+                              "networks' and pass unchecked; give the container or VM networks' own CIDRs"
                               % (index, text, left[0], route["dev"],
-                                 "its default route" if dst.prefixlen == 0 else "route to %s" % dst))
+                                 "by its default route" if dst.prefixlen == 0 else "by the route to %s" % dst,
+                                 ways_out[route["dev"]]))
                 break
     return errors

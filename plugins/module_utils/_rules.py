@@ -135,17 +135,6 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
         except ImportError:
             raise RulesError("dnspython (Debian: python3-dnspython)", missing_lib=True)
 
-    bridges, network_warnings = [], []
-    if policy.state == "present":
-        bridges, network_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
-    if policy.state == "present" and policy.networks:
-        # Before anything else: an element that matches the uplink would let every forwarded connection out.
-        routes, route_warnings = (read_routes_of or (lambda: read_routes(run)))()
-        network_warnings = list(network_warnings) + list(route_warnings)
-        errors = uplink_errors(params["scope_networks"], bridges, routes)
-        if errors:
-            raise RulesError("invalid options, nothing was changed:\n" + "\n".join(errors), errors=errors)
-
     families = managed_families() if families is None else families
     if "ipv6" not in families:
         warn("this kernel has no IPv6; only IPv4 is managed")
@@ -166,6 +155,16 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
     except (CommandError, ParseError, ValueError) as exc:
         raise RulesError("cannot read the live netfilter state, nothing was changed: %s" % exc)
 
+    network_warnings = []
+    if policy.state == "present" and policy.networks:
+        # An element that reaches the host's way out would let every forwarded connection out unchecked.
+        routes, lan, network_warnings = (read_routes_of or (lambda: read_routes(run, is_physical)))()
+        destinations = list(policy.dns_servers) + [address for answer in resolved.values()
+                                                   for family in FAMILIES for address in answer.get(family) or []]
+        errors = uplink_errors(params["scope_networks"], routes, lan, destinations)
+        if errors:
+            raise RulesError("invalid options, nothing was changed:\n" + "\n".join(errors), errors=errors)
+
     if plan.sets_update and not nf.has_ipset():
         raise RulesError("destination(s) %s need ipset, which is not installed; nothing was changed"
                          % ", ".join(sorted(plan.desired_sets)))
@@ -185,7 +184,8 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
              % (item["entry"], item["host"], ", ".join(str(p) for p in item["ports"]), item["reason"]))
     if policy.state == "present":
         # Never silent: container bridges the forward path does not reach, in check mode too.
-        for warning in network_warnings:
+        bridges, warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        for warning in list(warnings) + list(network_warnings):
             warn(warning)
         covered, uncovered = coverage(params["scope_networks"], bridges)
         result["networks"] = dict(covered=covered, uncovered=uncovered, docker_firewall_backend=docker_firewall_backend(read))

@@ -78,7 +78,7 @@ options:
     default: []
   firewalls:
     description:
-      - Also return RV(firewalls): the other firewall managers of the host (C(nftables.service), firewalld, ufw) and
+      - Also return RV(firewalls), the other firewall managers of the host (C(nftables.service), firewalld, ufw) and
         what each does to the egress rules on start, reload, restart, stop and boot.
       - Their units are asked in the same C(systemctl show) call as O(active) and O(enabled), their packages in the
         same package query as O(packages); runs C(iptables -V) and, when C(nftables.service) is enabled or active,
@@ -308,8 +308,8 @@ firewalls:
     flushes:
       description:
         - nftables only, when its unit is enabled or active. For C(start), C(reload) and C(stop), the statement
-          (C(FILE: flush ruleset), or a C(flush)/C(delete) of an C(ip)/C(ip6) table iptables uses) that removes the
-          tables of iptables-nft, found in the unit's commands and the files they read and include; empty when none.
+          that removes the tables of iptables-nft (C(flush ruleset), or a C(flush) or C(delete) of an C(ip) or C(ip6)
+          table iptables uses), prefixed by the file it is in, or the unit's command itself; empty when none.
       type: dict
       returned: for nftables
     config_files:

@@ -46,70 +46,97 @@ def test_multipath_host_routes_and_refusals():
         N.parse_routes("{}", "ipv4")
 
 
-def test_read_routes_asks_both_families_and_warns_on_failure():
+def test_read_routes_asks_both_families_and_the_links_and_warns_on_failure():
     asked = []
+    links = json.dumps([{"ifname": "eth0", "addr_info": []}, {"ifname": "br0", "linkinfo": {"info_kind": "bridge"}},
+                        {"ifname": "eth1", "master": "br0"}, {"ifname": "eth0.7", "link": "eth0",
+                                                               "linkinfo": {"info_kind": "vlan"}},
+                        {"ifname": "docker0", "linkinfo": {"info_kind": "bridge"}}, {"ifname": "veth1", "master": "docker0"},
+                        {"ifname": "wg0", "linkinfo": {"info_kind": "wireguard"}}])
 
     def run(argv):
         asked.append(argv)
-        return (0, "[]", "") if "-4" in argv else (1, "", "boom")
-    assert N.read_routes(run) == ([], ["`ip -j -6 route show table all` failed (rc=1: boom): the routes are not known"])
-    assert asked == [N.ROUTE_ARGV["ipv4"], N.ROUTE_ARGV["ipv6"]]
+        if "route" in argv:
+            return (0, "[]", "") if "-4" in argv else (1, "", "boom")
+        return 0, links, ""
+    routes, lan, warnings = N.read_routes(run, lambda name: name in ("eth0", "eth1"))
+    assert (routes, lan) == ([], {"eth0", "eth1", "br0", "eth0.7"})
+    assert warnings == ["`ip -j -6 route show table all` failed (rc=1: boom): the routes are not known"]
+    assert asked == [N.ROUTE_ARGV["ipv4"], N.ROUTE_ARGV["ipv6"], N.IP_ARGV]
+
+
+DESTINATIONS = ["203.0.113.10", "2001:db8::10", "192.0.2.53"]
 
 
 @pytest.mark.parametrize("scope", [["podman1"], ["podman+"], ["podman1", "docker0", "br-+"],
                                    ["198.18.0.0/24", "fd00:a9e:1::/64"], ["198.18.0.0/24"], ["veth+"]])
 def test_the_guest_networks_alone_are_accepted(scope):
-    assert N.uplink_errors(scope, [PODMAN1], fixture_routes()) == []
+    assert N.uplink_errors(scope, fixture_routes(), set(), DESTINATIONS) == []
 
 
-@pytest.mark.parametrize("scope, index, pattern", [(["e+"], 0, "e+"), (["podman1", "eth0"], 1, "eth0"), (["+0"], 0, None)])
+@pytest.mark.parametrize("scope, index, pattern", [(["e+"], 0, "e+"), (["podman1", "eth0"], 1, "eth0"), (["+"], 0, "+")])
 def test_an_interface_element_matching_the_uplink_is_refused(scope, index, pattern):
-    if pattern is None:
-        return  # "+0" is no iptables pattern (the policy refuses it); nothing to say here
-    errors = N.uplink_errors(scope, [PODMAN1], fixture_routes())
-    assert len(errors) == 1
-    assert errors[0].startswith("scope_networks[%d]: %r matches eth0, which carries the default route (0.0.0.0/0)"
-                                % (index, pattern)), errors
+    errors = N.uplink_errors(scope, fixture_routes(), set(), DESTINATIONS)
+    assert errors == ["scope_networks[%d]: %r matches eth0, which carries the default route (0.0.0.0/0): every "
+                      "connection from a covered network out of it would count as 'between covered networks' and pass "
+                      "unchecked; name the container or VM networks only (docker0, br-+, virbr+ or their CIDRs)"
+                      % (index, pattern)], errors
 
 
-def test_a_route_outside_the_covered_networks_is_refused_too():
-    """No default route through it, but the path to the lab servers (the netns lab's agh0)."""
-    routes = [{"dst": "198.18.1.0/24", "dev": "agh0", "table": "main"},
-              {"dst": "198.19.31.0/24", "dev": "agbr1", "table": "main"}]
-    bridge = {"name": "agbr1", "runtime": "unknown", "networks": {"ipv4": ["198.19.31.0/24"], "ipv6": []}}
-    errors = N.uplink_errors(["ag+"], [bridge], routes)
-    assert errors == ["scope_networks[0]: 'ag+' matches agh0, which carries the route to 198.18.1.0/24, outside the "
-                      "covered networks: every connection from a covered network out of it would count as 'between "
-                      "covered networks' and pass unchecked; name the container or VM networks only (docker0, br-+, "
-                      "virbr+ or their CIDRs)"]
-    assert N.uplink_errors(["agbr+"], [bridge], routes) == []
-    # A CIDR element covering that route makes it a covered network (the operator said so).
-    assert N.uplink_errors(["ag+", "198.18.1.0/24"], [bridge], routes) == []
+LAB = [{"dst": "198.18.1.0/24", "dev": "agh0", "table": "main"}, {"dst": "fd00:a9e:2::/64", "dev": "agh0", "table": "main"},
+       {"dst": "198.19.31.0/24", "dev": "agbr1", "table": "main"}, {"dst": "198.18.48.0/24", "dev": "agtg-h0", "table": "main"}]
+
+
+def test_the_interface_with_the_route_to_the_policys_destinations_is_refused():
+    """No default route (the netns lab): agh0 carries the route to the allowed API and the resolver."""
+    errors = N.uplink_errors(["ag+"], LAB, set(), ["198.18.1.53", "198.18.1.10/32", "fd00:a9e:2::10"])
+    assert errors == ["scope_networks[0]: 'ag+' matches agh0, which carries the route to 198.18.1.0/24 (198.18.1.53/32), "
+                      "a destination of the policy: every connection from a covered network out of it would count as "
+                      "'between covered networks' and pass unchecked; name the container or VM networks only (docker0, "
+                      "br-+, virbr+ or their CIDRs)"]
+    # The bridge, and a container's own veth link (a routed container network, as bench/tlsgate's), are not ways out.
+    assert N.uplink_errors(["agbr+", "agtg-h0", "198.18.48.0/24"], LAB, set(), ["198.18.1.10"]) == []
+    # Without destinations, a link is no way out (as long as it has no default route and is no LAN port).
+    assert N.uplink_errors(["ag+"], LAB, set(), []) == []
+
+
+def test_a_port_of_the_hosts_lan_is_refused_even_without_routes():
+    errors = N.uplink_errors(["docker0", "e+"], [], {"eth1"}, [])
+    assert errors and errors[0].startswith("scope_networks[1]: 'e+' matches eth1, which carries the host's LAN (a "
+                                           "physical device, or a VLAN, bond or bridge on one)")
 
 
 @pytest.mark.parametrize("cidr", ["198.18.0.0/16", "0.0.0.0/0", "fd00::/8", "192.0.2.0/24", "198.18.0.0/23"])
 def test_a_cidr_wider_than_the_guest_networks_is_refused(cidr):
-    """Addresses of the element that no guest network's route takes go out of eth0 (its default route or its LAN)."""
-    errors = N.uplink_errors(["198.18.0.0/24", cidr], [PODMAN1], fixture_routes())
+    """Addresses of the element that no inner route takes go out of eth0 (its default route or its LAN)."""
+    errors = N.uplink_errors(["198.18.0.0/24", cidr], fixture_routes(), set(), DESTINATIONS)
     assert len(errors) == 1 and errors[0].startswith("scope_networks[1]: %r contains " % cidr), errors
     left = ipaddress.ip_network(errors[0].split(" contains ", 1)[1].split(",", 1)[0])
     assert left.subnet_of(ipaddress.ip_network(cidr)) and not left.overlaps(ipaddress.ip_network("198.18.0.0/24"))
     assert "which this host routes out of eth0" in errors[0], errors
 
 
-def test_a_more_specific_uplink_route_inside_a_cidr_is_refused():
+def test_a_cidr_holding_a_route_out_of_the_lan_is_refused():
     routes = [{"dst": "10.88.0.0/16", "dev": "cni-podman0", "table": "main"},
               {"dst": "10.88.5.0/24", "dev": "eth1", "table": "main"}]
-    bridge = {"name": "cni-podman0", "runtime": "podman", "networks": {"ipv4": ["10.88.0.0/16"], "ipv6": []}}
-    assert N.uplink_errors(["10.88.0.0/16"], [bridge], routes) == [
-        "scope_networks[0]: '10.88.0.0/16' contains 10.88.5.0/24, which this host routes out of eth1 (route to "
-        "10.88.5.0/24): a connection from a covered network to it would count as 'between covered networks' and "
-        "pass unchecked; give the container or VM networks' own CIDRs"]
-    # Without that route, and with no default route, nothing else leaves by another interface.
-    assert N.uplink_errors(["10.88.0.0/16"], [bridge], routes[:1]) == []
-    # Several guest networks that fill the element together.
+    assert N.uplink_errors(["10.88.0.0/16"], routes, {"eth1"}, []) == [
+        "scope_networks[0]: '10.88.0.0/16' contains 10.88.5.0/24, which this host routes out of eth1 (by the route to "
+        "10.88.5.0/24, which carries the host's LAN (a physical device, or a VLAN, bond or bridge on one)): a "
+        "connection from a covered network to it would count as 'between covered networks' and pass unchecked; give "
+        "the container or VM networks' own CIDRs"]
+    # Without that route, and with no default route, nothing else leaves by a way out.
+    assert N.uplink_errors(["10.88.0.0/16"], routes[:1], {"eth1"}, []) == []
+    # Several inner networks that fill the element together, beside a default route.
     halves = [{"dst": "10.88.0.0/17", "dev": "a0", "table": "main"}, {"dst": "10.88.128.0/17", "dev": "a1", "table": "main"},
               {"dst": "0.0.0.0/0", "dev": "eth0", "table": "main"}]
-    bridges = [{"name": "a%d" % i, "runtime": "unknown", "networks": {"ipv4": [r["dst"]], "ipv6": []}}
-               for i, r in enumerate(halves[:2])]
-    assert N.uplink_errors(["10.88.0.0/16"], bridges, halves) == []
+    assert N.uplink_errors(["10.88.0.0/16"], halves, set(), []) == []
+    assert N.uplink_errors(["10.88.0.0/15"], halves, set(), [])[0].startswith(
+        "scope_networks[0]: '10.88.0.0/15' contains 10.89.0.0/16, which this host routes out of eth0 (by its default route")
+
+
+def test_lan_devices_follow_vlans_bonds_and_bridges():
+    links = [{"name": n, "kind": k, "master": m, "link": l, "addresses": []} for n, k, m, l in [
+        ("eno1", "", "bond0", None), ("bond0", "bond", None, None), ("bond0.5", "vlan", None, "bond0"),
+        ("br0", "bridge", None, None), ("eno2", "", "br0", None), ("docker0", "bridge", None, None),
+        ("veth9", "veth", "docker0", None), ("mv0", "macvlan", None, "eno2")]]
+    assert N.lan_devices(links, lambda name: name.startswith("eno")) == {"eno1", "bond0", "bond0.5", "br0", "eno2", "mv0"}
