@@ -1,8 +1,10 @@
 """Other firewall managers and what each does to the egress rules (issue 24, item 2): _firewalls.
 
-tests/unit/fixtures/nftables-debian12.conf is /etc/nftables.conf of Debian 12's nftables 1.0.6 package (as shipped).
+tests/unit/fixtures/nftables-debian12.conf is /etc/nftables.conf of Debian 12's nftables 1.0.6 package, without its
+first line (the `#!/usr/sbin/nft -f` shebang, which ansible-test's shebang check refuses outside modules).
 The Exec properties below are systemd 252's `systemctl show -p ExecStart,ExecReload,ExecStop nftables.service`
-layout for Debian's unit (ExecStart/ExecReload `nft -f /etc/nftables.conf`, ExecStop `nft flush ruleset`).
+layout for Debian's unit (ExecStart/ExecReload `nft -f /etc/nftables.conf`, ExecStop `nft flush ruleset`), as a
+Debian 12 lab host (localhost/agentguard-lab:bookworm, systemd 252, nftables installed and enabled) printed it.
 """
 import os
 
@@ -27,7 +29,7 @@ ENABLED = {"active": "active", "enabled": "enabled"}
 
 
 def reader(files):
-    return lambda path: files.get(path)
+    return files.get
 
 
 def globber(files):

@@ -139,7 +139,7 @@ def test_scope_networks_reaching_the_uplink_are_refused_and_nothing_is_changed()
 def test_the_policys_destinations_make_their_interface_a_way_out():
     """No default route: the interface with the route to the resolved allowed address (RESOLVED) is a way out."""
     address = RESOLVED["inference-api"]["ipv4"][0]
-    routes = [{"dst": address.split("/")[0] + "/32", "dev": "up0", "table": "main"}]
+    routes = [{"dst": address.split("/", maxsplit=1)[0] + "/32", "dev": "up0", "table": "main"}]
     with pytest.raises(R.RulesError) as info:
         R.plan_rules(options(scope_networks=["up+"]), Runner({"ipv4": "", "ipv6": ""}), lambda name, required: name,
                      lambda name: 1000, [].append, families=["ipv4"], resolve=resolver(),

@@ -49,8 +49,8 @@ def test_multipath_host_routes_and_refusals():
 def test_read_routes_asks_both_families_and_the_links_and_warns_on_failure():
     asked = []
     links = json.dumps([{"ifname": "eth0", "addr_info": []}, {"ifname": "br0", "linkinfo": {"info_kind": "bridge"}},
-                        {"ifname": "eth1", "master": "br0"}, {"ifname": "eth0.7", "link": "eth0",
-                                                               "linkinfo": {"info_kind": "vlan"}},
+                        {"ifname": "eth1", "master": "br0"},
+                        {"ifname": "eth0.7", "link": "eth0", "linkinfo": {"info_kind": "vlan"}},
                         {"ifname": "docker0", "linkinfo": {"info_kind": "bridge"}}, {"ifname": "veth1", "master": "docker0"},
                         {"ifname": "wg0", "linkinfo": {"info_kind": "wireguard"}}])
 
