@@ -479,10 +479,11 @@ def best_route(routes, network):
     return best[0] if best else None
 
 
-def uplinks(routes, lan=(), destinations=()):
+def uplinks(routes, lan=(), destinations=(), guests=()):
     """{interface: why it is a way out of the host}: the interfaces that carry a default route, the route to one of
-    the policy's destinations (destinations: networks, the allowed addresses and the trusted resolvers), or reach the
-    host's LAN (lan: lan_devices)."""
+    the policy's destinations (destinations: networks, the allowed addresses and the trusted resolvers; but a guest
+    bridge, guests: names, that holds one, a resolver container say, is a covered network and no way out), or reach
+    the host's LAN (lan: lan_devices)."""
     found = {}
     for route in routes:
         if ipaddress.ip_network(route["dst"]).prefixlen == 0:
@@ -490,14 +491,14 @@ def uplinks(routes, lan=(), destinations=()):
     for text in destinations:
         network = ipaddress.ip_network(str(text), strict=False)
         route = best_route(routes, network)
-        if route is not None:
+        if route is not None and route["dev"] not in guests:
             found.setdefault(route["dev"], "the route to %s (%s), a destination of the policy" % (route["dst"], network))
     for name in sorted(lan):
         found.setdefault(name, "the host's LAN (a physical device, or a VLAN, bond or bridge on one)")
     return found
 
 
-def uplink_errors(scope_networks, routes, lan=(), destinations=()):
+def uplink_errors(scope_networks, routes, lan=(), destinations=(), guests=()):
     """Why scope_networks may not be used on this host: [] when no element reaches the host's way out.
 
     The forward path lets a connection from a covered network pass unchecked when it goes to another covered network:
@@ -508,9 +509,10 @@ def uplink_errors(scope_networks, routes, lan=(), destinations=()):
     - a CIDR element must not contain an address that the host routes out of one (by the longest matching route:
       172.16.0.0/12 with only docker0's 172.17.0.0/16 sends 172.20.0.1 out by the default route).
     routes: parse_routes of both families; lan: lan_devices; destinations: the allowed networks and the trusted
-    resolvers. Each error names the element, its value, the interface and why it is a way out.
+    resolvers; guests: the names of the guest bridges (guest_bridges). Each error names the element, its value, the
+    interface and why it is a way out.
     """
-    ways_out = uplinks(routes, lan, destinations)
+    ways_out = uplinks(routes, lan, destinations, guests)
     patterns, networks = _split_scope(scope_networks)
     errors = []
     elements = [str(element).strip() for element in scope_networks or []]

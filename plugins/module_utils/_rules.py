@@ -161,7 +161,9 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
         routes, lan, network_warnings = (read_routes_of or (lambda: read_routes(run, is_physical)))()
         destinations = list(policy.dns_servers) + [address for answer in resolved.values()
                                                    for family in FAMILIES for address in answer.get(family) or []]
-        errors = uplink_errors(params["scope_networks"], routes, lan, destinations)
+        bridges, bridge_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        network_warnings = list(bridge_warnings) + list(network_warnings)
+        errors = uplink_errors(params["scope_networks"], routes, lan, destinations, [b["name"] for b in bridges])
         if errors:
             raise RulesError("invalid options, nothing was changed:\n" + "\n".join(errors), errors=errors)
 
@@ -184,8 +186,9 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
              % (item["entry"], item["host"], ", ".join(str(p) for p in item["ports"]), item["reason"]))
     if policy.state == "present":
         # Never silent: container bridges the forward path does not reach, in check mode too.
-        bridges, warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
-        for warning in list(warnings) + list(network_warnings):
+        if not policy.networks:
+            bridges, network_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        for warning in network_warnings:
             warn(warning)
         covered, uncovered = coverage(params["scope_networks"], bridges)
         result["networks"] = dict(covered=covered, uncovered=uncovered, docker_firewall_backend=docker_firewall_backend(read))

@@ -192,7 +192,7 @@ options:
         inside a CIDR element. So that this never opens the way out, the module refuses (check mode too, nothing
         changed), naming the element and the interface, any element that reaches a way out of the host: an
         interface that carries a default route, the route to one of the policy''s destinations (its allowed
-        addresses and O(dns_servers)), or a port of the host''s LAN (a physical device, or a VLAN, bond or bridge on
+        addresses and O(dns_servers); not a container bridge holding one), or a port of the host''s LAN (a physical device, or a VLAN, bond or bridge on
         one). An interface element must not match one (the uplink C(eth0) under V(e+)); a CIDR element must not
         contain an address the host routes out of one, by the longest matching route (V(172.16.0.0/12) with only
         C(docker0)''s V(172.17.0.0/16): its other addresses go out by the default route). The routes and links are

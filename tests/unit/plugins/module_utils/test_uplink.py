@@ -140,3 +140,12 @@ def test_lan_devices_follow_vlans_bonds_and_bridges():
         ("br0", "bridge", None, None), ("eno2", "", "br0", None), ("docker0", "bridge", None, None),
         ("veth9", "veth", "docker0", None), ("mv0", "macvlan", None, "eno2")]]
     assert N.lan_devices(links, lambda name: name.startswith("eno")) == {"eno1", "bond0", "bond0.5", "br0", "eno2", "mv0"}
+
+
+def test_a_destination_inside_a_guest_bridge_does_not_make_it_a_way_out():
+    """A trusted resolver in a container on docker0 (172.17.0.2): docker0 stays a covered network."""
+    routes = [{"dst": "172.17.0.0/16", "dev": "docker0", "table": "main"}, {"dst": "0.0.0.0/0", "dev": "eth0", "table": "main"}]
+    assert N.uplink_errors(["docker0"], routes, set(), ["172.17.0.2"], ["docker0"]) == []
+    # Not a guest bridge (a veth of the host's, the lab's agh0): the route to a destination makes it a way out.
+    assert N.uplink_errors(["docker0"], routes, set(), ["172.17.0.2"], [])[0].startswith(
+        "scope_networks[0]: 'docker0' matches docker0, which carries the route to 172.17.0.0/16 (172.17.0.2/32)")
