@@ -122,6 +122,25 @@ def canary_target(entry, where):
     return dict(entry=entry, host=host, port=int(port))
 
 
+def canary_scope_error(scope, forbidden, state="present", mode="enforce", canary=True):
+    """Why egress_canary_forbidden cannot be probed with this egress_scope, or '' when it can.
+
+    The canary probes from the host itself (as root, or as the first restricted user with scope users). With
+    scope none the policy restricts no local process: the forbidden destinations are open from the host by design,
+    so the canary would fail a correct policy and roll it back; what that scope promises, the forwarded path of
+    egress_scope_networks, cannot be probed from the host (only from inside a container network, which the role
+    does not create). Refused, naming both variables. Only when the canary would run: state present, enforce mode
+    (the canary is skipped in audit mode), egress_canary on.
+    """
+    if scope != "none" or not forbidden or state != "present" or mode != "enforce" or not canary:
+        return ""
+    return ("egress_canary_forbidden: %r is probed from the host itself, but egress_scope is 'none', which restricts "
+            "no local process: those destinations are open from the host by design, and the canary would fail this "
+            "policy and roll it back. The canary cannot prove the forwarded path of egress_scope_networks (it does not "
+            "run inside a container network): leave egress_canary_forbidden empty with egress_scope none, and check "
+            "the containers' denials with egress-report.yml." % (list(forbidden),))
+
+
 def egress_canary_targets(forbidden):
     """The probes of egress_canary_forbidden, in order: [{entry, host, port}]."""
     return parse_each("egress_canary_targets", "egress_canary_forbidden", forbidden, canary_target)

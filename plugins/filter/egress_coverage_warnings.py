@@ -17,7 +17,10 @@ description:
     per container or VM network that O(scope_networks_var) does not cover, per host service the policy
     leaves without a way out (time, updates, DHCP), per restricted user who can start containers, and, with
     the TLS gate on, per allowed entry whose TLS it does not check, each naming what is open or cut and why.
-    Empty when there is nothing to say.
+  - With O(firewalls) (RV(agentguard.hardening.egress_host_state#module:firewalls)), also one per other firewall
+    manager (C(nftables.service), firewalld, ufw) whose start, reload, restart, stop or boot changes the egress rules,
+    saying what it does and what the guard does about it (O(guard), the role's C(egress_guard)).
+  - Empty when there is nothing to say.
 author:
   - agentguard.hardening developers (@agentguard)
 positional: runtime_access, scope_networks_var
@@ -35,6 +38,15 @@ options:
     description: The name of the variable to suggest.
     type: str
     default: egress_scope_networks
+  firewalls:
+    description: RV(agentguard.hardening.egress_host_state#module:firewalls).
+    type: list
+    elements: dict
+    default: []
+  guard:
+    description: Whether the guard (C(agentguard-guard.service), the role's C(egress_guard)) holds the rules.
+    type: bool
+    default: true
 """
 
 EXAMPLES = r"""
@@ -42,6 +54,13 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "WARNING: {{ item }}"
   loop: "{{ egress_result | agentguard.hardening.egress_coverage_warnings(host_state.runtime_access) }}"
+
+- name: Also name the other firewall managers that change the rules, and what the guard does about them
+  ansible.builtin.debug:
+    msg: "WARNING: {{ item }}"
+  loop: >-
+    {{ egress_result | agentguard.hardening.egress_coverage_warnings(host_state.runtime_access,
+       firewalls=host_state.firewalls, guard=true) }}
 """
 
 RETURN = r"""
@@ -52,11 +71,17 @@ _value:
 """
 
 
-def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks"):
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.agentguard.hardening.plugins.module_utils._firewalls import firewall_warnings
+
+
+def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks", firewalls=None,
+                             guard=True):
     """Warnings for the playbook summary: container/VM networks the policy leaves open (from the
     module's RV networks.uncovered) and restricted users who can start containers (runtime_access of
-    egress_host_state), each naming what is open and the variable that would close it."""
-    warnings = []
+    egress_host_state), each naming what is open and the variable that would close it; the other firewall
+    managers that change the rules (firewalls of egress_host_state) and what the guard (guard: egress_guard) does."""
+    warnings = firewall_warnings(firewalls, boolean(guard, strict=False))
     networks = (result or {}).get("networks") or {}
     for entry in networks.get("uncovered") or []:
         families = entry.get("families") or []

@@ -104,7 +104,7 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
     egress_boot_files,
     egress_tls_gate_files,
 )
-from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_target
+from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_scope_error, canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
@@ -154,7 +154,7 @@ def _unique(items):
 
 
 def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, canary_forbidden=None, rollback_min=20,
-                        tls_before_units=None):
+                        tls_before_units=None, canary=True):
     """Every problem with the role's inputs, each naming the variable and its value; [] when none.
 
     options are the module's (the role's __egress_rules_args): the module's own validation runs on them
@@ -189,6 +189,11 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
                 canary_target(entry, "egress_canary_forbidden[%d]" % index)
             except ValueError as exc:
                 errors.append(str(exc))
+        # What the canary can prove from the host: not the forwarded path that egress_scope none is about.
+        conflict = canary_scope_error(options.get("scope"), canary_forbidden, options.get("state"), options.get("mode"),
+                                      _bool(canary))
+        if conflict:
+            errors.append(conflict)
     return errors
 
 

@@ -145,6 +145,26 @@ def guest_bridges(links, is_physical):
     return sorted(bridges, key=lambda bridge: bridge["name"])
 
 
+def lan_devices(links, is_physical):
+    """The names of the links that reach the host's LAN: physical devices, VLANs, macvlans and bonds on them, and
+    bridges with such a port (br0 with eth0). A veth, a container bridge or a tunnel is not one of them."""
+    by_name = dict((link["name"], link) for link in links)
+
+    def reaches(name, seen):
+        if name in seen or name not in by_name:
+            return False
+        seen.add(name)
+        link = by_name[name]
+        if is_physical(name):
+            return True
+        if link["kind"] in LOWER_KINDS and link.get("link"):
+            return reaches(link["link"], seen)
+        if link["kind"] in AGGREGATE_KINDS + ("bridge",):
+            return any(reaches(port["name"], seen) for port in links if port["master"] == name)
+        return False
+    return set(link["name"] for link in links if reaches(link["name"], set()))
+
+
 def iface_matches(pattern, name):
     """Whether iptables' -i/-o `pattern` matches interface `name`: exactly, or as a prefix with a trailing "+"."""
     if pattern.endswith("+"):
@@ -372,3 +392,160 @@ def passwd_groups(name):
         except KeyError:
             found.append((gid, str(gid)))
     return found
+
+
+# The forward path's "between covered networks" (a connection from a covered network that leaves by an interface an
+# interface element matches, or to an address inside a CIDR element, RETURNs unchecked) is safe only while no element
+# reaches the host's way out. These read the host's routes and say which element does.
+ROUTE_ARGV = {"ipv4": ["ip", "-j", "-4", "route", "show", "table", "all"],
+              "ipv6": ["ip", "-j", "-6", "route", "show", "table", "all"]}
+# Kernel route types that forward nothing to a device (local, broadcast... are the host's own addresses).
+UNICAST_TYPES = ("", "unicast")
+LINK_LOCAL_NETS = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+
+
+def parse_routes(ip_json_text, family):
+    """The unicast routes of `ip -j -4|-6 route show table all` output, as [{"dst": network, "dev", "table"}].
+
+    "default" is 0.0.0.0/0 or ::/0, a host route its /32 or /128; a multipath route gives one entry per next hop.
+    Local, broadcast, multicast, anycast, blackhole, unreachable and prohibit routes are left out (they send nothing
+    through a device), and so are link-local destinations (never forwarded). Raises ValueError on other text.
+    """
+    data = json.loads(ip_json_text or "[]")
+    if not isinstance(data, list):
+        raise ValueError("ip -j printed %s, not a list of routes" % type(data).__name__)
+    routes = []
+    for entry in data:
+        if not isinstance(entry, dict) or (entry.get("type") or "") not in UNICAST_TYPES:
+            continue
+        dst = entry.get("dst") or ""
+        if dst == "default":
+            dst = "0.0.0.0/0" if family == "ipv4" else "::/0"
+        try:
+            network = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            continue
+        if any(network.version == local.version and network.subnet_of(local) for local in LINK_LOCAL_NETS):
+            continue
+        devices = [hop.get("dev") for hop in entry.get("nexthops") or [] if isinstance(hop, dict)] or [entry.get("dev")]
+        for dev in devices:
+            if dev:
+                routes.append({"dst": str(network), "dev": dev, "table": str(entry.get("table") or "main")})
+    return routes
+
+
+def read_routes(run_command, is_physical):
+    """(routes, lan, warnings) of this host: the routes of both families (parse_routes) and the links that reach its
+    LAN (lan_devices, from `ip -j -d addr show`); run_command(argv) -> (rc, out, err)."""
+    routes, lan, warnings = [], set(), []
+    for family in ("ipv4", "ipv6"):
+        argv = ROUTE_ARGV[family]
+        try:
+            rc, out, err = run_command(argv)
+            if rc != 0:
+                raise ValueError("rc=%s: %s" % (rc, (err or out).strip()))
+            routes.extend(parse_routes(out, family))
+        except (IOError, OSError, ValueError) as exc:
+            warnings.append("`%s` failed (%s): the routes are not known" % (" ".join(argv), exc))
+    try:
+        rc, out, err = run_command(IP_ARGV)
+        if rc != 0:
+            raise ValueError("rc=%s: %s" % (rc, (err or out).strip()))
+        lan = lan_devices(parse_links(out), is_physical)
+    except (IOError, OSError, ValueError) as exc:
+        warnings.append("`%s` failed (%s): the host's LAN ports are not known" % (" ".join(IP_ARGV), exc))
+    return routes, lan, warnings
+
+
+def _subtract(pieces, network):
+    """pieces (networks) without the addresses of network."""
+    left = []
+    for piece in pieces:
+        if piece.version != network.version or not piece.overlaps(network):
+            left.append(piece)
+        elif not piece.subnet_of(network):
+            left.extend(piece.address_exclude(network))
+    return left
+
+
+def best_route(routes, network):
+    """The route the host takes to the first address of network (longest prefix; None when it has none)."""
+    address = network.network_address
+    best = None
+    for route in routes:
+        dst = ipaddress.ip_network(route["dst"])
+        if dst.version == address.version and address in dst and (best is None or dst.prefixlen > best[1].prefixlen):
+            best = (route, dst)
+    return best[0] if best else None
+
+
+def uplinks(routes, lan=(), destinations=(), guests=()):
+    """{interface: why it is a way out of the host}: the interfaces that carry a default route, the route to one of
+    the policy's destinations (destinations: networks, the allowed addresses and the trusted resolvers; but a guest
+    bridge, guests: names, that holds one, a resolver container say, is a covered network and no way out), or reach
+    the host's LAN (lan: lan_devices)."""
+    found = {}
+    for route in routes:
+        if ipaddress.ip_network(route["dst"]).prefixlen == 0:
+            found.setdefault(route["dev"], "the default route (%s)" % route["dst"])
+    for text in destinations:
+        network = ipaddress.ip_network(str(text), strict=False)
+        route = best_route(routes, network)
+        if route is not None and route["dev"] not in guests:
+            found.setdefault(route["dev"], "the route to %s (%s), a destination of the policy" % (route["dst"], network))
+    for name in sorted(lan):
+        found.setdefault(name, "the host's LAN (a physical device, or a VLAN, bond or bridge on one)")
+    return found
+
+
+def uplink_errors(scope_networks, routes, lan=(), destinations=(), guests=()):
+    """Why scope_networks may not be used on this host: [] when no element reaches the host's way out.
+
+    The forward path lets a connection from a covered network pass unchecked when it goes to another covered network:
+    out of an interface that an interface element matches, or to an address inside a CIDR element. So no element may
+    reach a way out of the host (uplinks: an interface with a default route, the route to one of the policy's
+    destinations, or a port of the host's LAN):
+    - an interface element must not match one (e+ and the uplink eth0; a list naming it);
+    - a CIDR element must not contain an address that the host routes out of one (by the longest matching route:
+      172.16.0.0/12 with only docker0's 172.17.0.0/16 sends 172.20.0.1 out by the default route).
+    routes: parse_routes of both families; lan: lan_devices; destinations: the allowed networks and the trusted
+    resolvers; guests: the names of the guest bridges (guest_bridges). Each error names the element, its value, the
+    interface and why it is a way out.
+    """
+    ways_out = uplinks(routes, lan, destinations, guests)
+    patterns, networks = _split_scope(scope_networks)
+    errors = []
+    elements = [str(element).strip() for element in scope_networks or []]
+    for index, text in enumerate(elements):
+        if text not in patterns:
+            continue
+        for name in sorted(ways_out):
+            if iface_matches(text, name):
+                errors.append("scope_networks[%d]: %r matches %s, which carries %s: every connection from a covered "
+                              "network out of it would count as 'between covered networks' and pass unchecked; name "
+                              "the container or VM networks only (docker0, br-+, virbr+ or their CIDRs)"
+                              % (index, text, name, ways_out[name]))
+                break
+    inner = [ipaddress.ip_network(route["dst"]) for route in routes if route["dev"] not in ways_out]
+    for index, text in enumerate(elements):
+        element = dict(networks).get(text)
+        if element is None:
+            continue
+        for route in routes:
+            dst = ipaddress.ip_network(route["dst"])
+            if route["dev"] not in ways_out or dst.version != element.version or not dst.overlaps(element):
+                continue
+            # The addresses of the element this route takes: those no more specific route inside the host takes.
+            left = [dst if dst.subnet_of(element) else element]
+            for other in inner:
+                if other.version == dst.version and other.prefixlen > dst.prefixlen:
+                    left = _subtract(left, other)
+            if left:
+                errors.append("scope_networks[%d]: %r contains %s, which this host routes out of %s (%s, which carries "
+                              "%s): a connection from a covered network to it would count as 'between covered "
+                              "networks' and pass unchecked; give the container or VM networks' own CIDRs"
+                              % (index, text, left[0], route["dev"],
+                                 "by its default route" if dst.prefixlen == 0 else "by the route to %s" % dst,
+                                 ways_out[route["dev"]]))
+                break
+    return errors

@@ -24,7 +24,9 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._netdev impor
     docker_firewall_backend,
     is_physical,
     read_networks,
+    read_routes,
     read_text,
+    uplink_errors,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
 from ansible_collections.agentguard.hardening.plugins.module_utils._plan import make_plan, plan_diff, read_live
@@ -114,13 +116,14 @@ def managed_families(exists=os.path.exists):
 
 
 def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=None, resolve=None,
-               read_networks_of=None, comms=None, read=None):
+               read_networks_of=None, comms=None, read=None, read_routes_of=None):
     """(result, plan, netfilter): the plan of egress_rules for params (validated against ARGUMENT_SPEC) on this
     host, and the module's result for it (what a check-mode run returns). Nothing is changed.
 
     run(argv, data=None) -> (rc, out, err) runs a command; bin_path(name, required) finds one; uid_of(name) ->
     uid; warn(text) says what the plan leaves open. Raises RulesError (missing_lib when dnspython is missing).
-    The host's other reads (resolve, read_networks_of, comms, read) default to the real ones, looked up at call time.
+    The host's other reads (resolve, read_networks_of, read_routes_of, comms, read) default to the real ones, looked
+    up at call time. scope_networks that reach the host's way out (_netdev.uplink_errors) are refused, check mode too.
     """
     resolve = resolve or resolve_destinations
     comms = comms or read_comms
@@ -156,6 +159,18 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
     except (CommandError, ParseError, ValueError) as exc:
         raise RulesError("cannot read the live netfilter state, nothing was changed: %s" % exc)
 
+    network_warnings = []
+    if policy.state == "present" and policy.networks:
+        # An element that reaches the host's way out would let every forwarded connection out unchecked.
+        routes, lan, network_warnings = (read_routes_of or (lambda: read_routes(run, is_physical)))()
+        destinations = list(policy.dns_servers) + [address for answer in resolved.values()
+                                                   for family in FAMILIES for address in answer.get(family) or []]
+        bridges, bridge_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        network_warnings = list(bridge_warnings) + list(network_warnings)
+        errors = uplink_errors(params["scope_networks"], routes, lan, destinations, [b["name"] for b in bridges])
+        if errors:
+            raise RulesError("invalid options, nothing was changed:\n" + "\n".join(errors), errors=errors)
+
     if plan.sets_update and not nf.has_ipset():
         raise RulesError("destination(s) %s need ipset, which is not installed; nothing was changed"
                          % ", ".join(sorted(plan.desired_sets)))
@@ -175,8 +190,9 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
              % (item["entry"], item["host"], ", ".join(str(p) for p in item["ports"]), item["reason"]))
     if policy.state == "present":
         # Never silent: container bridges the forward path does not reach, in check mode too.
-        bridges, warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
-        for warning in warnings:
+        if not policy.networks:
+            bridges, network_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        for warning in network_warnings:
             warn(warning)
         covered, uncovered = coverage(params["scope_networks"], bridges)
         result["networks"] = dict(covered=covered, uncovered=uncovered, docker_firewall_backend=docker_firewall_backend(read))

@@ -76,6 +76,15 @@ options:
     type: list
     elements: str
     default: []
+  firewalls:
+    description:
+      - Also return RV(firewalls), the other firewall managers of the host (C(nftables.service), firewalld, ufw) and
+        what each does to the egress rules on start, reload, restart, stop and boot.
+      - Their units are asked in the same C(systemctl show) call as O(active) and O(enabled), their packages in the
+        same package query as O(packages); runs C(iptables -V) and, when C(nftables.service) is enabled or active,
+        C(systemctl show -p ExecStart,ExecReload,ExecStop nftables.service), and reads the files its commands name.
+    type: bool
+    default: false
   plan:
     description:
       - The options of M(agentguard.hardening.egress_rules). When given, the module also plans those rules as
@@ -259,6 +268,76 @@ services:
   type: list
   elements: dict
   sample: [{"name": chrony, "kind": time}, {"name": dhclient, "kind": dhcp}]
+firewalls:
+  description:
+    - With O(firewalls=true), each firewall manager whose package is installed or whose unit is enabled or active, in
+      the order nftables, firewalld, ufw. What each does comes from its Debian 12 unit and scripts (nftables 1.0.6,
+      firewalld 1.3.3, ufw 0.36.2), unit-tested against them; no automated test runs a manager on a host (the
+      nftables answer was checked once by hand on a Debian 12 lab host with Debian's unit and configuration).
+  returned: when O(firewalls=true)
+  type: list
+  elements: dict
+  sample: [{"name": nftables, "unit": nftables.service, "installed": true, "enabled": enabled, "active": active,
+            "alters_rules": true, "opens_egress": true, "flushes": {"start": "/etc/nftables.conf: flush ruleset",
+            "reload": "/etc/nftables.conf: flush ruleset", "stop": "nft flush ruleset"},
+            "config_files": [/etc/nftables.conf], "effect": "nftables.service is enabled and active; its start ..."}]
+  contains:
+    name:
+      description: V(nftables), V(firewalld) or V(ufw).
+      type: str
+    unit:
+      description: Its systemd unit.
+      type: str
+    installed:
+      description: Whether its package is installed.
+      type: bool
+    enabled:
+      description: What C(systemctl is-enabled) answers for its unit (V(unknown) without systemd).
+      type: str
+    active:
+      description: What C(systemctl is-active) answers for its unit (V(unknown) without systemd).
+      type: str
+    alters_rules:
+      description: Whether a start, reload, restart, stop or boot of it changes the egress rules (chains, jumps, OUTPUT policy).
+      type: bool
+    opens_egress:
+      description: Whether egress is open after it did.
+      type: bool
+    effect:
+      description: What it does to the egress rules, in one sentence.
+      type: str
+    flushes:
+      description:
+        - nftables only, when its unit is enabled or active. For C(start), C(reload) and C(stop), the statement
+          that removes the tables of iptables-nft (C(flush ruleset), or a C(flush) or C(delete) of an C(ip) or C(ip6)
+          table iptables uses), prefixed by the file it is in, or the unit's command itself; empty when none.
+      type: dict
+      returned: for nftables
+    config_files:
+      description: nftables only, the configuration files read (the unit's C(nft -f) file and its includes).
+      type: list
+      elements: str
+      returned: for nftables
+    firewall_backend:
+      description: firewalld only, C(FirewallBackend) of C(/etc/firewalld/firewalld.conf) (default V(nftables)).
+      type: str
+      returned: for firewalld
+    ufw_enabled:
+      description: ufw only, C(ENABLED=yes) in C(/etc/ufw/ufw.conf).
+      type: bool
+      returned: for ufw
+    manage_builtins:
+      description: ufw only, C(MANAGE_BUILTINS=yes) in C(/etc/default/ufw).
+      type: bool
+      returned: for ufw
+    output_policy:
+      description: ufw only, C(DEFAULT_OUTPUT_POLICY) of C(/etc/default/ufw).
+      type: str
+      returned: for ufw
+iptables_backend:
+  description: With O(firewalls=true), V(nf_tables), V(legacy) or V(unknown), from C(iptables -V).
+  returned: when O(firewalls=true)
+  type: str
 runtime_access:
   description:
     - For each of O(runtime_users), the runtime API sockets that user can connect to (write permission on the
@@ -287,6 +366,7 @@ runtime_access:
       type: str
 """
 
+import glob
 import os
 import platform
 import sys
@@ -298,7 +378,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
     parse_os_release,
     platform_facts,
 )
-from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev, _services
+from ansible_collections.agentguard.hardening.plugins.module_utils import _firewalls, _netdev, _services
 from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
     ARGUMENT_SPEC as RULES_SPEC,
     RulesError,
@@ -315,6 +395,7 @@ ARGUMENT_SPEC = dict(
     users=dict(type="list", elements="str", default=[]),
     networks=dict(type="bool", default=False),
     runtime_users=dict(type="list", elements="str", default=[]),
+    firewalls=dict(type="bool", default=False),
     plan=dict(type="dict"),
 )
 
@@ -374,9 +455,19 @@ def main():
     query = dict(module.params)
     if networks:  # the runtimes' units, asked in the same systemctl call as the caller's
         query["active"] = list(module.params["active"]) + _netdev.RUNTIME_UNITS
+    firewalls = module.params["firewalls"]
+    if firewalls:  # the firewall managers' units and packages, in the same calls
+        query["active"] = list(query["active"]) + list(_firewalls.UNITS.values())
+        query["enabled"] = list(module.params["enabled"]) + list(_firewalls.UNITS.values())
+        query["packages"] = list(module.params["packages"]) + _firewalls.PACKAGES
     state = host_state(query, run, os.path.isdir("/run/systemd/system"), facts["os_family"])
-    units = state["active"]
+    units, enabled = state["active"], state["enabled"]
     state["active"] = dict((unit, units[unit]) for unit in module.params["active"] if unit in units)
+    state["enabled"] = dict((unit, enabled[unit]) for unit in module.params["enabled"] if unit in enabled)
+    packages = state["packages"]
+    state["packages"] = [name for name in packages if name in module.params["packages"]]
+    if firewalls:
+        state.update(_firewalls.read_firewalls(run, packages, units, enabled, _netdev.read_text, glob.glob))
 
     def run_command(argv):
         executable = module.get_bin_path(argv[0])

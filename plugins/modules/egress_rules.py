@@ -188,6 +188,17 @@ options:
       - Each element is an interface name, with the iptables wildcard C(+) at its end (V(docker0),
         V(br-+), V(podman+), V(cni0), V(virbr+)), or an IPv4 or IPv6 network in CIDR notation (it then
         applies to its family only).
+      - 'Between covered networks means: out of an interface that an interface element matches, or to an address
+        inside a CIDR element. So that this never opens the way out, the module refuses (check mode too, nothing
+        changed), naming the element and the interface, any element that reaches a way out of the host: an
+        interface that carries a default route, the route to one of the policy''s destinations (its allowed
+        addresses and O(dns_servers); not a container bridge holding one), or a port of the host''s LAN (a physical device, or a VLAN, bond or bridge on
+        one). An interface element must not match one (the uplink C(eth0) under V(e+)); a CIDR element must not
+        contain an address the host routes out of one, by the longest matching route (V(172.16.0.0/12) with only
+        C(docker0)''s V(172.17.0.0/16): its other addresses go out by the default route). The routes and links are
+        read on every run (C(ip route show table all) of both families, C(ip -d addr show)); an interface or route
+        that appears after a run is checked at the next run. A tunnel (a VPN) without a default route and without
+        the route to a destination of the policy is not a way out by this definition: do not name one.'
       - With O(dns_mode=filtering), DNS (UDP and TCP 53) from these networks is redirected to the local
         filtering resolver (C(nat) table, chain C(AGENTGUARD-DNS)), which must listen on their interfaces.
       - Traffic from containers to the host itself (C(INPUT)) is not filtered by this module.

@@ -394,3 +394,104 @@ def test_docker_rules_cannot_outrank_the_forward_path(lab, egress, docker):
     for family in ("ipv4", "ipv6"):
         mangle = [l for l in table_rules(lab, family, "mangle") if l.startswith("-A FORWARD")]
         assert mangle[:2] == ["-A FORWARD -j AGENTGUARD-FORWARD", "-A FORWARD -j ACCEPT"]
+
+
+def uplink_opening(lab, egress, scope_networks, interface):
+    """A scope_networks that also matches the host's uplink (agh0, the route to the lab's servers): refused with a
+    message naming the element and the interface, in check mode too, and nothing changed. Before the refusal
+    existed, every forwarded connection counted as 'between covered networks' and RETURNed: the forbidden
+    probes of the container arrived at their servers."""
+    before = (lab.save_all("ipv4"), lab.save_all("ipv6"))
+    for check in (True, False):
+        failed = egress(dict(POLICY, scope_networks=scope_networks), check=check, expect_failure=True)
+        assert "scope_networks" in failed["msg"] and interface in failed["msg"], failed["msg"]
+        assert "nothing was changed" in failed["msg"], failed["msg"]
+        assert (lab.save_all("ipv4"), lab.save_all("ipv6")) == before, "a refused policy changes nothing"
+    return failed["msg"]
+
+
+def test_a_wildcard_matching_the_uplink_is_refused(lab, egress, kernel_log):
+    """'ag+' matches the container bridge agbr1 and the host's uplink agh0 (the path to every lab server)."""
+    bridge = lab.add_bridge("agbr1", 31)
+    container = lab.add_container(bridge, 2)
+    msg = uplink_opening(lab, egress, ["ag+"], "agh0")
+    assert "'ag+'" in msg and "198.18.1.0/24" in msg, msg
+    # The bridge alone is fine, and holds the container to the allowlist.
+    egress(dict(POLICY, scope_networks=["agbr+"]))
+    assert_enforced(lab, container, kernel_log)
+
+
+def test_a_list_naming_the_uplink_is_refused(lab, egress, docker):
+    uplink_opening(lab, egress, ["docker0", "agh0"], "agh0")
+
+
+def test_a_cidr_containing_the_uplink_path_is_refused(lab, egress, docker):
+    """198.18.0.0/15 holds docker0's 198.19.30.0/24 and the lab servers' 198.18.1.0/24, routed out of agh0."""
+    msg = uplink_opening(lab, egress, ["198.18.0.0/15", "fd00:d0c:30::/64"], "agh0")
+    assert "198.18.1.0/24" in msg, msg
+    # A default route through the uplink: a CIDR wider than the bridges' own networks sends the rest out by it.
+    lab.run("ip", "route", "add", "default", "dev", "agh0")
+    uplink_opening(lab, egress, ["198.19.0.0/16", "fd00:d0c:30::/64"], "agh0")
+    assert egress(dict(POLICY, scope_networks=DOCKER_CIDRS))["changed"] is True
+    assert set(lab.probe(FORBIDDEN_443, ns=docker.ns, timeout=1.0).values()) == {"timeout"}
+
+
+def probe_like_the_canary(lab, ns, target):
+    """The role's canary probe (roles/egress/files/egress_probe.py, as tasks/canary.yml runs it), in namespace ns:
+    its registered result as egress_canary_verdict reads it."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(HERE)), "roles", "egress", "files", "egress_probe.py")) as handle:
+        code = handle.read()
+    kind, host, port = parse_target(target)
+    proc = sh("ip", "netns", "exec", ns, "timeout", "12", PYTHON, "-c", code, host, port, "5", check=False)
+    return dict(rc=proc.returncode, stdout=proc.stdout, item=dict(entry="%s:%s" % (host if ":" not in host else "[%s]" % host, port)))
+
+
+def run_role_validation(lab, role_vars):
+    """The role egress in the lab's host namespace, as far as its first phase (input validation on the controller):
+    (failed, message)."""
+    import json
+    import subprocess
+    import tempfile
+    workdir = tempfile.mkdtemp(prefix="agit-role-")
+    with open(os.path.join(workdir, "vars.json"), "w") as handle:
+        json.dump(role_vars, handle)
+    with open(os.path.join(workdir, "play.yml"), "w") as handle:
+        handle.write("- hosts: localhost\n  gather_facts: false\n  roles:\n    - role: agentguard.hardening.egress\n")
+    root = os.path.dirname(os.path.dirname(HERE))
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.environ.get("AGENTGUARD_IT_COLLECTIONS_PATH", os.path.join(root, ".cache", "collections")),
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               AGENTGUARD_NETNS=lab.host, AGENTGUARD_NETNS_PYTHON=PYTHON)
+    proc = subprocess.run([os.path.join(os.path.dirname(PYTHON), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", "ansible_python_interpreter=" + os.path.join(HERE, "netns-python"),
+                           "-e", "@" + os.path.join(workdir, "vars.json"), os.path.join(workdir, "play.yml")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env, cwd=root,
+                          timeout=300, check=False)
+    output = json.loads(proc.stdout)
+    tasks = output["plays"][0]["tasks"]
+    assert "Validating arguments against arg spec" in tasks[0]["task"]["name"], tasks[0]["task"]
+    check = [t for t in tasks if t["task"]["name"].endswith("Check the inputs beyond their types")]
+    assert len(check) == 1 and tasks.index(check[0]) == 1, [t["task"]["name"] for t in tasks]
+    result = check[0]["hosts"]["localhost"]
+    return bool(result.get("failed")), result.get("msg", "")
+
+
+def test_scope_none_and_forbidden_canary_probes_are_refused(lab, egress, docker):
+    """issue 24 item 6: with egress_scope none the canary's probe from the host reaches a forbidden destination (the
+    scope leaves the host open by design), so egress_canary_forbidden would fail a correct policy and roll it back;
+    only a probe from inside the container network shows what the scope promises. The role refuses the combination
+    in its first phase, naming both variables, before the host is read or changed."""
+    from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import egress_canary_verdict
+    egress(dict(POLICY, scope="none", scope_networks=["docker0"]))
+    target = FORBIDDEN_443[0]
+    from_host, from_container = probe_like_the_canary(lab, lab.host, target), probe_like_the_canary(lab, docker.ns, target)
+    assert from_host["rc"] == 0 and from_container["rc"] == 1, (from_host, from_container)
+    assert egress_canary_verdict([], [from_host])["failures"] == ["forbidden %s accepted a connection" % from_host["item"]["entry"]]
+    assert egress_canary_verdict([], [from_container])["failures"] == []
+
+    before = (lab.save_all("ipv4"), lab.save_all("ipv6"))
+    role_vars = dict(egress_allow=POLICY["allow"], egress_dns_servers=POLICY["dns_servers"], egress_scope="none",
+                     egress_scope_networks=["docker0"], egress_canary_forbidden=["%s:443" % V4["forbidden"]])
+    failed, msg = run_role_validation(lab, role_vars)
+    assert failed and "egress_canary_forbidden" in msg and "egress_scope is 'none'" in msg and "Nothing was changed." in msg, msg
+    assert (lab.save_all("ipv4"), lab.save_all("ipv6")) == before

@@ -65,3 +65,19 @@ def test_warnings_name_the_entries_the_tls_gate_does_not_cover():
     assert warnings(result) == ["egress_allow[2] (198.18.0.20, ports 443, 8443) is not gated by the TLS gate: an "
                                 "address has no server name to check: TLS to it is not gated"]
     assert warnings({"tls_gate": {"mode": "off", "ungated": []}}) == []
+
+
+NFT = {"name": "nftables", "unit": "nftables.service", "installed": True, "enabled": "enabled", "active": "active",
+       "alters_rules": True, "opens_egress": True, "effect": "nftables.service is enabled and active; its ... run "
+       "/etc/nftables.conf: flush ruleset"}
+
+
+@pytest.mark.parametrize("guard, says", [(True, "agentguard-guard.service (egress_guard) restores"), ("yes", "restores"),
+                                         (False, "egress_guard is false: nothing restores"), ("false", "nothing restores")])
+def test_firewall_managers_are_named_with_what_the_guard_does(guard, says):
+    """issue 24 item 2: in the plan's and the apply's egress_warnings (check mode too), whatever else is said."""
+    found = warnings({}, [], firewalls=[NFT, dict(NFT, name="ufw", alters_rules=False)], guard=guard)
+    assert len(found) == 1 and found[0].startswith("nftables (nftables.service is enabled and active") and says in found[0]
+    assert warnings({}, [], firewalls=[]) == [] and warnings({}) == []
+    # The guard is taken as on when the role's variable is undefined (default(true)).
+    assert "restores the allowlist" in warnings({}, [], firewalls=[NFT])[0]

@@ -663,3 +663,32 @@ def test_the_gate_unit_runs_on_nginx_1_18():
     unit = gate_files()[1]["content"]
     commands = [line for line in unit.splitlines() if line.startswith(("ExecStartPre=", "ExecStart="))]
     assert len(commands) == 2 and not [line for line in commands if " -e " in line], commands
+
+
+# ------------------------------------------------------------------------------------- the canary and egress_scope none
+NONE = dict(scope="none", scope_networks=["docker0"])
+
+
+def test_forbidden_probes_from_the_host_are_refused_with_scope_none():
+    """issue 24 item 6: the canary probes from the host, which scope none leaves open by design."""
+    errors = F["egress_input_errors"](options(**NONE), [], 60, ["198.18.0.66:443"])
+    assert [e for e in errors if "egress_scope" in e] == [
+        "egress_canary_forbidden: ['198.18.0.66:443'] is probed from the host itself, but egress_scope is 'none', which "
+        "restricts no local process: those destinations are open from the host by design, and the canary would fail "
+        "this policy and roll it back. The canary cannot prove the forwarded path of egress_scope_networks (it does "
+        "not run inside a container network): leave egress_canary_forbidden empty with egress_scope none, and check "
+        "the containers' denials with egress-report.yml."], errors
+
+
+@pytest.mark.parametrize("over, forbidden, canary", [
+    (NONE, [], True),                                   # nothing to probe: the canary checks the allowed ones only
+    (dict(NONE, mode="audit"), ["198.18.0.66:443"], True),   # no canary in audit mode
+    (dict(NONE, state="absent"), ["198.18.0.66:443"], True),
+    (NONE, ["198.18.0.66:443"], False),                 # egress_canary: false
+    (NONE, ["198.18.0.66:443"], "no"),
+    (dict(), ["198.18.0.66:443"], True),                # scope host: the host itself is held
+    (dict(scope="users", users=["agent"]), ["198.18.0.66:443"], True),  # probed as the restricted user
+])
+def test_the_canary_scope_decision_when_it_can_prove_it(over, forbidden, canary):
+    errors = F["egress_input_errors"](options(**over), [], 60, forbidden, 20, [], canary)
+    assert not [e for e in errors if "egress_canary_forbidden:" in e], errors

@@ -114,3 +114,35 @@ def test_an_unchanged_host_plans_no_change():
     converged.saves = {"ipv4": first["rules"]["ipv4"], "ipv6": first["rules"]["ipv6"]}
     second = plan(options(), converged)[0]
     assert not second["changed"], second["changes"]
+
+
+def test_scope_networks_reaching_the_uplink_are_refused_and_nothing_is_changed():
+    """issue 24 item 6: the plan refuses (check mode too) a scope_networks element that matches the uplink."""
+    runner = Runner({"ipv4": "", "ipv6": ""})
+    bridge = {"name": "docker0", "runtime": "docker", "networks": {"ipv4": ["172.17.0.0/16"], "ipv6": []}}
+    routes = [{"dst": "0.0.0.0/0", "dev": "eth0", "table": "main"}, {"dst": "172.17.0.0/16", "dev": "docker0", "table": "main"}]
+    with pytest.raises(R.RulesError) as info:
+        R.plan_rules(options(scope_networks=["docker0", "eth0"]), runner, lambda name, required: name, lambda name: 1000,
+                     [].append, families=["ipv4"], resolve=resolver(), read_networks_of=lambda: ([bridge], []),
+                     read_routes_of=lambda: (routes, set(), []), comms=lambda: [], read=lambda path: None)
+    assert "invalid options, nothing was changed:\nscope_networks[1]: 'eth0' matches eth0" in str(info.value)
+    assert info.value.extra["errors"] and all(name in READS for name in runner.names())
+    warnings = []
+    result = R.plan_rules(options(scope_networks=["docker0"]), runner, lambda name, required: name, lambda name: 1000,
+                          warnings.append, families=["ipv4"], resolve=resolver(),
+                          read_networks_of=lambda: ([bridge], []), read_routes_of=lambda: (routes, set(), ["routes: no ip"]),
+                          comms=lambda: [], read=lambda path: None)[0]
+    assert result["networks"]["covered"] == [{"name": "docker0", "runtime": "docker", "by": ["docker0"]}]
+    assert "routes: no ip" in warnings
+
+
+def test_the_policys_destinations_make_their_interface_a_way_out():
+    """No default route: the interface with the route to the resolved allowed address (RESOLVED) is a way out."""
+    address = RESOLVED["inference-api"]["ipv4"][0]
+    routes = [{"dst": address.split("/", maxsplit=1)[0] + "/32", "dev": "up0", "table": "main"}]
+    with pytest.raises(R.RulesError) as info:
+        R.plan_rules(options(scope_networks=["up+"]), Runner({"ipv4": "", "ipv6": ""}), lambda name, required: name,
+                     lambda name: 1000, [].append, families=["ipv4"], resolve=resolver(),
+                     read_networks_of=lambda: ([], []), read_routes_of=lambda: (routes, set(), []), comms=lambda: [],
+                     read=lambda path: None)
+    assert "'up+' matches up0, which carries the route to" in str(info.value) and "a destination of the policy" in str(info.value)
