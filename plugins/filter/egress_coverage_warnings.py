@@ -9,11 +9,18 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: egress_coverage_warnings
-short_description: What a hardened host still leaves open to containers, in words for the playbook summary
+short_description: Internal (role egress) - what a hardened host still leaves open to containers, in words for the
+  playbook summary
 version_added: 0.1.0
 description:
-  - From the result of M(agentguard.hardening.egress_rules) (its RV networks.uncovered and
-    RV services.blocked, RV tls_gate.ungated) and the C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning
+  - Internal to the role M(agentguard.hardening.egress#role) and the collection's playbooks, not an interface for
+    your own playbooks - its arguments and result change with the role. Documented so that every filter of the
+    collection has its own page.
+  - From the result of M(agentguard.hardening.egress_rules) (its
+    RV(agentguard.hardening.egress_rules#module:networks.uncovered) and
+    RV(agentguard.hardening.egress_rules#module:services.blocked),
+    RV(agentguard.hardening.egress_rules#module:tls_gate.ungated)) and the C(runtime_access) of
+    M(agentguard.hardening.egress_host_state), one warning
     per container or VM network that O(scope_networks_var) does not cover, per host service the policy
     leaves without a way out (time, updates, DHCP), per restricted user who can start containers, and, with
     the TLS gate on, per allowed entry whose TLS it does not check, each naming what is open or cut and why.
@@ -54,7 +61,7 @@ _value:
 
 def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks"):
     """Warnings for the playbook summary: container/VM networks the policy leaves open (from the
-    module's RV networks.uncovered) and restricted users who can start containers (runtime_access of
+    module's networks.uncovered) and restricted users who can start containers (runtime_access of
     egress_host_state), each naming what is open and the variable that would close it."""
     warnings = []
     networks = (result or {}).get("networks") or {}

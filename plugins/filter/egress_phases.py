@@ -5,7 +5,7 @@
 
 """What the role agentguard.hardening.egress computes: its checks, its questions to the host, its decisions.
 
-Filters (egress_phases documented below, the others in the .yml file of their name beside this one; tested in
+Filters (each documented in the .yml file of its name beside this one, which ansible-doc reads; tested in
 tests/unit/plugins/filter/test_egress_phases.py). Each takes the registered results it depends on as
 explicit arguments and returns plain data: the role's tasks only run what these decide.
 
@@ -23,74 +23,6 @@ explicit arguments and returns plain data: the role's tasks only run what these 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
-
-DOCUMENTATION = r"""
-name: egress_phases
-short_description: Which phases of the role egress a run needs
-version_added: 0.1.0
-description:
-  - 'Every decision of the role, each made once, from what the run was asked, the host''s state, its platform
-    row, the files to persist, the plan and the lookup of the filtering resolver''s user: whether to install (and
-    what), run the filtering resolver, plan, apply, run the canary, persist, remove the role''s files (C(egress_state=absent))
-    or the filtering resolver, and whether nothing is left to do after the plan (C(done)).'
-  - Defined in C(plugins/filter/egress_phases.py), unit-tested in C(tests/unit/plugins/filter/test_egress_phases.py).
-author:
-  - agentguard.hardening developers (@agentguard)
-positional: host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_user
-options:
-  _input:
-    description: 'What the run was asked: C(state), C(mode), C(dns_mode), C(persist), C(canary), C(canary_every_run),
-      C(check_mode), the filtering resolver''s C(dns) (C(user), C(unit), C(files)), the TLS gate''s C(tls), and
-      for the refusal of a host that cannot be hardened C(hostname), C(allow) and C(scope_users).'
-    type: dict
-    required: true
-  host:
-    description: The registered result of M(agentguard.hardening.egress_host_state).
-    type: dict
-    required: true
-  platform:
-    description: The host's row of the platform table.
-    type: dict
-    required: true
-  boot_files:
-    description: agentguard.hardening.egress_boot_files of this run's result.
-    type: list
-    default: []
-    elements: dict
-  plan:
-    description: The registered result of the plan (M(agentguard.hardening.egress_rules) in check mode).
-    type: dict
-    default: {}
-  dns_user_lookup:
-    description: The registered result of M(ansible.builtin.getent) for the filtering resolver's user.
-    type: dict
-    default: {}
-  tls_files:
-    description: agentguard.hardening.egress_tls_gate_files of this run's result (the TLS gate's wanted files).
-    type: list
-    default: []
-    elements: dict
-  tls_user:
-    description: The registered creation of the TLS gate's user (M(ansible.builtin.user)).
-    type: dict
-    default: {}
-"""
-
-EXAMPLES = r"""
-- name: Apply only when the plan says so
-  ansible.builtin.include_tasks: apply.yml
-  when: (run | agentguard.hardening.egress_phases(host_state, platform, boot_files, plan)).apply
-"""
-
-RETURN = r"""
-_value:
-  description: The flags C(prepare) (the phases before the plan, and the refusal of a host that cannot be hardened,
-    whose reasons are C(host_errors)), C(install), C(resolver), C(plan), C(apply), C(canary), C(persist), C(remove), C(unpersist),
-    C(remove_resolver), C(done); C(missing_packages), C(debconf), C(resolvers), C(dns_active), C(dns_leftovers)
-    and C(plan_blocked) (why check mode cannot plan, or empty); for the TLS gate C(tls_on), C(tls_user),
-    C(mask_nginx), C(tls_gate), C(remove_tls_gate) and C(tls_leftovers).
-  type: dict
-"""
 
 import re
 
