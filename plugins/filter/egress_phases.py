@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import difflib
 import re
 
 from ansible.errors import AnsibleFilterError
@@ -38,7 +39,7 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
 )
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, as_list, parse_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
 
 # The role's variable behind each option of egress_rules, for the validation messages.
@@ -54,6 +55,11 @@ OPTION_VARS = {
 USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Debian's own web server unit, which installing nginx would enable and start on port 80.
 NGINX_UNIT = "nginx.service"
+# egress_* names that are not inputs of the role and still belong to the collection: what the role sets
+# (egress_result, egress_warnings) and the variables of the collection's playbooks (harden_agent.yml's
+# egress_target and egress_serial, egress_report.yml's egress_report*, export_kubernetes.yml's egress_export*).
+OTHER_VARS = ("egress_result", "egress_warnings", "egress_target", "egress_serial")
+OTHER_PREFIXES = ("egress_report", "egress_export")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
 RESOLVED_UNIT = "systemd-resolved.service"
 # Sockets on port 53 that collide with the filtering resolver's (systemd-resolved's 127.0.0.53/54 do not).
@@ -83,8 +89,24 @@ def _unique(items):
     return seen
 
 
+def unknown_variable_errors(variables, known):
+    """One error per egress_* variable that is neither an input of the role (known) nor one of OTHER_VARS and
+    OTHER_PREFIXES: a misspelled variable would be ignored and the role run without it (egress_alow: an empty
+    allowlist). With the closest known name when there is one."""
+    known = sorted(set(known or ()) | set(OTHER_VARS))
+    errors = []
+    for name in sorted(set(variables or ())):
+        if name in known or name.startswith(OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        errors.append("%s is not a variable of the role egress%s; a misspelled variable would be ignored, so the "
+                      "role refuses it (its variables are in roles/egress/README.md)."
+                      % (name, " (did you mean %s?)" % close[0] if close else ""))
+    return errors
+
+
 def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, canary_forbidden=None, rollback_min=20,
-                        tls_before_units=None):
+                        tls_before_units=None, variables=None, known=None):
     """Every problem with the role's inputs, each naming the variable and its value; [] when none.
 
     options are the module's (the role's __egress_rules_args): the module's own validation runs on them
@@ -93,14 +115,15 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
     if not isinstance(options, dict):
         raise AnsibleFilterError("egress_input_errors expects the dictionary of egress_rules options, got %s"
                                  % type(options).__name__)
-    errors = egress_policy_errors(options, OPTION_VARS)
+    errors = unknown_variable_errors(variables, known) if known else []
+    errors.extend(egress_policy_errors(options, OPTION_VARS))
     # (In enforce mode the module's own check says so.)
     if (options.get("state") == "present" and options.get("dns_mode") == "filtering"
             and options.get("mode") != "enforce" and not options.get("dns_servers")):
         errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
                       "local filtering resolver forwards the allowed names to.")
     for name, units in (("egress_dns_before_units", dns_before_units), ("egress_tls_gate_before_units", tls_before_units)):
-        invalid = [str(unit) for unit in units or [] if not UNIT_RE.match(str(unit))]
+        invalid = [str(unit) for unit in as_list(units, name, errors) if not UNIT_RE.match(str(unit))]
         if invalid:
             errors.append("%s must hold systemd unit names such as agent.service; invalid: %s." % (name, ", ".join(invalid)))
     gate_user = options.get("tls_gate_user")
@@ -111,6 +134,8 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
     if _int(rollback_timeout) != 0 and _int(rollback_timeout) < int(rollback_min):
         errors.append("egress_rollback_timeout is %s: use 0 (no rollback) or at least %s seconds, time for the "
                       "module to run and a fresh connection to be made." % (rollback_timeout, rollback_min))
+    if isinstance(canary_forbidden, str):
+        canary_forbidden = as_list(canary_forbidden, "egress_canary_forbidden", errors)
     if not isinstance(canary_forbidden, (list, type(None))):
         errors.append("egress_canary_forbidden: %r is not a list" % (canary_forbidden,))
     else:
