@@ -77,7 +77,7 @@ def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="eg
     if networks.get("docker_firewall_backend") == "nftables":
         warnings.append("Docker runs its nftables firewall backend: the forward path (mangle FORWARD) still runs "
                         "before Docker's tables, but no test covers this combination; check the containers' egress "
-                        "yourself (egress-report.yml shows forwarded denials)")
+                        "yourself (egress_report.yml shows forwarded denials)")
     for entry in ((result or {}).get("services") or {}).get("blocked") or []:
         warnings.append("%s is running but the policy leaves it no way out (%s): it needs %s"
                         % (entry.get("name"), entry.get("kind"), entry.get("needs")))

@@ -96,6 +96,20 @@ def test_playbook_runs_by_fqcn(galaxy, playbook):
     assert "playbooks/%s.yml" % playbook in out
 
 
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")) and not os.path.isfile(os.path.join(ROOT, ".git")),
+                    reason="not a git checkout")
+def test_fresh_clone_runs_the_playbooks_without_setup(galaxy, tmp_path):
+    """The README's fleet commands on a fresh clone (of the last commit): ./ansible.cfg finds the checkout as
+    agentguard.hardening through the committed link collections/ansible_collections/agentguard/hardening."""
+    clone = tmp_path / "clone"
+    env = {k: v for k, v in galaxy[1].items() if k not in ("ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH")}
+    run(["git", "clone", "-q", ROOT, str(clone)], env, str(tmp_path))
+    for playbook in PLAYBOOKS + ["harden-agent"]:
+        out = run([os.path.join(BIN, "ansible-playbook"), "-i", "inventories/example", "playbooks/%s.yml" % playbook,
+                   "--syntax-check"], env, str(clone))
+        assert "playbook: playbooks/%s.yml" % playbook in out
+
+
 def listed(galaxy, plugin_type):
     """{fqcn: short description} of the collection's plugins of that type, as ansible-doc -l lists them."""
     return json.loads(run([os.path.join(BIN, "ansible-doc"), "-l", "-t", plugin_type, "--json", NAMESPACE],
