@@ -19,7 +19,7 @@ description:
   - From the result of M(agentguard.hardening.egress_rules) (its
     RV(agentguard.hardening.egress_rules#module:networks.uncovered) and
     RV(agentguard.hardening.egress_rules#module:services.blocked),
-    RV(agentguard.hardening.egress_rules#module:tls_gate.ungated)) and the C(runtime_access) of
+    C(ungated) of RV(agentguard.hardening.egress_rules#module:tls_gate)) and the C(runtime_access) of
     M(agentguard.hardening.egress_host_state), one warning
     per container or VM network that O(scope_networks_var) does not cover, per host service the policy
     leaves without a way out (time, updates, DHCP), per restricted user who can start containers, and, with

@@ -105,7 +105,7 @@ options:
           - Which TCP ports of this destination the TLS gate covers when O(tls_gate) is not V(off). Unset, its
             port 443 if it has it; V(true), every port (single ports, TCP only); V(false), none.
           - The gate checks server names, so with the gate on V(true) on an address or CIDR fails; unset on
-            such an entry with port 443 leaves it ungated and the plan says so (RV(tls_gate.ungated)).
+            such an entry with port 443 leaves it ungated and the plan says so (C(ungated) of RV(tls_gate)).
           - An entry with O(allow[].users) is not gated (V(true) fails).
         type: bool
       users:
