@@ -10,7 +10,7 @@ PYTEST ?= $(VENV)/bin/python -m pytest
 .PHONY: help bootstrap demo test unit netns compat sanity lint build ee molecule lab-images lab-up lab-down clean
 
 help:
-	@echo "make demo   - build the lab, harden its agent host with playbooks/harden-agent.yml, show the proof"
+	@echo "make demo   - build the lab, harden its agent host with playbooks/harden_agent.yml, show the proof"
 	@echo "make test   - every test: unit, namespace integration, ansible-test sanity, ansible-lint, build, EE, Molecule"
 	@echo "parts: make unit | netns | compat | sanity | lint | build | ee | molecule | lab-up | lab-down"
 
@@ -36,8 +36,7 @@ sanity: bootstrap
 	@bash scripts/sanity.sh
 
 lint: bootstrap
-	ansible-lint --profile production
-	antsibull-changelog lint
+	@bash scripts/lint.sh
 
 build: bootstrap
 	@bash scripts/build.sh

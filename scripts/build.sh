@@ -4,7 +4,8 @@
 # argument specs load.
 #
 # The tarball's file list is checked: nothing .gitignore ignores (test caches, the report's
-# real denial data, lab state) may ship. To make the check bite on a clean checkout too, the
+# real denial data, lab state) may ship, and nothing outside the allow-list of
+# tests/unit/test_installed_collection.py (the collection and its docs only). To make the check bite on a clean checkout too, the
 # build runs with decoys of each such kind planted in the tree (removed again at exit).
 #
 # `scripts/build.sh importer` (the build stage of `make test`) then runs galaxy-importer on the
@@ -40,10 +41,11 @@ tarball=$(ls "$out"/agentguard-hardening-*.tar.gz)
 
 # The file list: nothing that git ignores, nothing of the known kinds of leftovers.
 tar -tzf "$tarball" > "$out/files.txt"
-python3 - "$out/files.txt" "$ROOT" <<'EOF'
+python3 - "$out/files.txt" "$ROOT" "$tarball" <<'EOF'
 import fnmatch
 import subprocess
 import sys
+import tarfile
 
 names = [line.rstrip("/\n") for line in open(sys.argv[1]) if line.strip()]
 names = [n[2:] if n.startswith("./") else n for n in names]
@@ -60,9 +62,15 @@ bad = sorted(set(bad) | set(ignored))
 if bad:
     sys.exit("build: the tarball ships %d file(s) it must not (caches, report data, lab state):\n  %s"
              % (len(bad), "\n  ".join(bad[:40])))
-for must in ("plugins/modules/egress_denials.py", "playbooks/egress-report.yml", "roles/egress/tasks/main.yml"):
-    if must not in names:
-        sys.exit("build: the tarball lacks %s" % must)
+# The allow-list of tests/unit/test_installed_collection.py: the collection and its docs only.
+sys.path.insert(0, sys.argv[2] + "/tests/unit")
+from test_installed_collection import tarball_problems  # noqa: E402
+with tarfile.open(sys.argv[3]) as tar:
+    outside, missing = tarball_problems([m.name[2:] if m.name.startswith("./") else m.name
+                                         for m in tar.getmembers() if not m.isdir()])
+if outside or missing:
+    sys.exit("build: the tarball ships files outside the allow-list (galaxy.yml build_ignore):\n  %s\nlacks: %s"
+             % ("\n  ".join(outside[:40]), ", ".join(missing) or "nothing"))
 EOF
 
 ansible-galaxy collection install --force -p "$out/installed" "$tarball" >/dev/null 2>&1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the built-in lab: build the lab, start a fresh agent host, harden it with
-# playbooks/harden-agent.yml (inventories/lab), then show what the agent can and cannot reach,
+# playbooks/harden_agent.yml (inventories/lab), then show what the agent can and cannot reach,
 # with the kernel's log lines as evidence. Exits non-zero if any check is not as expected.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -16,8 +16,8 @@ bash lab/lab.sh agent-rm "$AGENT" >/dev/null 2>&1 || true
 bash lab/lab.sh agent "$AGENT" bookworm
 
 echo
-echo "=== ansible-playbook -i inventories/lab playbooks/harden-agent.yml"
-ansible-playbook -i inventories/lab playbooks/harden-agent.yml
+echo "=== ansible-playbook -i inventories/lab playbooks/harden_agent.yml"
+ansible-playbook -i inventories/lab playbooks/harden_agent.yml
 
 as_agent() { podman exec "$AGENT" runuser -u agent -- "$@"; }
 as_root() { podman exec "$AGENT" "$@"; }

@@ -26,7 +26,7 @@ for stage in "${stages[@]}"; do
     netns)    run_stage netns python -m pytest -q -p no:cacheprovider tests/netns ;;
     compat)   run_stage compat bash scripts/compat.sh ;;
     sanity)   run_stage sanity bash scripts/sanity.sh ;;
-    lint)     run_stage lint bash -c 'ansible-lint --profile production && antsibull-changelog lint' ;;
+    lint)     run_stage lint bash scripts/lint.sh ;;
     build)    run_stage build bash scripts/build.sh importer ;;
     # The AWX path: the EE image built with ansible-builder, jobs run in it with ansible-runner (podman).
     ee)       run_stage ee bash scripts/ee.sh ;;

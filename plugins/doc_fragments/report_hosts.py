@@ -9,7 +9,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # The input of the report's filters: what playbooks/egress-report.yml gathered from the hosts.
+    # The input of the report's filters: what playbooks/egress_report.yml gathered from the hosts.
     DOCUMENTATION = r"""
 options:
   _input:

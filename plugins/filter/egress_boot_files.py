@@ -5,63 +5,14 @@
 
 """What the role agentguard.hardening.egress writes, byte for byte, and whether the host has it already.
 
-Filters (egress_boot_files documented below, egress_tls_gate_files in the .yml file of its name beside this
-one; tested in tests/unit/plugins/filter/test_egress_phases.py), and the helpers egress_phases decides with:
+Filters (egress_boot_files and egress_tls_gate_files, each documented in the .yml file of its name beside
+this one; tested in tests/unit/plugins/filter/test_egress_phases.py), and the helpers egress_phases decides with:
 whether the persisted files and the TLS gate's files are current on the host (from egress_host_state's hashes).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
-
-DOCUMENTATION = r"""
-name: egress_boot_files
-short_description: The files the role egress persists for a result of egress_rules
-version_added: 0.1.0
-description:
-  - 'The exact content of every file the role writes for the next boot: the sets file first, the rules of each
-    family that has rules, then the boot units'' drop-ins, each under the role''s header. Byte for byte what the
-    module returned, so an unchanged host is recognised from the hashes M(agentguard.hardening.egress_host_state)
-    returns.'
-  - Defined in C(plugins/filter/egress_boot_files.py), unit-tested in C(tests/unit/plugins/filter/test_egress_phases.py).
-author:
-  - agentguard.hardening developers (@agentguard)
-positional: platform, marker, dropin_name
-options:
-  _input:
-    description: The registered result of M(agentguard.hardening.egress_rules) (plan or apply).
-    type: dict
-    required: true
-  platform:
-    description: The host's row of the platform table.
-    type: dict
-    required: true
-  marker:
-    description: The marker every file the role writes starts with.
-    type: str
-    required: true
-  dropin_name:
-    description: The file name of the drop-ins.
-    type: str
-    required: true
-"""
-
-EXAMPLES = r"""
-- name: Write the rules files
-  ansible.builtin.copy:
-    content: "{{ item.content }}"
-    dest: "{{ item.path }}"
-    mode: "{{ item.mode }}"
-  loop: "{{ egress_result | agentguard.hardening.egress_boot_files(platform, 'Managed by me', '10-x.conf') }}"
-"""
-
-RETURN = r"""
-_value:
-  description: One dictionary per file, in write order, with C(path), C(content), C(mode) and C(dropin); empty
-    when the result holds no rules.
-  type: list
-  elements: dict
-"""
 
 import hashlib
 

@@ -5,7 +5,7 @@
 
 """The canary of the role agentguard.hardening.egress: what it probes, how, and its verdict.
 
-Filters (egress_canary_checks documented below, the others in the .yml file of their name beside this one; tested in
+Filters (each documented in the .yml file of its name beside this one, which ansible-doc reads; tested in
 tests/unit/plugins/filter/test_egress_canary_checks.py): egress_canary_targets, egress_canary_checks,
 egress_canary_gate_checks, egress_canary_argv, egress_canary_verdict. They take what the role registered as explicit
 arguments; the role's tasks/canary.yml runs the probes (files/egress_probe.py) and asserts the verdict.
@@ -14,57 +14,6 @@ arguments; the role's tasks/canary.yml runs the probes (files/egress_probe.py) a
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
-
-DOCUMENTATION = r"""
-name: egress_canary_checks
-short_description: What the canary probes of an egress allowlist
-version_added: 0.1.0
-description:
-  - 'One check per allowed TCP destination, port (the lower bound of a range) and opened family: the first address
-    M(agentguard.hardening.egress_rules) resolved for it. Networks wider than one address and UDP are not probed.'
-  - Defined in C(plugins/filter/egress_canary_checks.py), unit-tested in C(tests/unit/plugins/filter/test_egress_canary_checks.py).
-author:
-  - agentguard.hardening developers (@agentguard)
-positional: resolved, families, gate
-options:
-  _input:
-    description: C(egress_allow).
-    type: list
-    required: true
-    elements: dict
-  resolved:
-    description: RV(agentguard.hardening.egress_rules#module:resolved) of this run's result.
-    type: dict
-    required: true
-  families:
-    description: The opened families.
-    type: list
-    default:
-      - ipv4
-      - ipv6
-    elements: str
-  gate:
-    description:
-      - RV(agentguard.hardening.egress_rules#module:tls_gate) of this run's result. With the gate on, a check of
-        a gated name and port carries C(sni), the name, and the probe completes a TLS handshake through the gate
-        (a TCP connect alone would reach the gate's listener whatever the name).
-    type: dict
-    default: {}
-"""
-
-EXAMPLES = r"""
-- name: Probe each allowed destination
-  ansible.builtin.command:
-    argv: [probe, "{{ item.address }}", "{{ item.port }}"]
-  loop: "{{ egress_allow | agentguard.hardening.egress_canary_checks(egress_result.resolved, ['ipv4', 'ipv6']) }}"
-"""
-
-RETURN = r"""
-_value:
-  description: One dictionary per check, with C(name), C(family), C(address), C(port) and C(sni) (empty when not gated).
-  type: list
-  elements: dict
-"""
 
 import re
 from collections import OrderedDict

@@ -9,11 +9,18 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: egress_coverage_warnings
-short_description: What a hardened host still leaves open to containers, in words for the playbook summary
+short_description: Internal (role egress) - what a hardened host still leaves open to containers, in words for the
+  playbook summary
 version_added: 0.1.0
 description:
-  - From the result of M(agentguard.hardening.egress_rules) (its RV networks.uncovered and
-    RV services.blocked, RV tls_gate.ungated) and the C(runtime_access) of M(agentguard.hardening.egress_host_state), one warning
+  - Internal to the role M(agentguard.hardening.egress#role) and the collection's playbooks, not an interface for
+    your own playbooks - its arguments and result change with the role. Documented so that every filter of the
+    collection has its own page.
+  - From the result of M(agentguard.hardening.egress_rules) (its
+    RV(agentguard.hardening.egress_rules#module:networks.uncovered) and
+    RV(agentguard.hardening.egress_rules#module:services.blocked),
+    C(ungated) of RV(agentguard.hardening.egress_rules#module:tls_gate)) and the C(runtime_access) of
+    M(agentguard.hardening.egress_host_state), one warning
     per container or VM network that O(scope_networks_var) does not cover, per host service the policy
     leaves without a way out (time, updates, DHCP), per restricted user who can start containers, and, with
     the TLS gate on, per allowed entry whose TLS it does not check, each naming what is open or cut and why.
@@ -78,7 +85,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._firewalls im
 def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks", firewalls=None,
                              guard=True):
     """Warnings for the playbook summary: container/VM networks the policy leaves open (from the
-    module's RV networks.uncovered) and restricted users who can start containers (runtime_access of
+    module's networks.uncovered) and restricted users who can start containers (runtime_access of
     egress_host_state), each naming what is open and the variable that would close it; the other firewall
     managers that change the rules (firewalls of egress_host_state) and what the guard (guard: egress_guard) does."""
     warnings = firewall_warnings(firewalls, boolean(guard, strict=False))
@@ -95,7 +102,7 @@ def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="eg
     if networks.get("docker_firewall_backend") == "nftables":
         warnings.append("Docker runs its nftables firewall backend: the forward path (mangle FORWARD) still runs "
                         "before Docker's tables, but no test covers this combination; check the containers' egress "
-                        "yourself (egress-report.yml shows forwarded denials)")
+                        "yourself (egress_report.yml shows forwarded denials)")
     for entry in ((result or {}).get("services") or {}).get("blocked") or []:
         warnings.append("%s is running but the policy leaves it no way out (%s): it needs %s"
                         % (entry.get("name"), entry.get("kind"), entry.get("needs")))

@@ -9,9 +9,12 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: egress_dns_interfaces
-short_description: The interfaces the filtering resolver listens on for the container networks
+short_description: Internal (role egress) - the interfaces the filtering resolver listens on for the container networks
 version_added: 0.1.0
 description:
+  - Internal to the role M(agentguard.hardening.egress#role) and the collection's playbooks, not an interface for
+    your own playbooks - its arguments and result change with the role. Documented so that every filter of the
+    collection has its own page.
   - From the role's O(_input) (C(egress_scope_networks)), the interface names in dnsmasq's notation (the
     iptables wildcard C(+) becomes C(*)). DNS from these networks is redirected to the filtering resolver,
     which must therefore listen on them. CIDR elements name no interface and are left out (the role's

@@ -5,7 +5,7 @@
 
 """What the role agentguard.hardening.egress computes: its checks, its questions to the host, its decisions.
 
-Filters (egress_phases documented below, the others in the .yml file of their name beside this one; tested in
+Filters (each documented in the .yml file of its name beside this one, which ansible-doc reads; tested in
 tests/unit/plugins/filter/test_egress_phases.py). Each takes the registered results it depends on as
 explicit arguments and returns plain data: the role's tasks only run what these decide.
 
@@ -24,74 +24,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r"""
-name: egress_phases
-short_description: Which phases of the role egress a run needs
-version_added: 0.1.0
-description:
-  - 'Every decision of the role, each made once, from what the run was asked, the host''s state, its platform
-    row, the files to persist, the plan and the lookup of the filtering resolver''s user: whether to install (and
-    what), run the filtering resolver, plan, apply, run the canary, persist, remove the role''s files (C(egress_state=absent))
-    or the filtering resolver, and whether nothing is left to do after the plan (C(done)).'
-  - Defined in C(plugins/filter/egress_phases.py), unit-tested in C(tests/unit/plugins/filter/test_egress_phases.py).
-author:
-  - agentguard.hardening developers (@agentguard)
-positional: host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_user
-options:
-  _input:
-    description: 'What the run was asked: C(state), C(mode), C(dns_mode), C(persist), C(canary), C(canary_every_run),
-      C(check_mode), the filtering resolver''s C(dns) (C(user), C(unit), C(files)), the TLS gate''s C(tls), and
-      for the refusal of a host that cannot be hardened C(hostname), C(allow) and C(scope_users).'
-    type: dict
-    required: true
-  host:
-    description: The registered result of M(agentguard.hardening.egress_host_state).
-    type: dict
-    required: true
-  platform:
-    description: The host's row of the platform table.
-    type: dict
-    required: true
-  boot_files:
-    description: agentguard.hardening.egress_boot_files of this run's result.
-    type: list
-    default: []
-    elements: dict
-  plan:
-    description: The registered result of the plan (M(agentguard.hardening.egress_rules) in check mode).
-    type: dict
-    default: {}
-  dns_user_lookup:
-    description: The registered result of M(ansible.builtin.getent) for the filtering resolver's user.
-    type: dict
-    default: {}
-  tls_files:
-    description: agentguard.hardening.egress_tls_gate_files of this run's result (the TLS gate's wanted files).
-    type: list
-    default: []
-    elements: dict
-  tls_user:
-    description: The registered creation of the TLS gate's user (M(ansible.builtin.user)).
-    type: dict
-    default: {}
-"""
-
-EXAMPLES = r"""
-- name: Apply only when the plan says so
-  ansible.builtin.include_tasks: apply.yml
-  when: (run | agentguard.hardening.egress_phases(host_state, platform, boot_files, plan)).apply
-"""
-
-RETURN = r"""
-_value:
-  description: The flags C(prepare) (the phases before the plan, and the refusal of a host that cannot be hardened,
-    whose reasons are C(host_errors)), C(install), C(resolver), C(plan), C(apply), C(canary), C(persist), C(remove), C(unpersist),
-    C(remove_resolver), C(done); C(missing_packages), C(debconf), C(resolvers), C(dns_active), C(dns_leftovers)
-    and C(plan_blocked) (why check mode cannot plan, or empty); for the TLS gate C(tls_on), C(tls_user),
-    C(mask_nginx), C(tls_gate), C(remove_tls_gate) and C(tls_leftovers).
-  type: dict
-"""
-
+import difflib
 import re
 
 from ansible.errors import AnsibleFilterError
@@ -106,7 +39,7 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
 )
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_scope_error, canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, as_list, parse_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
 
 # The role's variable behind each option of egress_rules, for the validation messages.
@@ -124,6 +57,11 @@ OPTION_VARS = {
 USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Debian's own web server unit, which installing nginx would enable and start on port 80.
 NGINX_UNIT = "nginx.service"
+# egress_* names that are not inputs of the role and still belong to the collection: what the role sets
+# (egress_result, egress_warnings) and the variables of the collection's playbooks (harden_agent.yml's
+# egress_target and egress_serial, egress_report.yml's egress_report*, export_kubernetes.yml's egress_export*).
+OTHER_VARS = ("egress_result", "egress_warnings", "egress_target", "egress_serial")
+OTHER_PREFIXES = ("egress_report", "egress_export")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
 RESOLVED_UNIT = "systemd-resolved.service"
 # Sockets on port 53 that collide with the filtering resolver's (systemd-resolved's 127.0.0.53/54 do not).
@@ -153,8 +91,24 @@ def _unique(items):
     return seen
 
 
+def unknown_variable_errors(variables, known):
+    """One error per egress_* variable that is neither an input of the role (known) nor one of OTHER_VARS and
+    OTHER_PREFIXES: a misspelled variable would be ignored and the role run without it (egress_alow: an empty
+    allowlist). With the closest known name when there is one."""
+    known = sorted(set(known or ()) | set(OTHER_VARS))
+    errors = []
+    for name in sorted(set(variables or ())):
+        if name in known or name.startswith(OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        errors.append("%s is not a variable of the role egress%s; a misspelled variable would be ignored, so the "
+                      "role refuses it (its variables are in roles/egress/README.md)."
+                      % (name, " (did you mean %s?)" % close[0] if close else ""))
+    return errors
+
+
 def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, canary_forbidden=None, rollback_min=20,
-                        tls_before_units=None, canary=True):
+                        tls_before_units=None, canary=True, variables=None, known=None):
     """Every problem with the role's inputs, each naming the variable and its value; [] when none.
 
     options are the module's (the role's __egress_rules_args): the module's own validation runs on them
@@ -163,14 +117,15 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
     if not isinstance(options, dict):
         raise AnsibleFilterError("egress_input_errors expects the dictionary of egress_rules options, got %s"
                                  % type(options).__name__)
-    errors = egress_policy_errors(options, OPTION_VARS)
+    errors = unknown_variable_errors(variables, known) if known else []
+    errors.extend(egress_policy_errors(options, OPTION_VARS))
     # (In enforce mode the module's own check says so.)
     if (options.get("state") == "present" and options.get("dns_mode") == "filtering"
             and options.get("mode") != "enforce" and not options.get("dns_servers")):
         errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
                       "local filtering resolver forwards the allowed names to.")
     for name, units in (("egress_dns_before_units", dns_before_units), ("egress_tls_gate_before_units", tls_before_units)):
-        invalid = [str(unit) for unit in units or [] if not UNIT_RE.match(str(unit))]
+        invalid = [str(unit) for unit in as_list(units, name, errors) if not UNIT_RE.match(str(unit))]
         if invalid:
             errors.append("%s must hold systemd unit names such as agent.service; invalid: %s." % (name, ", ".join(invalid)))
     gate_user = options.get("tls_gate_user")
@@ -181,6 +136,8 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
     if _int(rollback_timeout) != 0 and _int(rollback_timeout) < int(rollback_min):
         errors.append("egress_rollback_timeout is %s: use 0 (no rollback) or at least %s seconds, time for the "
                       "module to run and a fresh connection to be made." % (rollback_timeout, rollback_min))
+    if isinstance(canary_forbidden, str):
+        canary_forbidden = as_list(canary_forbidden, "egress_canary_forbidden", errors)
     if not isinstance(canary_forbidden, (list, type(None))):
         errors.append("egress_canary_forbidden: %r is not a list" % (canary_forbidden,))
     else:

@@ -19,7 +19,7 @@ description:
     240 bars.
   - Bars count attempts (retransmissions of one connection are one attempt), the role's canary probes
     apart; the x-axis has at most 7 labelled ticks, the y-axis 3 to 5.
-  - Used by C(playbooks/egress-report.yml)'s HTML template.
+  - Used by C(playbooks/egress_report.yml)'s HTML template.
 author:
   - agentguard.hardening developers (@agentguard)
 extends_documentation_fragment:

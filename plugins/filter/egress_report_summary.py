@@ -13,7 +13,7 @@ short_description: The denied-egress report's fleet totals, host rows and refuse
 version_added: 0.1.0
 description:
   - Aggregates the results that M(agentguard.hardening.egress_denials) returned for each host of the report
-    once, for every output format of C(playbooks/egress-report.yml) (JSON, Markdown, HTML), so the templates
+    once, for every output format of C(playbooks/egress_report.yml) (JSON, Markdown, HTML), so the templates
     only lay figures out and cannot disagree.
   - Hosts whose result is missing, failed or unreachable are listed in C(unread) and left out of every total.
 author:

@@ -205,7 +205,7 @@ def _addresses(dest, resolved, families, errors):
     entry = (resolved or {}).get(dest.name)
     if not isinstance(entry, dict):
         errors.append("resolved: no addresses for %s (%s); resolve the names through egress_dns_servers "
-                      "first (playbooks/export-kubernetes.yml does)" % (dest.name, dest.host))
+                      "first (playbooks/export_kubernetes.yml does)" % (dest.name, dest.host))
         return out
     for family in families:
         nets = set()

@@ -91,6 +91,12 @@ MAX_RESOLVE_TIMEOUT = 30
 MAX_RESOLVE_RETRIES = 10
 
 
+# A URL, or a name or IPv4 address (or an IPv6 address in brackets) with a port, where a host is expected.
+URL_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://(?:[^@/]*@)?(?P<host>\[[^\]]*\]|[^/:?#]*)(?::(?P<port>[0-9]+))?")
+URL_PORTS = {"https": "443", "http": "80", "wss": "443", "ws": "80", "ftp": "21"}
+HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]/]+)):(?P<port>[0-9]+)$")
+
+
 class PolicyError(Exception):
     """Raised with every validation problem found; str() lists them one per line."""
 
@@ -101,6 +107,19 @@ class PolicyError(Exception):
 
 def _repr(value):
     return repr(value)
+
+
+def as_list(value, where, errors):
+    """value when it is a list ([] for None). A string is the usual slip for a list of one (YAML reads
+    `dns_servers: 1.1.1.1` as a string): one error that names the field and the list to write, and the
+    string's items (split at commas and spaces) to check further, so no error is made per character."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = [item for item in re.split(r"[\s,]+", value) if item]
+        errors.append("%s: %s is a string, not a list; write a list: %s" % (where, _repr(value), _repr(items)))
+        return items
+    return value
 
 
 def parse_port(value, where):
@@ -145,6 +164,15 @@ def parse_host(value, where):
     if not isinstance(value, str) or not value.strip():
         raise ValueError("%s: %s is not a host; give a DNS name, an IPv4/IPv6 address or a CIDR" % (where, _repr(value)))
     text = value.strip()
+    url = URL_RE.match(text)
+    if url:
+        host, port = url.group("host").strip("[]"), url.group("port") or URL_PORTS.get(url.group("scheme").lower())
+        raise ValueError("%s: %s is a URL; write the host alone (host: %s)%s" % (
+            where, _repr(value), host, " and its port in ports (ports: [%s])" % port if port else ""))
+    with_port = HOST_PORT_RE.match(text)
+    if with_port:
+        raise ValueError("%s: %s has a port; write the host alone (host: %s) and the port in ports (ports: [%s])"
+                         % (where, _repr(value), with_port.group("host") or with_port.group("v6"), with_port.group("port")))
     looks_numeric = re.match(r"^[0-9./]+$", text) is not None
     if ":" in text or looks_numeric:
         try:
@@ -486,6 +514,7 @@ def build_policy(params, lookup_user):
     families = params.get("families")
     if families is None:
         families = list(FAMILIES)
+    families = as_list(families, "families", errors)
     if not isinstance(families, list) or not families:
         errors.append("families: %s must be a non-empty list of ipv4, ipv6" % _repr(families))
         families = []
@@ -495,7 +524,7 @@ def build_policy(params, lookup_user):
     families = tuple(f for f in FAMILIES if f in families)
 
     dns_servers = []
-    for index, server in enumerate(params.get("dns_servers") or []):
+    for index, server in enumerate(as_list(params.get("dns_servers"), "dns_servers", errors)):
         address = check(parse_address, server, "dns_servers[%d]" % index)
         if address is not None and address not in dns_servers:
             dns_servers.append(address)
@@ -517,11 +546,11 @@ def build_policy(params, lookup_user):
         labels[dest.name] = index
         allow.append(dest)
 
-    users, user_errors = parse_users(params.get("users"), lookup_user)
+    users, user_errors = parse_users(as_list(params.get("users"), "users", errors), lookup_user)
     errors.extend(user_errors)
 
     networks = []
-    raw_networks = params.get("scope_networks") or []
+    raw_networks = as_list(params.get("scope_networks"), "scope_networks", errors)
     if not isinstance(raw_networks, list):
         errors.append("scope_networks: %s must be a list of interface names or CIDRs" % _repr(raw_networks))
         raw_networks = []

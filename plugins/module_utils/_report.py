@@ -2,7 +2,7 @@
 # Copyright: agentguard.hardening contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The fleet report's aggregation, computed once for every output format of playbooks/egress-report.yml.
+"""The fleet report's aggregation, computed once for every output format of playbooks/egress_report.yml.
 
 Input: host name -> the registered result of egress_denials (or a failed/unreachable result). The
 templates only lay the numbers out; every sum, ranking and merge across hosts is made here.

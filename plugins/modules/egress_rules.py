@@ -36,7 +36,7 @@ description:
   - With O(tls_gate), restricted NEW TCP connections to the TLS ports of allowlisted names are redirected
     (C(nat) table, chains C(AGENTGUARD-TLS) for local processes and C(AGENTGUARD-TLS-FWD) for O(scope_networks))
     to a local TLS gate (nginx stream with C(ssl_preread), run by the role C(agentguard.hardening.egress)
-    from RV tls_gate). It passes a connection only when its server name (SNI) is allowlisted, and then
+    from RV(tls_gate)). It passes a connection only when its server name (SNI) is allowlisted, and then
     connects only to that name's own addresses, never to the address the client chose. Each redirect is
     logged first (prefix C([EGRESS-TLS] ), uid or container address, original destination, same rate limit
     as denials), so a refusal in the gate's log can be joined to its sender. Connections to the gate's
@@ -105,7 +105,7 @@ options:
           - Which TCP ports of this destination the TLS gate covers when O(tls_gate) is not V(off). Unset, its
             port 443 if it has it; V(true), every port (single ports, TCP only); V(false), none.
           - The gate checks server names, so with the gate on V(true) on an address or CIDR fails; unset on
-            such an entry with port 443 leaves it ungated and the plan says so (RV tls_gate.ungated).
+            such an entry with port 443 leaves it ungated and the plan says so (C(ungated) of RV(tls_gate)).
           - An entry with O(allow[].users) is not gated (V(true) fails).
         type: bool
       users:
@@ -312,7 +312,7 @@ options:
         where it was going.
       - V(off) adds no gate rules (and removes them).
       - The gate itself is run by the role C(agentguard.hardening.egress); this module writes the rules and
-        returns RV tls_gate, from which the role renders the gate's configuration.
+        returns RV(tls_gate), from which the role renders the gate's configuration.
     type: str
     choices: ['off', audit, enforce]
     default: 'off'

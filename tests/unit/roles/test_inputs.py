@@ -98,11 +98,54 @@ def test_bad_input_fails_before_the_host_is_read(tmp_path, variables, failing, f
     assert not any("Read the host's" in task[0] for task in tasks)
 
 
+NEWCOMER = [
+    # (variables, the one line the message has for it): the mistakes of a first run, each with its fix.
+    ({"egress_alow": [{"name": "api", "host": "198.18.1.10"}]},
+     "egress_alow is not a variable of the role egress (did you mean egress_allow?); a misspelled variable would be "
+     "ignored, so the role refuses it (its variables are in roles/egress/README.md)."),
+    ({"egress_dns_server": ["198.18.0.53"]},
+     "egress_dns_server is not a variable of the role egress (did you mean egress_dns_servers?); a misspelled "
+     "variable would be ignored, so the role refuses it (its variables are in roles/egress/README.md)."),
+    ({"egress_firewall": True},
+     "egress_firewall is not a variable of the role egress; a misspelled variable would be ignored, so the role "
+     "refuses it (its variables are in roles/egress/README.md)."),
+    ({"egress_dns_servers": "1.1.1.1"},
+     "egress_dns_servers: '1.1.1.1' is a string, not a list; write a list: ['1.1.1.1']"),
+    ({"egress_dns_before_units": "agent.service"},
+     "egress_dns_before_units: 'agent.service' is a string, not a list; write a list: ['agent.service']"),
+    ({"egress_allow": [{"name": "api", "host": "https://api.example.com"}]},
+     "egress_allow[0].host: 'https://api.example.com' is a URL; write the host alone (host: api.example.com) "
+     "and its port in ports (ports: [443])"),
+    ({"egress_allow": [{"name": "api", "host": "api.example.com:8443"}]},
+     "egress_allow[0].host: 'api.example.com:8443' has a port; write the host alone (host: api.example.com) "
+     "and the port in ports (ports: [8443])"),
+]
+
+
+@pytest.mark.parametrize("variables,line", NEWCOMER, ids=[sorted(n[0])[0] + str(i) for i, n in enumerate(NEWCOMER)])
+def test_newcomer_mistake_gets_one_line_that_names_the_fix(tmp_path, variables, line):
+    rc, tasks = run_role(tmp_path, **variables)
+    assert rc != 0
+    name, result = tasks[-1]
+    assert INPUT_CHECK in name and result.get("failed"), tasks
+    assert result["msg"] == "The role egress refuses these inputs:\n- %s\n-- Nothing was changed." % line
+
+
+def test_the_collections_own_variables_are_not_refused(tmp_path):
+    """What the role sets and what the collection's playbooks read are egress_* names too."""
+    rc, tasks = run_role(tmp_path, egress_target="agents", egress_serial=[1], egress_report_since="7d",
+                         egress_export_namespace="agents", egress_warnings=[])
+    assert rc == 0, tasks
+
+
 def test_several_bad_inputs_are_reported_together(tmp_path):
     rc, tasks = run_role(tmp_path, egress_allow=[{"name": "api", "host": "0.0.0.0/0"}], egress_rollback_timeout=5)
     assert rc != 0
-    message = tasks[-1][1]["msg"]
-    assert "egress_allow[0].host: '0.0.0.0/0'" in message and "egress_rollback_timeout is 5" in message
+    lines = tasks[-1][1]["msg"].splitlines()
+    # One problem per line, between a title and the separated last line.
+    assert lines[0] == "The role egress refuses these inputs:" and lines[-1] == "-- Nothing was changed."
+    assert lines[1].startswith("- egress_allow[0].host: '0.0.0.0/0'") and lines[2].startswith("- egress_rollback_timeout is 5")
+    assert len(lines) == 4
 
 
 def test_good_input_passes_the_checks(tmp_path):

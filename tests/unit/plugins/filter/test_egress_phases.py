@@ -56,7 +56,9 @@ def test_the_modules_errors_name_the_roles_variables():
     (dict(), ([], 5), "egress_rollback_timeout is 5: use 0 (no rollback) or at least 20 seconds"),
     (dict(), ([], 60, ["198.18.0.66:443", "[fd00:19::20]:99999"]),
      "egress_canary_forbidden[1]: '[fd00:19::20]:99999': port '99999' is out of range; ports are 1 to 65535"),
-    (dict(), ([], 60, "198.18.0.66:443"), "egress_canary_forbidden: '198.18.0.66:443' is not a list"),
+    (dict(), ([], 60, "198.18.0.66:443"),
+         "egress_canary_forbidden: '198.18.0.66:443' is a string, not a list; write a list: ['198.18.0.66:443']"),
+        (dict(), ([], 60, 443), "egress_canary_forbidden: 443 is not a list"),
 ])
 def test_the_roles_own_checks(over, args, message):
     errors = F["egress_input_errors"](options(**over), *args)
@@ -692,3 +694,15 @@ def test_forbidden_probes_from_the_host_are_refused_with_scope_none():
 def test_the_canary_scope_decision_when_it_can_prove_it(over, forbidden, canary):
     errors = F["egress_input_errors"](options(**over), [], 60, forbidden, 20, [], canary)
     assert not [e for e in errors if "egress_canary_forbidden:" in e], errors
+def test_unknown_egress_variables_are_errors_with_the_closest_name():
+    known = ["egress_allow", "egress_dns_servers", "egress_mode"]
+    variables = known + ["egress_alow", "egress_dns_server", "egress_colour", "egress_result", "egress_target",
+                         "egress_report_since", "egress_export_namespace"]
+    errors = F["egress_input_errors"](options(), variables=variables, known=known)
+    assert [e.split(";")[0] for e in errors] == [
+        "egress_alow is not a variable of the role egress (did you mean egress_allow?)",
+        "egress_colour is not a variable of the role egress",
+        "egress_dns_server is not a variable of the role egress (did you mean egress_dns_servers?)",
+    ]
+    # Without the role's variable names (another caller), no such check.
+    assert F["egress_input_errors"](options(), variables=variables) == []

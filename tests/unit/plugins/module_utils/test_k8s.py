@@ -124,9 +124,9 @@ def test_the_networkpolicy_needs_the_names_addresses():
         K.export_policies(BASE, "agents", resolved={"inference-api": RESOLVED["inference-api"]})
     assert caught.value.errors == [
         "resolved: no addresses for currency-rates (openexchangerates.org); resolve the names through "
-        "egress_dns_servers first (playbooks/export-kubernetes.yml does)",
+        "egress_dns_servers first (playbooks/export_kubernetes.yml does)",
         "resolved: no addresses for telemetry (telemetry.example.net); resolve the names through "
-        "egress_dns_servers first (playbooks/export-kubernetes.yml does)"]
+        "egress_dns_servers first (playbooks/export_kubernetes.yml does)"]
     # Only the NetworkPolicy needs them.
     assert [e["backend"] for e in K.export_policies(BASE, "agents", backends=["cilium", "clusternetworkpolicy"])] == [
         "cilium", "clusternetworkpolicy"]

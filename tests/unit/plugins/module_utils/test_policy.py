@@ -254,3 +254,44 @@ def test_dhcp_must_be_a_boolean():
     with pytest.raises(P.PolicyError) as info:
         P.build_policy(dict(BASE, dhcp="yes"), lambda n: 0)
     assert info.value.errors == ["dhcp: 'yes' is not a boolean"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("https://api.example.com", "h: 'https://api.example.com' is a URL; write the host alone (host: api.example.com) "
+                                "and its port in ports (ports: [443])"),
+    ("http://user@api.example.com:8080/v1?x=1", "h: 'http://user@api.example.com:8080/v1?x=1' is a URL; write the host "
+                                                "alone (host: api.example.com) and its port in ports (ports: [8080])"),
+    ("https://[fd00::1]/", "h: 'https://[fd00::1]/' is a URL; write the host alone (host: fd00::1) and its port in "
+                           "ports (ports: [443])"),
+    ("git+ssh://git.example.com", "h: 'git+ssh://git.example.com' is a URL; write the host alone (host: git.example.com)"),
+    ("api.example.com:443", "h: 'api.example.com:443' has a port; write the host alone (host: api.example.com) and "
+                            "the port in ports (ports: [443])"),
+    ("198.18.1.1:53", "h: '198.18.1.1:53' has a port; write the host alone (host: 198.18.1.1) and the port in "
+                      "ports (ports: [53])"),
+    ("[fd00::1]:443", "h: '[fd00::1]:443' has a port; write the host alone (host: fd00::1) and the port in "
+                      "ports (ports: [443])"),
+])
+def test_a_url_or_a_port_in_a_host_says_what_to_write(text, message):
+    with pytest.raises(ValueError) as exc:
+        P.parse_host(text, "h")
+    assert str(exc.value) == message
+
+
+def test_an_ipv6_address_is_not_taken_for_a_host_with_a_port():
+    assert P.parse_host("fd00::443", "h") == ("ipv6", "fd00::443/128")
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("dns_servers", "198.18.0.53", "dns_servers: '198.18.0.53' is a string, not a list; write a list: ['198.18.0.53']"),
+    ("dns_servers", "198.18.0.53, 198.18.0.54",
+     "dns_servers: '198.18.0.53, 198.18.0.54' is a string, not a list; write a list: ['198.18.0.53', '198.18.0.54']"),
+    ("families", "ipv4", "families: 'ipv4' is a string, not a list; write a list: ['ipv4']"),
+    ("scope_networks", "docker0", "scope_networks: 'docker0' is a string, not a list; write a list: ['docker0']"),
+])
+def test_a_string_for_a_list_is_one_error_naming_the_field(option, value, message):
+    params = dict(BASE, allow=[dict(name="api", host="198.18.1.10")], **{option: value})
+    if option == "scope_networks":
+        params["scope"] = "none"
+    with pytest.raises(P.PolicyError) as exc:
+        P.build_policy(params, lambda name: 1000)
+    assert exc.value.errors == [message]
