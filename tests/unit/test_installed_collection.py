@@ -32,9 +32,10 @@ FORBIDDEN = ["*__pycache__*", "*.pyc", "*.hypothesis*", "*.pytest_cache*", "*egr
 # The files a user must get.
 REQUIRED = ["LICENSE", "LICENSES/GPL-3.0-or-later.txt", "CHANGELOG.rst", "changelogs/changelog.yaml",
             "meta/runtime.yml", "README.md", "roles/egress/meta/argument_specs.yml"]
-PLAYBOOKS = ["harden_agent", "remove_egress", "egress_report", "export_kubernetes"]
+PLAYBOOKS = ["harden_agent", "remove_egress", "egress_report", "export_kubernetes", "egress_learn"]
 # The filters a user may call in their own playbooks; every other filter is the role's internal and says so.
-PUBLIC_FILTERS = {"egress_policy_errors", "egress_k8s_policies", "egress_report_summary", "egress_report_chart"}
+PUBLIC_FILTERS = {"egress_policy_errors", "egress_k8s_policies", "egress_report_summary", "egress_report_chart",
+                  "egress_learn_proposal"}
 INTERNAL_PREFIX = "Internal (role egress) - "
 
 
