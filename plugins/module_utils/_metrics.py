@@ -21,10 +21,12 @@ Metrics. collect_sample(host, status, state) reads the host through an injected 
 the guard's status dict; render(sample) is pure; write_atomic(path, text) writes a temporary file in the
 same directory, fsyncs it and renames it over path, so the collector never reads half a file.
 
-The guard's status dict (the keys read here; _guard.py writes them; every key may be missing):
-  started (epoch seconds), tamper_events_total (int), tamper_events (list of {kind, family, table, count}:
-  how many events had each difference), last_restore_timestamp (epoch), last_restore_seconds (float),
-  policy_hash (str), applied_timestamp (epoch), in_sync (bool), mode ("enforce" / "audit").
+The guard's status dict (the keys read here; _guard.py documents and writes them; every key may be missing):
+  started (epoch seconds), tamper_events_total, restore_failures_total (ints), tamper_events (list of {kind,
+  family, table, count}: how many events had each difference), last_restore_timestamp (epoch),
+  last_restore_seconds, last_open_seconds (floats), policy_hash (str), applied_timestamp (epoch), in_sync (bool).
+The guard calls write_guard_metrics(directory, status) after each status update; on the host it needs the
+files of METRICS_FILES next to it (all standard library only).
 `state` is a dict the caller keeps between calls (the resolver journal's cursor, the gate log's offset and
 the counts so far): the refusal counters count from the guard's start and restart with it.
 """
@@ -50,9 +52,12 @@ ALLOW_CHAINS = (("filter", "AGENTGUARD-ALLOW"), ("mangle", "AGENTGUARD-FWD-ALLOW
 FAMILIES = (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save"))
 PATHS = ("output", "forward")
 # Bounded label values: whatever else the guard or a log says is counted as "other".
-TAMPER_KINDS = ("output-jump", "output-policy", "chain", "hook-jump", "ipset", "table", "other")
+TAMPER_KINDS = ("policy", "jump", "chain", "set", "other")
+TAMPER_TABLES = ("filter", "mangle", "nat", "ipset", "other")
 TLS_REASONS = tuple(REFUSALS) + ("other",)
 FILE_NAME = "agentguard.prom"
+# What this module imports, for the guard's copy on the host (_guard.GUARD_FILES).
+METRICS_FILES = ("_metrics.py", "_state.py", "_dnslog.py", "_logtime.py", "_tlsgate.py")
 DEFAULT_DIR = "/var/lib/prometheus/node-exporter"
 DNS_UNIT = "agentguard-dns.service"
 TLS_LOG = "/var/log/agentguard-tlsgate/access.log"
@@ -237,8 +242,8 @@ def collect_sample(host, status, state=None, dns_unit=DNS_UNIT, tls_log=TLS_LOG,
     sample = {
         "time": now if now is not None else time.time(),
         "guard": dict((key, status.get(key)) for key in (
-            "started", "tamper_events_total", "tamper_events", "last_restore_timestamp", "last_restore_seconds",
-            "policy_hash", "applied_timestamp", "in_sync", "mode")),
+            "started", "tamper_events_total", "restore_failures_total", "tamper_events", "last_restore_timestamp",
+            "last_restore_seconds", "last_open_seconds", "policy_hash", "applied_timestamp", "in_sync")),
         "denied": [], "allowlisted": {}, "sources": {},
         "dns_refused": count_dns_refusals(host, state, started, dns_unit),
         "tls_refused": count_tls_refusals(host, state, started, tls_log),
@@ -279,13 +284,19 @@ METRICS = (
     ("agentguard_guard_up", "gauge", "1 while the guard writes this file (see node_textfile_mtime_seconds for its age)."),
     ("agentguard_guard_start_time_seconds", "gauge", "When the guard started, in seconds since the epoch."),
     ("agentguard_guard_tamper_events_total", "counter",
-     "Times the guard found our rules or sets changed by someone else and restored them, since it started."),
+     "Times the guard found our rules or sets changed by someone else and restored them."),
     ("agentguard_guard_tamper_differences_total", "counter",
-     "Differences the guard restored, by kind, family and table (one event can have several), since it started."),
+     "Differences the guard restored, by kind (policy, jump, chain, set), family and table (one event can have "
+     "several)."),
+    ("agentguard_guard_restore_failures_total", "counter",
+     "Times the guard found our rules or sets changed and could not restore them (the journal says why)."),
     ("agentguard_guard_last_restore_timestamp_seconds", "gauge",
      "When the guard last restored the policy, in seconds since the epoch."),
     ("agentguard_guard_last_restore_duration_seconds", "gauge",
      "How long the guard's last restoration took, from the change seen to the rules back, in seconds."),
+    ("agentguard_guard_last_open_duration_seconds", "gauge",
+     "How long the policy was open at the last restoration, from the kernel's first change event to the rules "
+     "back, in seconds (absent when the periodic check found the change: its time is unknown)."),
     ("agentguard_egress_dns_refused_queries_total", "counter",
      "Queries the filtering resolver refused (names not on the allowlist), since the guard started."),
     ("agentguard_egress_tls_refused_connections_total", "counter",
@@ -341,12 +352,14 @@ def _series(sample):
         for event in guard.get("tamper_events") or []:
             kind = event.get("kind") if event.get("kind") in TAMPER_KINDS else "other"
             family = event.get("family") if event.get("family") in ("ipv4", "ipv6") else "other"
-            table = event.get("table") if event.get("table") in ("filter", "mangle", "nat", "ipset") else "other"
+            table = event.get("table") if event.get("table") in TAMPER_TABLES else "other"
             key = (("kind", kind), ("family", family), ("table", table))
             differences[key] = differences.get(key, 0) + int(event.get("count") or 0)
         series["agentguard_guard_tamper_differences_total"] = sorted(differences.items())
+        series["agentguard_guard_restore_failures_total"].append(((), guard.get("restore_failures_total") or 0))
         for key, name in (("last_restore_timestamp", "agentguard_guard_last_restore_timestamp_seconds"),
-                          ("last_restore_seconds", "agentguard_guard_last_restore_duration_seconds")):
+                          ("last_restore_seconds", "agentguard_guard_last_restore_duration_seconds"),
+                          ("last_open_seconds", "agentguard_guard_last_open_duration_seconds")):
             if guard.get(key) is not None:
                 series[name].append(((), guard[key]))
     if sample.get("dns_refused") is not None:
@@ -395,3 +408,39 @@ def write_atomic(path, text, mode=0o644):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# ------------------------------------------------------------------------- in the guard
+class SystemHost(object):
+    """The host the guard runs on, as collect_sample reads it (the part of _log_sources.HostIO it uses)."""
+
+    def run(self, argv):
+        import subprocess
+        env = dict(os.environ, LC_ALL="C")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, universal_newlines=True)
+        out, err = proc.communicate()
+        return proc.returncode, out, err
+
+    def which(self, name):
+        for directory in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+        return None
+
+    def open_text(self, path):
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise IOError("not a regular file")
+        return open(path, errors="replace")
+
+
+_GUARD_STATE = {}
+
+
+def write_guard_metrics(directory, status, host=None, state=None):
+    """What the guard calls after each status update: one sample, rendered, written atomically to
+    directory/FILE_NAME. Returns the text written."""
+    state = _GUARD_STATE.setdefault(directory, {}) if state is None else state
+    text = render(collect_sample(host or SystemHost(), status, state))
+    write_atomic(os.path.join(directory, FILE_NAME), text)
+    return text

@@ -112,10 +112,10 @@ class Host(FakeHost):
 
 
 STATUS = {"started": 1795600000, "tamper_events_total": 3, "last_restore_timestamp": 1795600100.25,
-          "last_restore_seconds": 0.183, "policy_hash": "sha256:0f1e2d", "applied_timestamp": 1795599000,
-          "in_sync": True,
-          "tamper_events": [{"kind": "output-jump", "family": "ipv4", "table": "filter", "count": 2},
-                            {"kind": "ipset", "family": "ipv6", "table": "ipset", "count": 1},
+          "last_restore_seconds": 0.183, "last_open_seconds": 0.412, "restore_failures_total": 1,
+          "policy_hash": "sha256:0f1e2d", "applied_timestamp": 1795599000, "in_sync": True,
+          "tamper_events": [{"kind": "jump", "family": "ipv4", "table": "filter", "count": 2},
+                            {"kind": "set", "family": "ipv6", "table": "ipset", "count": 1},
                             {"kind": "something new", "family": "ipv6", "table": "raw", "count": 4}]}
 
 
@@ -179,11 +179,13 @@ def test_render_names_types_and_values():
     assert "agentguard_egress_policy_in_sync 1" in text
     assert "agentguard_guard_up 1" in text
     assert "agentguard_guard_tamper_events_total 3" in text
-    assert 'agentguard_guard_tamper_differences_total{kind="output-jump",family="ipv4",table="filter"} 2' in text
+    assert 'agentguard_guard_tamper_differences_total{kind="jump",family="ipv4",table="filter"} 2' in text
     # Unknown kinds and tables never make new label values.
     assert 'agentguard_guard_tamper_differences_total{kind="other",family="ipv6",table="other"} 4' in text
     assert "agentguard_guard_last_restore_timestamp_seconds 1795600100.25" in text
     assert "agentguard_guard_last_restore_duration_seconds 0.183" in text
+    assert "agentguard_guard_last_open_duration_seconds 0.412" in text
+    assert "agentguard_guard_restore_failures_total 1" in text
     assert "agentguard_egress_dns_refused_queries_total 1" in text
     assert 'agentguard_egress_tls_refused_connections_total{reason="not-allowed"} 2' in text
     assert 'agentguard_egress_tls_refused_connections_total{reason="no-sni"} 1' in text
@@ -193,7 +195,7 @@ def test_render_names_types_and_values():
 def test_labels_are_bounded():
     """No label carries an address, a name or a user: only these values can ever appear."""
     allowed = {"family": {"ipv4", "ipv6", "other"}, "path": {"output", "forward"}, "kind": set(M.TAMPER_KINDS),
-               "table": {"filter", "mangle", "nat", "ipset", "other"}, "reason": set(M.TLS_REASONS),
+               "table": set(M.TAMPER_TABLES), "reason": set(M.TLS_REASONS),
                "source": {"iptables-save", "ip6tables-save", "ipset"}}
     for line in metric_lines(M.render(full_sample())):
         for key, value in re.findall(r'(\w+)="([^"]*)"', line):
@@ -254,3 +256,26 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
         assert handle.read() == "a 1\n"
     assert os.listdir(str(tmp_path)) == [M.FILE_NAME]
 
+
+
+def test_write_guard_metrics_is_what_the_guard_calls(tmp_path):
+    """_guard.metrics_writer calls write_guard_metrics(directory, status) after each status update."""
+    state = {}
+    text = M.write_guard_metrics(str(tmp_path), STATUS, host=Host(), state=state)
+    with open(str(tmp_path / M.FILE_NAME)) as handle:
+        assert handle.read() == text
+    assert "agentguard_guard_tamper_events_total 3" in text
+    assert set(M.METRICS_FILES) >= {"_metrics.py", "_state.py"}
+    for name in M.METRICS_FILES:
+        assert os.path.exists(os.path.join(os.path.dirname(M.__file__), name))
+
+
+def test_the_guard_imports_only_what_metrics_files_lists():
+    """On the host the guard has only its own files and METRICS_FILES: every module_utils _metrics imports is listed."""
+    with open(M.__file__) as handle:
+        imported = set(re.findall(r"plugins\.module_utils\.(_\w+) import", handle.read()))
+    assert set(name + ".py" for name in imported) <= set(M.METRICS_FILES)
+    for name in M.METRICS_FILES:
+        with open(os.path.join(os.path.dirname(M.__file__), name)) as handle:
+            for module in re.findall(r"plugins\.module_utils\.(_\w+) import", handle.read()):
+                assert module + ".py" in M.METRICS_FILES, (name, module)
