@@ -52,7 +52,7 @@ ALLOW_CHAINS = (("filter", "AGENTGUARD-ALLOW"), ("mangle", "AGENTGUARD-FWD-ALLOW
 FAMILIES = (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save"))
 PATHS = ("output", "forward")
 # Bounded label values: whatever else the guard or a log says is counted as "other".
-TAMPER_KINDS = ("policy", "jump", "chain", "set", "other")
+TAMPER_KINDS = ("output-policy", "output-jump", "chain", "hook-jump", "ipset", "other")
 TAMPER_TABLES = ("filter", "mangle", "nat", "ipset", "other")
 TLS_REASONS = tuple(REFUSALS) + ("other",)
 FILE_NAME = "agentguard.prom"
@@ -133,12 +133,12 @@ def _save(host, command):
     return out, None
 
 
-def read_counters(host):
+def read_counters(host, saves=None):
     """{family: {"counts": deny_counts(...), "save": text}} for the families whose rules can be read, and
-    {family: why} for those that cannot: (counters, errors)."""
+    {family: why} for those that cannot: (counters, errors). saves: {command: `command -c` text} already read."""
     counters, errors = {}, {}
     for family, command in FAMILIES:
-        text, why = _save(host, command)
+        text, why = (saves[command], None) if saves and command in saves else _save(host, command)
         if text is None:
             errors[family] = why
             continue
@@ -286,8 +286,8 @@ METRICS = (
     ("agentguard_guard_tamper_events_total", "counter",
      "Times the guard found our rules or sets changed by someone else and restored them."),
     ("agentguard_guard_tamper_differences_total", "counter",
-     "Differences the guard restored, by kind (policy, jump, chain, set), family and table (one event can have "
-     "several)."),
+     "Differences the guard restored, by kind (output-policy, output-jump, chain, hook-jump, ipset), family and "
+     "table (one event can have several)."),
     ("agentguard_guard_restore_failures_total", "counter",
      "Times the guard found our rules or sets changed and could not restore them (the journal says why)."),
     ("agentguard_guard_last_restore_timestamp_seconds", "gauge",

@@ -127,7 +127,7 @@ def test_node_exporter_serves_the_file(lab, egress, tmp_path):
     directory = str(tmp_path / "textfile")
     os.makedirs(directory)
     status = {"started": 1795600000, "tamper_events_total": 2, "policy_hash": "sha256:abc", "in_sync": True,
-              "tamper_events": [{"kind": "jump", "family": "ipv4", "table": "filter", "count": 2}]}
+              "tamper_events": [{"kind": "output-jump", "family": "ipv4", "table": "filter", "count": 2}]}
     written = M.write_guard_metrics(directory, status, host=NetnsHost(lab.host), state={})
     assert 'agentguard_egress_denied_packets_total{family="ipv4",path="output"} 4' in written
     os.chmod(directory, 0o755)

@@ -114,8 +114,8 @@ class Host(FakeHost):
 STATUS = {"started": 1795600000, "tamper_events_total": 3, "last_restore_timestamp": 1795600100.25,
           "last_restore_seconds": 0.183, "last_open_seconds": 0.412, "restore_failures_total": 1,
           "policy_hash": "sha256:0f1e2d", "applied_timestamp": 1795599000, "in_sync": True,
-          "tamper_events": [{"kind": "jump", "family": "ipv4", "table": "filter", "count": 2},
-                            {"kind": "set", "family": "ipv6", "table": "ipset", "count": 1},
+          "tamper_events": [{"kind": "output-jump", "family": "ipv4", "table": "filter", "count": 2},
+                            {"kind": "ipset", "family": "ipv6", "table": "ipset", "count": 1},
                             {"kind": "something new", "family": "ipv6", "table": "raw", "count": 4}]}
 
 
@@ -179,7 +179,7 @@ def test_render_names_types_and_values():
     assert "agentguard_egress_policy_in_sync 1" in text
     assert "agentguard_guard_up 1" in text
     assert "agentguard_guard_tamper_events_total 3" in text
-    assert 'agentguard_guard_tamper_differences_total{kind="jump",family="ipv4",table="filter"} 2' in text
+    assert 'agentguard_guard_tamper_differences_total{kind="output-jump",family="ipv4",table="filter"} 2' in text
     # Unknown kinds and tables never make new label values.
     assert 'agentguard_guard_tamper_differences_total{kind="other",family="ipv6",table="other"} 4' in text
     assert "agentguard_guard_last_restore_timestamp_seconds 1795600100.25" in text
