@@ -246,20 +246,24 @@ def coverage(label, oldest, since, now, reaches_back, note=""):
     """{source, oldest, start, covered, text}: whether the source holds lines from before the window's start
     (reaches_back), else how much of the window it covers, said per host in the report."""
     result = {"source": label, "oldest": iso_text(oldest) if oldest else None,
-              "start": iso_text(since) if since else None, "covered": False, "text": ""}
+              "start": iso_text(since) if since else None, "covered": False, "text": "", "short": "none"}
     if label == "none":
         result["text"] = "no kernel log could be read: the window is not covered"
     elif since is None:
         result["covered"] = True
+        result["short"] = "from %s" % result["oldest"][:16].replace("T", " ") if oldest else "empty"
         result["text"] = ("%s: all it holds, from %s%s" % (label, result["oldest"], note) if oldest else
                           "%s holds no line" % label)
     elif reaches_back:
         result["covered"] = True
+        result["short"] = "whole window"
         result["text"] = "%s covers the whole window (it holds older lines)" % label
     elif oldest is None:
         result["text"] = "%s holds no line of the %s asked: the window is not covered%s" % (
             label, span_text((now - since).total_seconds()), note)
     else:
+        result["short"] = "last %s of %s" % (span_text((now - oldest).total_seconds()),
+                                             span_text((now - since).total_seconds()))
         result["text"] = "%s covers only the last %s of the %s asked (its oldest line: %s)%s" % (
             label, span_text((now - oldest).total_seconds()), span_text((now - since).total_seconds()),
             result["oldest"], note)

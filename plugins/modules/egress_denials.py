@@ -343,13 +343,15 @@ coverage:
     - How far back the kernel log source reaches. C(source) as RV(source); C(oldest), the time of its oldest
       line (for the journal, of the lines read); C(start), the window's start (null without O(since)); C(covered),
       whether the source holds lines from before the start (the whole window is read); C(text), one sentence
-      for the report, such as C(dmesg covers only the last 12 min of the 24 h asked (its oldest line ...)).
+      for the report, such as C(dmesg covers only the last 12 min of the 24 h asked (its oldest line ...)); C(short),
+      the same in a few words for a table (V(whole window), V(last 12 min of 24 h), V(none)).
     - The journal is asked for one kernel line before the start; C(journalctl -k) reads the current boot only,
       so a host that booted inside the window is never covered, and the text says so.
   returned: always
   type: dict
   sample: {source: dmesg, oldest: "2026-11-25T11:48:02.113201Z", start: "2026-11-24T12:00:00Z", covered: false,
-           text: "dmesg covers only the last 12 min of the 24 h asked (its oldest line: 2026-11-25T11:48:02.113201Z)"}
+           text: "dmesg covers only the last 12 min of the 24 h asked (its oldest line: 2026-11-25T11:48:02.113201Z)",
+           short: last 12 min of 24 h}
 counters:
   description:
     - The exact denied packets and bytes per family and path (C(output), sent by this host; C(forward), from a

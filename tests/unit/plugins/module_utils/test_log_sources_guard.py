@@ -28,7 +28,7 @@ def test_dmesg_that_holds_minutes_says_so_against_a_day():
     assert cov["covered"] is False and cov["oldest"] == "2026-11-25T05:20:26.879456Z"
     assert cov["text"] == ("dmesg covers only the last 40 min of the 24 h asked "
                            "(its oldest line: 2026-11-25T05:20:26.879456Z)")
-    assert cov["start"] == "2026-11-24T06:00:00.123456Z"
+    assert cov["start"] == "2026-11-24T06:00:00.123456Z" and cov["short"] == "last 40 min of 24 h"
 
 
 def test_a_source_older_than_the_window_covers_it():
@@ -64,7 +64,7 @@ def test_no_source_and_an_empty_source_cover_nothing():
     assert host.cache["coverage"]["covered"] is False and host.cache["coverage"]["source"] == "none"
     cov = kernel_coverage(FakeHost({"dmesg": ok("")}), NOW - DAY, source="dmesg")
     assert cov == {"source": "dmesg", "oldest": None, "start": "2026-11-24T06:00:00.123456Z", "covered": False,
-                   "text": "dmesg holds no line of the 24 h asked: the window is not covered"}
+                   "text": "dmesg holds no line of the 24 h asked: the window is not covered", "short": "none"}
 
 
 @pytest.mark.parametrize("seconds, text", [(45, "45 s"), (720, "12 min"), (7200, "2 h"), (9000, "2.5 h"),
