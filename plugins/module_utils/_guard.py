@@ -637,6 +637,9 @@ class Guard(object):
         except CommandError:
             pass
 
+    def view(self):
+        return tuple(self.status.get(key) for key in ("paused", "policy_hash", "in_sync", "backend"))
+
     def delay(self):
         """The wait before the next check: the interval, longer while something fights us."""
         now = time.monotonic()
@@ -649,7 +652,7 @@ class Guard(object):
         self.read_backend()
         self.check_once()
         self.save_status()
-        last_status = time.monotonic()
+        last_status, last_view = time.monotonic(), self.view()
         next_check = time.monotonic() + self.interval
         while not stop():
             backoff = self.delay()
@@ -667,9 +670,12 @@ class Guard(object):
                 if found:
                     # Our own restore is announced too: not a change to look at again.
                     events.drain()
-            if found or time.monotonic() - last_status >= STATUS_PERIOD:
+            # Written when something happened or the view changed (a new desired state, a pause), and
+            # on the period, so the metrics stay fresh.
+            view = self.view()
+            if found or view != last_view or time.monotonic() - last_status >= STATUS_PERIOD:
                 self.save_status()
-                last_status = time.monotonic()
+                last_status, last_view = time.monotonic(), view
 
 
 def subprocess_runner():
@@ -707,10 +713,12 @@ def main(argv=None):
     parser.add_argument("--no-events", action="store_true", help="periodic checks only (no netlink events)")
     parser.add_argument("--metrics-dir", default=None, help="node_exporter textfile directory (none: no metrics)")
     parser.add_argument("--once", action="store_true", help="check and restore once, then exit")
+    parser.add_argument("--journal-socket", default=JOURNAL_SOCKET, help="the journal's native socket")
     args = parser.parse_args(argv)
     run = subprocess_runner()
     metrics = metrics_writer(args.metrics_dir, run) if args.metrics_dir else None
-    guard = Guard(run, bin_path, args.state_dir, args.guard_dir, args.interval, metrics=metrics)
+    guard = Guard(run, bin_path, args.state_dir, args.guard_dir, args.interval, metrics=metrics,
+                  journal=lambda fields: send_journal(fields, args.journal_socket))
     if args.once:
         guard.start("periodic")
         guard.read_backend()
