@@ -39,6 +39,7 @@ import datetime
 import json
 import math
 import os
+import subprocess
 import tempfile
 import time
 
@@ -415,7 +416,6 @@ class SystemHost(object):
     """The host the guard runs on, as collect_sample reads it (the part of _log_sources.HostIO it uses)."""
 
     def run(self, argv):
-        import subprocess
         env = dict(os.environ, LC_ALL="C")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, universal_newlines=True)
         out, err = proc.communicate()
