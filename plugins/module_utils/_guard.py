@@ -652,6 +652,7 @@ class Guard(object):
         self.read_backend()
         self.check_once()
         self.save_status()
+        notify_ready()
         last_status, last_view = time.monotonic(), self.view()
         next_check = time.monotonic() + self.interval
         while not stop():
@@ -676,6 +677,23 @@ class Guard(object):
             if found or view != last_view or time.monotonic() - last_status >= STATUS_PERIOD:
                 self.save_status()
                 last_status, last_view = time.monotonic(), view
+
+
+def notify_ready(environ=None):
+    """Tell systemd (Type=notify) that the first check is done: units ordered after the guard start then."""
+    path = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.sendto(b"READY=1", path)
+        return True
+    except (OSError, IOError):
+        return False
+    finally:
+        sock.close()
 
 
 def subprocess_runner():
@@ -777,6 +795,8 @@ def metrics_writer(directory, run):
     state = {}
 
     def write(status):
+        if not os.path.isdir(directory):
+            return  # node_exporter is not installed (yet): nothing reads the directory
         sample = _metrics.collect_sample(host, status, state)
         _metrics.write_atomic(os.path.join(directory, _metrics.FILE_NAME), _metrics.render(sample))
     return write
