@@ -7,6 +7,7 @@ forbidden address is also counted independently in the raw table (before any ver
 figure does not come from the code under test. Then Debian's prometheus-node-exporter, in the host namespace
 and bound to its lab address only, serves the written file over HTTP to a scrape from the peer namespace.
 """
+import datetime
 import os
 import re
 import shutil
@@ -151,3 +152,26 @@ def test_node_exporter_serves_the_file(lab, egress, tmp_path):
     assert "agentguard_guard_tamper_events_total 2" in page
     assert re.search(r"^node_textfile_scrape_error 0$", page, re.M), page[-2000:]
     assert re.search(r'^node_textfile_mtime_seconds\{file="[^"]*agentguard\.prom"\} ', page, re.M)
+
+
+def test_egress_denials_returns_the_exact_counts(lab, egress, kernel_log):
+    """The module as a playbook runs it: its denied_packets are the kernel's counters, its log a sample."""
+    egress(dict(POLICY))
+    time.sleep(1)
+    # The ring buffer is shared with earlier tests (the same lab addresses): read the lines of a port no other
+    # test uses (REJECT answers without a server), from shortly before now (dmesg's ISO times are computed from
+    # the boot time and drift from the wall clock by a second or so here).
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
+    target = "tcp:%s:9444" % V4["forbidden"]
+    results = lab.probe([target], repeat=8, timeout=1.5)
+    assert results[target] == {"refused": 8}
+    report = egress(dict(source="dmesg", since=start.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), guard_status=""),
+                    module="agentguard.hardening.egress_denials", diff=False)
+    assert report["counters"]["ipv4"]["output"]["packets"] == 8, report["counters"]
+    assert report["counters_mode"] == "enforce" and report["denied_packets"] >= 8
+    assert report["counters_text"].startswith("%d denied packet(s), exact kernel counters, since the rules were loaded at "
+                                              % report["denied_packets"])
+    assert report["counters_since_reason"] == "boot"
+    lines = [r for r in report["records"] if r["dst"] == V4["forbidden"] and r["dpt"] == 9444]
+    assert 1 <= len(lines) <= POLICY["log_burst"] + 1 < 8  # the log is a sample
+    assert report["coverage"]["source"] == "dmesg" and report["coverage"]["text"].startswith("dmesg ")
