@@ -362,8 +362,8 @@ def exact_counts(host, params, since, now):
     forwarded = [paths["forward"]["packets"] for paths in by_family.values() if "forward" in paths]
     total = sum(packets) if packets else None
     if total is None:
-        text = "no deny rule counters could be read" + (" (%s)" % "; ".join(sorted(errors.values())) if errors else
-                                                         ": no deny rules are loaded")
+        why_not = " (%s)" % "; ".join(sorted(errors.values())) if errors else ": no deny rules are loaded"
+        text = "no deny rule counters could be read" + why_not
     else:
         text = "%d denied packet(s)%s, exact kernel counters, since the rules were loaded at %s (%s)" % (
             total, " (would be denied: audit mode)" if modes == {"audit"} else "",

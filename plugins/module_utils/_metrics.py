@@ -25,8 +25,8 @@ The guard's status dict (the keys read here; _guard.py documents and writes them
   started (epoch seconds), tamper_events_total, restore_failures_total (ints), tamper_events (list of {kind,
   family, table, count}: how many events had each difference), last_restore_timestamp (epoch),
   last_restore_seconds, last_open_seconds (floats), policy_hash (str), applied_timestamp (epoch), in_sync (bool).
-The guard calls write_guard_metrics(directory, status) after each status update; on the host it needs the
-files of METRICS_FILES next to it (all standard library only).
+The guard calls collect_sample, render and write_atomic (or write_guard_metrics) after each status update; on
+the host it needs the files of METRICS_FILES next to it (all standard library only).
 `state` is a dict the caller keeps between calls (the resolver journal's cursor, the gate log's offset and
 the counts so far): the refusal counters count from the guard's start and restart with it.
 """
@@ -39,7 +39,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import tempfile
 import time
 
@@ -412,35 +411,13 @@ def write_atomic(path, text, mode=0o644):
 
 
 # ------------------------------------------------------------------------- in the guard
-class SystemHost(object):
-    """The host the guard runs on, as collect_sample reads it (the part of _log_sources.HostIO it uses)."""
-
-    def run(self, argv):
-        env = dict(os.environ, LC_ALL="C")
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, universal_newlines=True)
-        out, err = proc.communicate()
-        return proc.returncode, out, err
-
-    def which(self, name):
-        for directory in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                return path
-        return None
-
-    def open_text(self, path):
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise IOError("not a regular file")
-        return open(path, errors="replace")
-
-
 _GUARD_STATE = {}
 
 
-def write_guard_metrics(directory, status, host=None, state=None):
-    """What the guard calls after each status update: one sample, rendered, written atomically to
-    directory/FILE_NAME. Returns the text written."""
+def write_guard_metrics(directory, status, host, state=None):
+    """One sample of host (the part of _log_sources.HostIO collect_sample uses: run, which, open_text), rendered
+    and written atomically to directory/FILE_NAME; state kept per directory unless given. Returns the text."""
     state = _GUARD_STATE.setdefault(directory, {}) if state is None else state
-    text = render(collect_sample(host or SystemHost(), status, state))
+    text = render(collect_sample(host, status, state))
     write_atomic(os.path.join(directory, FILE_NAME), text)
     return text

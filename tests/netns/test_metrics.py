@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request  # noqa: F401  (used by the scrape run in the peer namespace)
 
 import pytest
 
@@ -107,8 +106,8 @@ def test_counters_are_exact_where_the_log_is_a_sample(lab, egress, kernel_log, m
     for src, family in ((V4["host"], "ipv4"), (V6["host"], "ipv6")):
         written = log_lines(lines, src if family == "ipv4" else _full(src))
         assert 1 <= len(written) <= POLICY["log_burst"] + 1 < ATTEMPTS[family], (family, len(written))
-    print("%s: counters %s, log lines v4 %d v6 %d" % (mode, after, len(log_lines(lines, V4["host"])),
-                                                     len(log_lines(lines, _full(V6["host"])))))
+    logged = (len(log_lines(lines, V4["host"])), len(log_lines(lines, _full(V6["host"]))))
+    print("%s: counters %s, log lines v4 %d v6 %d" % ((mode, after) + logged))
 
 
 def _full(address):

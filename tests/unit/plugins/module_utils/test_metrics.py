@@ -257,9 +257,8 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     assert os.listdir(str(tmp_path)) == [M.FILE_NAME]
 
 
-
 def test_write_guard_metrics_is_what_the_guard_calls(tmp_path):
-    """_guard.metrics_writer calls write_guard_metrics(directory, status) after each status update."""
+    """One call for a guard: sample, render, write (_guard.metrics_writer does the same three steps)."""
     state = {}
     text = M.write_guard_metrics(str(tmp_path), STATUS, host=Host(), state=state)
     with open(str(tmp_path / M.FILE_NAME)) as handle:
