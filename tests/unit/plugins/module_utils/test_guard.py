@@ -339,6 +339,9 @@ def test_sync_desired_writes_keeps_and_removes(tmp_path):
     assert G.sync_desired(state, plan, 2.0) is False  # same policy: the file and its time stay
     assert G.read_json(os.path.join(state, G.DESIRED_FILE))["applied"] == 1.0
     assert oct(os.stat(os.path.join(state, G.DESIRED_FILE)).st_mode & 0o777) == "0o600"
+    other = plan_for(runner, deny_action="reject")
+    assert G.sync_desired(state, other, 4.0) is True  # another policy: rewritten
+    assert G.desired_hash_of(state) == G.desired_document(other, 0)["hash"]
     absent = plan_for(runner, state="absent")
     assert G.sync_desired(state, absent, 3.0) is True
     assert G.desired_hash_of(state) is None
