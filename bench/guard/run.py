@@ -12,17 +12,19 @@ Idle: after its first check, the guard's CPU time (its own and its finished chil
 ip6tables-save, ipset save of the periodic checks; /proc/PID/stat) over --idle seconds, and its RSS
 (VmRSS, VmHWM). Changes: --changes changes in rotation (our OUTPUT jump deleted, the IPv6 OUTPUT policy set to
 ACCEPT, our chain flushed, a foreign rule inserted before our jump, `nft flush ruleset` on the nf_tables
-backend or every table flushed with the legacy tools), one every --gap seconds; each one's time runs from the
+backend or every table flushed with the legacy tools), --gap seconds after the previous restore (longer than
+_guard.FIGHT_WINDOW: a change right after each restore is a fight, which the guard slows down); each one's time runs from the
 start of the command that makes the change to the end of the guard's restore (the status file's
 last_restore_timestamp; the guard writes it when the restore has returned).
 
-Usage (root): .venv/bin/python bench/guard/run.py [--changes 60] [--idle 60] [--gap 0.5] [--backend nft|legacy]
+Usage (root): .venv/bin/python bench/guard/run.py [--changes 60] [--idle 60] [--gap 1.5] [--backend nft|legacy]
               [--out bench/results/guard.json]
 """
 import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -125,12 +127,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=60)
     parser.add_argument("--idle", type=float, default=60.0)
-    parser.add_argument("--gap", type=float, default=0.5)
+    # Longer than the guard's FIGHT_WINDOW: a change right after each restore is a fight, which it slows down.
+    parser.add_argument("--gap", type=float, default=1.5)
     parser.add_argument("--backend", choices=["nft", "legacy"], default="nft")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "guard.json"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (network namespaces)")
+    signal.signal(signal.SIGTERM, lambda *unused: sys.exit(1))  # the namespace and the guard go (finally)
     tmp = tempfile.mkdtemp(prefix="agtgd-")
     path = backend_dir(tmp, args.backend) + os.pathsep + os.environ["PATH"]
     sh("ip", "netns", "add", NS)

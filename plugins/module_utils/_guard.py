@@ -126,8 +126,10 @@ DEBOUNCE = 0.05
 DEBOUNCE_MAX = 0.3
 STATUS_PERIOD = 15.0
 PAUSED_RETRY = 0.5
-# A tool that re-asserts its own rule before ours would make the guard restore forever: past
-# BACKOFF_AFTER restorations in BACKOFF_WINDOW seconds, it waits BACKOFF_DELAY between checks.
+# A tool that re-asserts its own rule before ours would make the guard restore forever. A restoration
+# needed within FIGHT_WINDOW seconds of the previous one's end is a fight; past BACKOFF_AFTER fights in
+# BACKOFF_WINDOW seconds, the guard waits BACKOFF_DELAY between checks (and says so in every event).
+FIGHT_WINDOW = 1.0
 BACKOFF_AFTER = 10
 BACKOFF_WINDOW = 60.0
 BACKOFF_DELAY = 10.0
@@ -528,7 +530,8 @@ class Guard(object):
         self.metrics = metrics
         self.families = [f for f in ("ipv4", "ipv6") if f == "ipv4" or os.path.exists("/proc/net/if_inet6")]
         self.status = None
-        self.restores = []
+        self.restores = []  # the times of restorations that were fights (FIGHT_WINDOW)
+        self.last_restore = None
 
     def path(self, name):
         return os.path.join(self.state_dir, name)
@@ -624,7 +627,10 @@ class Guard(object):
         if error is None:
             self.status["in_sync"] = True
             count_event(self.status, found, finished, seconds, open_seconds)
-            self.restores.append(time.monotonic())
+            now = time.monotonic()
+            if self.last_restore is not None and started - self.last_restore < FIGHT_WINDOW:
+                self.restores.append(now)
+            self.last_restore = now
         else:
             self.status["in_sync"] = False
             self.status["restore_failures_total"] += 1
@@ -641,7 +647,7 @@ class Guard(object):
         return tuple(self.status.get(key) for key in ("paused", "policy_hash", "in_sync", "backend"))
 
     def delay(self):
-        """The wait before the next check: the interval, longer while something fights us."""
+        """An extra wait before the next check while something fights us (BACKOFF_AFTER), else 0."""
         now = time.monotonic()
         self.restores = [t for t in self.restores if now - t < BACKOFF_WINDOW]
         return BACKOFF_DELAY if len(self.restores) > BACKOFF_AFTER else 0.0

@@ -9,7 +9,6 @@ Also: the guard does nothing while the apply lock is held, and after the on-host
 snapshot, it holds the host to the snapshot's rules, not to the newer ones.
 """
 import fcntl
-import json
 import os
 import re
 import shlex
@@ -23,7 +22,7 @@ import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
 
-from .conftest import CDN4, ROOT, V4, V6, ModuleRunner, sh
+from .conftest import CDN4, ROOT, V4, V6, ModuleRunner
 from .test_rollback_script import render
 
 ENTRY = os.path.join(ROOT, "roles", "egress", "files", "agentguard-guard")
@@ -163,9 +162,9 @@ def change_and_measure(lab, guard, label, argvs, goal, foreign_kept=True, tools=
     restored = status["last_restore_timestamp"]
     out = watcher.communicate(timeout=goal + 10)[0]
     reached = [float(t) for t in out.split()]
+    last = "%.3f s after the change" % (reached[-1] - start) if reached else "-"
     print("\n%-40s restored %.3f s after the change (the guard's own measure %.3f s); forbidden connections "
-          "that got through: %d, the last %s" % (label, restored - changed, status["last_restore_seconds"], len(reached),
-                                                "%.3f s after the change" % (reached[-1] - start) if reached else "-"))
+          "that got through: %d, the last %s" % (label, restored - changed, status["last_restore_seconds"], len(reached), last))
     assert restored - changed <= goal, "%s: restored after %.3f s" % (label, restored - changed)
     assert all(t <= restored + 0.1 for t in reached), "%s: forbidden reached after the restore" % label
     probe = lab.probe(FORBIDDEN + ALLOWED, timeout=1.0)
@@ -177,7 +176,7 @@ def change_and_measure(lab, guard, label, argvs, goal, foreign_kept=True, tools=
             assert after[tool] == before[tool], "%s: %s differs after the restore" % (label, tool)
         else:
             # Everything was flushed: ours is back as it was; the foreign rules are the change's to keep gone.
-            assert [l for l in after[tool] if "AGENTGUARD" in l] == [l for l in before[tool] if "AGENTGUARD" in l]
+            assert [x for x in after[tool] if "AGENTGUARD" in x] == [x for x in before[tool] if "AGENTGUARD" in x]
     if foreign_kept:
         # The kernel picks a re-created set's initval: every other word must match.
         assert sets_of(lab) == before_sets
@@ -209,7 +208,7 @@ def test_each_change_is_restored_within_the_goal(guarded):
         ("iptables", "-I", "OUTPUT", "1", "-p", "udp", "--dport", "514", "-j", "ACCEPT")], GOAL, foreign_kept=False))
     # A set is held by the rules that use it: the change removes them first, then destroys it.
     save = lab.run("iptables-save", "-t", "filter").stdout
-    rule = [l for l in save.splitlines() if "ag4-cdn" in l][0]
+    rule = [x for x in save.splitlines() if "ag4-cdn" in x][0]
     times.append(change_and_measure(lab, guard, "ipset destroyed (after its rule)", [
         ("iptables", "-D") + tuple(shlex.split(rule)[1:]), ("ipset", "destroy", "ag4-cdn")], GOAL + G.INTERVAL))
     times.append(change_and_measure(lab, guard, "nft flush ruleset", [("nft", "flush", "ruleset")], GOAL, foreign_kept=False))

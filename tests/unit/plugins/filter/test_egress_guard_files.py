@@ -6,7 +6,7 @@ import yaml
 
 from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
 
-from .test_egress_phases import DEBIAN, F, MARKER, PLATFORMS, ROLE_VARS, ROOT, host, persisted, phases, run
+from .test_egress_phases import DEBIAN, F, MARKER, PLATFORMS, ROLE_VARS, ROOT, host, persisted, run
 
 from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files import GUARD
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
@@ -62,9 +62,10 @@ def test_the_unit_orders_the_guard_and_hardens_it():
     assert unit["path"] == "/etc/systemd/system/agentguard-guard.service"
     text = unit["content"]
     assert text.startswith("# %s" % MARKER)
-    after = [l for l in text.splitlines() if l.startswith("After=")][0].split("=", 1)[1].split()
+    lines = text.splitlines()
+    after = [x for x in lines if x.startswith("After=")][0].split("=", 1)[1].split()
     assert {"netfilter-persistent.service", "nftables.service", "firewalld.service", "ufw.service"} <= set(after)
-    assert "agent.service" in [l for l in text.splitlines() if l.startswith("Before=")][0]
+    assert "agent.service" in [x for x in lines if x.startswith("Before=")][0]
     assert "Type=notify" in text and "IPAddressDeny=any" in text and "ProtectSystem=strict" in text
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW" in text
     assert "PrivateNetwork" not in text  # it would hide the host's netfilter

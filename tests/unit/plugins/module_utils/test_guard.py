@@ -102,9 +102,9 @@ def test_in_sync_plans_nothing(backend):
     ("policy", ["output-policy"], [":OUTPUT DROP"]),
     ("chain", ["chain"], [":AGENTGUARD-ALLOW - [0:0]", "-A AGENTGUARD-ALLOW -j AGENTGUARD-DENY"]),
     ("first", ["output-jump"], ["-D OUTPUT -j AGENTGUARD-EGRESS", "-I OUTPUT 1 -j AGENTGUARD-EGRESS"]),
-    ("flushed", ["chain", "output-jump", "output-policy"], [":OUTPUT DROP", ":AGENTGUARD-EGRESS - [0:0]",
-                                              "-I OUTPUT 1 -j AGENTGUARD-EGRESS",
-                                              "-A AGENTGUARD-DENY -j REJECT --reject-with"]),
+    ("flushed", ["chain", "output-jump", "output-policy"],
+     [":OUTPUT DROP", ":AGENTGUARD-EGRESS - [0:0]", "-I OUTPUT 1 -j AGENTGUARD-EGRESS",
+      "-A AGENTGUARD-DENY -j REJECT --reject-with"]),
 ])
 def test_each_change_is_found_and_planned_back(backend, kind, found, expect):
     live, live_sets = live_of(kind, backend)
@@ -119,7 +119,7 @@ def test_each_change_is_found_and_planned_back(backend, kind, found, expect):
         text = plan.transactions[family]
         assert text.startswith("*filter\n") and text.endswith("COMMIT\n")
         for line in expect:
-            assert any(l.startswith(line) for l in text.splitlines()), (family, line, text)
+            assert any(x.startswith(line) for x in text.splitlines()), (family, line, text)
         # Only our part is named: every other chain and rule is left as it is.
         for foreign in FOREIGN:
             assert foreign not in text, (family, foreign)
@@ -139,7 +139,7 @@ def test_restoring_converges(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_destroyed_set_is_created_and_seeded(backend):
-    text = "\n".join(l for l in ipsets(backend).splitlines() if "ag6-cdn" not in l) + "\n"
+    text = "\n".join(x for x in ipsets(backend).splitlines() if "ag6-cdn" not in x) + "\n"
     live, live_sets = live_of("managed", backend, ipset=text)
     desired = desired_from(backend)
     assert G.differences(desired, live, live_sets) == [G.Difference("ipset", "ipv6", "ipset")]
@@ -153,7 +153,7 @@ def test_a_destroyed_set_is_created_and_seeded(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_static_set_that_lost_members_is_swapped_back(backend):
-    text = "\n".join(l for l in ipsets(backend).splitlines() if l != "add ag4-cdn 198.18.4.1") + "\n"
+    text = "\n".join(x for x in ipsets(backend).splitlines() if x != "add ag4-cdn 198.18.4.1") + "\n"
     live, live_sets = live_of("managed", backend, ipset=text)
     plan = G.restore_plan(desired_from(backend), live, live_sets)
     assert plan.sets_changed == ["ag4-cdn"]
@@ -310,10 +310,18 @@ def test_counters_survive_a_restart(tmp_path):
     assert again.status["tamper_events"] == guard.status["tamper_events"]
 
 
-def test_backoff_when_something_fights_the_guard(tmp_path):
-    guard, _, _ = make_guard(tmp_path, Runner(saves("managed", "nft")))
-    assert guard.delay() == 0.0
-    guard.restores = [G.time.monotonic()] * (G.BACKOFF_AFTER + 1)
+def test_backoff_only_when_something_fights_the_guard(tmp_path):
+    """Changes that come one after the other, each after the previous restore settled, are each restored at
+    once; a change back within FIGHT_WINDOW of each restore, many times, slows the guard down."""
+    runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
+    guard, _, state = make_guard(tmp_path, runner)
+    write_desired(state)
+    for _ in range(G.BACKOFF_AFTER + 2):
+        guard.last_restore = G.time.monotonic() - G.FIGHT_WINDOW - 0.1  # the previous one settled
+        assert guard.check_once()
+    assert guard.restores == [] and guard.delay() == 0.0
+    for _ in range(G.BACKOFF_AFTER + 1):
+        assert guard.check_once()  # the runner's state never changes: each restore is needed again at once
     assert guard.delay() == G.BACKOFF_DELAY
 
 
