@@ -63,6 +63,10 @@ def guard_run(tmp_path_factory):
                                counters={"ipv4": {"output": 40, "forward": 2}, "ipv6": {"output": 3}}, tamper=tamper),
         "agent-2": host_result([], 300, since, now, oldest=now - datetime.timedelta(minutes=12)),
     }
+    results["agent-1"]["guard"] = {"started": "2026-12-01T08:00:00Z", "tamper_events_total": 5, "restore_failures_total": 1,
+                                   "last_restore": "2026-12-06T19:00:50Z", "last_restore_seconds": 0.3,
+                                   "last_open_seconds": None, "policy_hash": "sha256:abc", "applied": None,
+                                   "in_sync": False, "tamper_events": []}
     proc, out = run_report(tmp_path_factory.mktemp("guard"), dict((h, {}) for h in results), results)
     assert proc.returncode == 0, proc.stdout[-3000:]
     texts = {}
@@ -88,5 +92,6 @@ def test_the_report_gives_exact_totals_tamper_events_and_coverage(guard_run):
         assert "ipv4/filter/output-jump" in text and "0.43 s" in text
         assert "not restored: iptables-restore failed" in text
         assert "last 12 min of 24 h" in text
+        assert "Guard: started 2026-12-01 08:00:00, 5 tamper event(s)" in text and "policy NOT in sync" in text
     md_row = [line for line in guard_run["md"].splitlines() if line.startswith("| agent-1 |")][0]
     assert md_row.split(" | ")[1:3] == ["45", "3"]  # exact denied packets, then the attempts in the log
