@@ -343,7 +343,7 @@ def egress_guard_files(guard, marker, platform=None, metrics=False, metrics_dir=
         with open(os.path.join(root, "plugins", "module_utils", name)) as handle:
             files.append(dict(path="%s/%s" % (code_dir, name), content=handle.read(), mode="0644", kind="code"))
     with open(os.path.join(root, "roles", "egress", "files", "agentguard-guard")) as handle:
-        files.append(dict(path=guard["entry"], content=handle.read(), mode="0755", kind="entry"))
+        files.append(dict(path=guard["entry"], content=handle.read(), mode="0644", kind="entry"))
     after = list(platform.get("boot_units") or []) + list(GUARD_AFTER)
     unit = GUARD_UNIT.format(
         marker=marker, lib=guard["lib"], entry=guard["entry"], state_dir=guard["state_dir"],

@@ -53,8 +53,9 @@ def test_the_guards_code_is_the_collections_module_utils_byte_for_byte():
             assert f["content"] == handle.read()
         assert f["mode"] == "0644"
     entry = [f for f in wanted if f["kind"] == "entry"]
-    assert entry[0]["path"] == "/usr/lib/agentguard/agentguard-guard" and entry[0]["mode"] == "0755"
-    assert entry[0]["content"].startswith("#!/usr/bin/python3 -I\n")
+    # Run by the unit as `/usr/bin/python3 -I ENTRY`: no shebang, not executable.
+    assert entry[0]["path"] == "/usr/lib/agentguard/agentguard-guard" and entry[0]["mode"] == "0644"
+    assert "sys.path.insert(0, os.environ.get(\"AGENTGUARD_GUARD_LIB\", \"/usr/lib/agentguard/guard\"))" in entry[0]["content"]
 
 
 def test_the_unit_orders_the_guard_and_hardens_it():
