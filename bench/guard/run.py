@@ -65,7 +65,7 @@ def runner(path):
 
     def run(argv, data=None):
         proc = subprocess.run(["ip", "netns", "exec", NS] + list(argv), input=data, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True, env=env)
+                              stderr=subprocess.PIPE, universal_newlines=True, env=env, check=False)
         return proc.returncode, proc.stdout, proc.stderr
     return run
 
@@ -124,7 +124,7 @@ def percentile(values, q):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--changes", type=int, default=60)
     parser.add_argument("--idle", type=float, default=60.0)
     # Longer than the guard's FIGHT_WINDOW: a change right after each restore is a fight, which it slows down.
@@ -202,7 +202,7 @@ def main():
             backend=args.backend, events=first.get("events"), changes=len(times),
             median=statistics.median(times), p99=percentile(times, 0.99), max=max(times), min=min(times),
             by_kind=dict((label, statistics.median([r["seconds"] for r in results if r["kind"] == label]))
-                         for label, _ in rotation),
+                         for label, unused in rotation),
             idle_seconds=args.idle, idle_cpu_percent=idle_cpu, rss_mib_idle=mem_idle.get("VmRSS"),
             rss_mib_end=mem_end.get("VmRSS"), rss_mib_peak=mem_end.get("VmHWM"),
             load_start=load_start, load_end=load_end, started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -406,13 +406,13 @@ class EventSocket(object):
         if self.sock is None:
             time.sleep(max(timeout, 0))
             return None
-        ready, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+        ready = select.select([self.sock], [], [], max(timeout, 0))[0]
         if not ready:
             return None
         first = time.monotonic()
         self.drain()
         while time.monotonic() - first < DEBOUNCE_MAX:
-            ready, _, _ = select.select([self.sock], [], [], DEBOUNCE)
+            ready = select.select([self.sock], [], [], DEBOUNCE)[0]
             if not ready:
                 break
             self.drain()
@@ -709,8 +709,10 @@ def subprocess_runner():
 
     def run(argv, data=None):
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            # The guard runs on the host without Ansible: no AnsibleModule.run_command there.
+            stdin = subprocess.PIPE if data is not None else subprocess.DEVNULL
+            proc = subprocess.Popen(  # pylint: disable=ansible-bad-function
+                argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             out, err = proc.communicate(data.encode("utf-8") if data is not None else None)
             return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
         except OSError as exc:
@@ -730,7 +732,7 @@ def bin_path(name, required):
 
 def main(argv=None):
     import argparse
-    parser = argparse.ArgumentParser(prog="agentguard-guard", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="agentguard-guard", description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--state-dir", default=STATE_DIR, help="where egress_rules writes the desired state")
     parser.add_argument("--guard-dir", default=GUARD_DIR, help="where the guard keeps its status")
     parser.add_argument("--interval", type=float, default=INTERVAL, help="seconds between periodic checks")

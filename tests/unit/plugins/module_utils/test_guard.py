@@ -208,7 +208,7 @@ def restores(runner):
 
 def test_without_a_desired_state_the_guard_does_nothing(tmp_path):
     runner = Runner(saves("flushed", "nft"))
-    guard, journal, _ = make_guard(tmp_path, runner)
+    guard, journal = make_guard(tmp_path, runner)[:2]
     assert guard.check_once() == []
     assert runner.calls == [] and journal == []
     assert guard.status["in_sync"] is None
@@ -305,7 +305,7 @@ def test_counters_survive_a_restart(tmp_path):
     write_desired(state)
     guard.check_once()
     guard.save_status()
-    again, _, _ = make_guard(tmp_path, runner, clock=lambda: 2000.0)
+    again = make_guard(tmp_path, runner, clock=lambda: 2000.0)[0]
     assert again.status["tamper_events_total"] == 1 and again.status["started"] == 2000.0
     assert again.status["tamper_events"] == guard.status["tamper_events"]
 
@@ -314,13 +314,13 @@ def test_backoff_only_when_something_fights_the_guard(tmp_path):
     """Changes that come one after the other, each after the previous restore settled, are each restored at
     once; a change back within FIGHT_WINDOW of each restore, many times, slows the guard down."""
     runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
-    guard, _, state = make_guard(tmp_path, runner)
+    guard, unused, state = make_guard(tmp_path, runner)
     write_desired(state)
-    for _ in range(G.BACKOFF_AFTER + 2):
+    for unused in range(G.BACKOFF_AFTER + 2):
         guard.last_restore = G.time.monotonic() - G.FIGHT_WINDOW - 0.1  # the previous one settled
         assert guard.check_once()
     assert guard.restores == [] and guard.delay() == 0.0
-    for _ in range(G.BACKOFF_AFTER + 1):
+    for unused in range(G.BACKOFF_AFTER + 1):
         assert guard.check_once()  # the runner's state never changes: each restore is needed again at once
     assert guard.delay() == G.BACKOFF_DELAY
 
