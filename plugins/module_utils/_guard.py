@@ -641,7 +641,10 @@ class Guard(object):
         try:
             self.status["backend"] = backend_of(self.nf.save("ipv4"))
         except CommandError:
-            pass
+            return
+        if self.status["backend"] == "legacy":
+            # The socket is open, but the legacy backend announces nothing on it.
+            self.status["events"] = "periodic"
 
     def view(self):
         return tuple(self.status.get(key) for key in ("paused", "policy_hash", "in_sync", "backend"))

@@ -233,7 +233,7 @@ def test_legacy_backend_by_the_periodic_check(lab, tmp_path, backend_path):
     assert runner(dict(POLICY, state_dir=state))["changed"]
     guard = Guard(lab, str(tmp_path), path_prefix=prefix, interval=LEGACY_INTERVAL)
     guard.wait(lambda s: s.get("in_sync") is True, 10, "the guard's first check")
-    assert guard.status()["backend"] == "legacy"
+    assert guard.status()["backend"] == "legacy" and guard.status()["events"] == "periodic"
     tools = ("iptables-legacy", "ip6tables-legacy")
     goal = LEGACY_INTERVAL + GOAL
     change_and_measure(lab, guard, "legacy: OUTPUT jump deleted", [("iptables-legacy", "-D", "OUTPUT", "-j", "AGENTGUARD-EGRESS")],
