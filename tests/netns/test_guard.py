@@ -100,8 +100,11 @@ class Guard(object):
         env = dict(os.environ, AGENTGUARD_GUARD_LIB=lib)
         if path_prefix:
             env["PATH"] = path_prefix + os.pathsep + env["PATH"]
+        # The textfile collector's directory: the guard refreshes the metrics there (_metrics).
+        self.metrics = os.path.join(tmp, "textfile")
+        os.makedirs(self.metrics)
         argv = ["ip", "netns", "exec", lab.host, "/usr/bin/python3", "-I", ENTRY, "--state-dir", self.state,
-                "--guard-dir", self.dir, "--journal-socket", self.journal.path]
+                "--guard-dir", self.dir, "--journal-socket", self.journal.path, "--metrics-dir", self.metrics]
         if interval:
             argv += ["--interval", str(interval)]
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -223,6 +226,13 @@ def test_each_change_is_restored_within_the_goal(guarded):
     assert entries[1]["AGENTGUARD_DIFFERED"] == "ipv6/filter/chain"
     assert "AGENTGUARD_OPEN_SECONDS" in entries[0]
     print("\nrestore times (s): %s" % ", ".join("%.3f" % t for t in times))
+    # The metrics the guard wrote after its last restore.
+    with open(os.path.join(guard.metrics, "agentguard.prom")) as handle:
+        metrics = handle.read()
+    assert "agentguard_guard_tamper_events_total 6" in metrics
+    assert 'agentguard_egress_policy_info{policy_hash="%s"} 1' % status["policy_hash"] in metrics
+    # Our OUTPUT jump (IPv4) differed three times: deleted, moved second, flushed with the ruleset.
+    assert 'agentguard_guard_tamper_differences_total{kind="output-jump",family="ipv4",table="filter"} 3' in metrics
 
 
 def test_legacy_backend_by_the_periodic_check(lab, tmp_path, backend_path):
