@@ -416,7 +416,7 @@ class EventSocket(object):
             if not ready:
                 break
             self.drain()
-        return True
+        return first
 
 
 def journal_payload(fields):
@@ -668,7 +668,9 @@ class Guard(object):
             backoff = self.delay()
             if backoff:
                 time.sleep(backoff)
+                # What came meanwhile is looked at now, once.
                 events.drain()
+                next_check = time.monotonic()
             timeout = min(next_check, last_status + STATUS_PERIOD) - time.monotonic()
             event_time = events.wait(timeout)
             due = event_time is not None or time.monotonic() >= next_check
@@ -677,9 +679,8 @@ class Guard(object):
                 found = self.check_once(event_time)
                 # Paused (the lock or the marker): look again soon, the change may still be ours to undo.
                 next_check = time.monotonic() + (PAUSED_RETRY if self.status["paused"] else self.interval)
-                if found:
-                    # Our own restore is announced too: not a change to look at again.
-                    events.drain()
+                # Our own restore is announced too, and wakes the next wait: that check finds the host in
+                # sync. Never drained unread: another change may have come during the restore.
             # Written when something happened or the view changed (a new desired state, a pause), and
             # on the period, so the metrics stay fresh.
             view = self.view()

@@ -36,16 +36,18 @@ FORBIDDEN = ["tcp:%s:443" % V4["forbidden"], "tcp:[%s]:443" % V6["forbidden"]]
 GOAL = 2.0
 # The legacy backend has no events: the periodic check (its interval here) finds the change.
 LEGACY_INTERVAL = 1.0
-# Connects to the forbidden server every 20 ms and prints the time of each one that got through.
+# Connects to the forbidden server every 20 ms and prints when each one that got through was started (a
+# SYN sent before the restore may complete after it: its connection is then an established one).
 WATCH = r"""
 import socket, sys, time, select
 end = time.time() + float(sys.argv[2])
 while time.time() < end:
     s = socket.socket(); s.setblocking(False)
     try:
+        started = time.time()
         s.connect_ex((sys.argv[1], 443))
         if select.select([], [s], [], 0.05)[1] and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-            print("%.6f" % time.time(), flush=True)
+            print("%.6f" % started, flush=True)
     finally:
         s.close()
     time.sleep(0.02)
@@ -224,7 +226,10 @@ def test_each_change_is_restored_within_the_goal(guarded):
     assert all(e["SYSLOG_IDENTIFIER"] == "agentguard-guard" and e["AGENTGUARD_RESTORED"] == "yes" for e in entries)
     assert entries[0]["AGENTGUARD_DIFFERED"] == "ipv4/filter/output-jump"
     assert entries[1]["AGENTGUARD_DIFFERED"] == "ipv6/filter/chain"
-    assert "AGENTGUARD_OPEN_SECONDS" in entries[0]
+    # From the kernel's first event to restored: the guard's own measure of how long the host was open (not
+    # known when the periodic check found the change).
+    opened = [float(e["AGENTGUARD_OPEN_SECONDS"]) for e in entries if "AGENTGUARD_OPEN_SECONDS" in e]
+    assert len(opened) >= 5 and all(0 <= s <= GOAL for s in opened), entries
     print("\nrestore times (s): %s" % ", ".join("%.3f" % t for t in times))
     # The metrics the guard wrote after its last restore.
     with open(os.path.join(guard.metrics, "agentguard.prom")) as handle:
