@@ -8,7 +8,7 @@ ROOT=$PWD
 
 APT_PACKAGES=(iptables ipset iproute2 procps kmod util-linux debootstrap podman netavark aardvark-dns runc catatonit shellcheck
   uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base busybox dhcpcd-base python3-venv python3-dnspython
-  unzip git make chromium nginx-light libnginx-mod-stream)
+  unzip git make chromium nginx-light libnginx-mod-stream prometheus prometheus-node-exporter)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import os
 
 from ansible.errors import AnsibleFilterError
 
@@ -202,9 +203,133 @@ def _tls_files_current(tls_files, host, unit):
             and _dict(host.get("active")).get(unit) == "active")
 
 
+GUARD_UNIT = """# {marker} (role egress); do not edit: every run rewrites this file.
+[Unit]
+Description=agentguard egress guard (holds the host to the last applied egress rules)
+Documentation=file://{lib}/ansible_collections/agentguard/hardening/plugins/module_utils/_guard.py
+# After the persisted rules and the firewall managers that load or reset netfilter at boot; ready
+# (Type=notify) once its first check has restored our part, so the units Before= it find the rules.
+DefaultDependencies=no
+After=local-fs.target {after}
+Before=network-pre.target shutdown.target {before}
+Wants=network-pre.target
+Conflicts=shutdown.target
+
+[Service]
+Type=notify
+ExecStart=/usr/bin/python3 -I {entry} --state-dir {state_dir} --guard-dir {guard_dir}{metrics}
+Restart=always
+RestartSec=1
+TimeoutStartSec=60
+StateDirectory={guard_name}
+StateDirectoryMode=0700
+ReadWritePaths={state_dir} /run{metrics_path}
+# Root-only files (the metrics file is made readable to node_exporter by its writer).
+UMask=0077
+# Root for netfilter, with only the capabilities iptables, ip6tables and ipset need.
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
+AmbientCapabilities=
+NoNewPrivileges=yes
+# No network of its own: netlink (nf_tables events, ipset, nft), the legacy backend's raw socket calls
+# (AF_INET/AF_INET6, setsockopt only) and the journal; no IP packet may be sent or received.
+RestrictAddressFamilies=AF_NETLINK AF_UNIX AF_INET AF_INET6
+IPAddressDeny=any
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+DevicePolicy=closed
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+MemoryMax=128M
+TasksMax=16
+
+[Install]
+WantedBy=multi-user.target
+"""
+GUARD_AFTER = ("nftables.service", "firewalld.service", "ufw.service")
+# Where the guard lives on a host (its desired state and status: _guard.STATE_DIR, _guard.GUARD_DIR).
+GUARD = dict(unit="agentguard-guard.service", lib="/usr/lib/agentguard/guard", entry="/usr/lib/agentguard/agentguard-guard",
+             state_dir="/var/lib/agentguard/egress", guard_dir="/var/lib/agentguard/guard")
+
+
+def guard_settings(guard):
+    """GUARD with the run's settings (the role's __egress_run.guard: wanted, metrics, metrics_dir, before_units)."""
+    return dict(GUARD, **_dict(guard))
+
+
+def _collection_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def egress_guard_files(guard, marker, platform=None, metrics=False, metrics_dir=None, before_units=None):
+    """The guard's files (agentguard-guard.service, _guard.py), in write order: the module_utils it runs
+    (_guard.GUARD_FILES, read from this collection's plugins/module_utils, a checkout's or an installed
+    collection's), its entry point (roles/egress/files/agentguard-guard) and its unit. Each is {path,
+    content, mode, kind} (kind code, entry or unit). guard: GUARD's keys (lib, entry, unit, state_dir,
+    guard_dir) override GUARD."""
+    from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
+
+    guard, platform = guard_settings(guard), _dict(platform)
+    root = _collection_root()
+    code_dir = guard["lib"] + "/ansible_collections/agentguard/hardening/plugins/module_utils"
+    files = []
+    for name in GUARD_FILES:
+        with open(os.path.join(root, "plugins", "module_utils", name)) as handle:
+            files.append(dict(path="%s/%s" % (code_dir, name), content=handle.read(), mode="0644", kind="code"))
+    with open(os.path.join(root, "roles", "egress", "files", "agentguard-guard")) as handle:
+        files.append(dict(path=guard["entry"], content=handle.read(), mode="0644", kind="entry"))
+    after = list(platform.get("boot_units") or []) + list(GUARD_AFTER)
+    unit = GUARD_UNIT.format(
+        marker=marker, lib=guard["lib"], entry=guard["entry"], state_dir=guard["state_dir"],
+        guard_dir=guard["guard_dir"], guard_name=guard["guard_dir"][len("/var/lib/"):],
+        after=" ".join(after), before=" ".join(_unique_list(before_units)),
+        metrics=" --metrics-dir %s" % metrics_dir if metrics and metrics_dir else "",
+        metrics_path=" -%s" % metrics_dir if metrics and metrics_dir else "")
+    files.append(dict(path="/etc/systemd/system/%s" % guard["unit"], content=unit, mode="0644", kind="unit"))
+    return files
+
+
+def _unique_list(items):
+    seen = []
+    for item in items or []:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def guard_paths(guard):
+    """What the guard leaves on a host: its unit, its entry point and its code's directory."""
+    guard = guard_settings(guard)
+    return ["/etc/systemd/system/%s" % guard["unit"], guard["entry"], guard["lib"]]
+
+
+def guard_files_current(files, host, unit):
+    """True when the guard's files have the wanted content, owner and mode, and its unit is enabled and active."""
+    return (_files_current(files, host) and _dict(host.get("enabled")).get(unit) == "enabled"
+            and _dict(host.get("active")).get(unit) == "active")
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "egress_boot_files": egress_boot_files,
             "egress_tls_gate_files": egress_tls_gate_files,
+            "egress_guard_files": egress_guard_files,
         }

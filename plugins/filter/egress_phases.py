@@ -35,10 +35,15 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
     _boot_files_current,
     _tls_files_current,
     egress_boot_files,
+    egress_guard_files,
     egress_tls_gate_files,
+    guard_files_current,
+    guard_paths,
+    guard_settings,
 )
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_scope_error, canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
+from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, as_list, parse_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
 
@@ -177,12 +182,13 @@ def _entry_users(allow):
     return found
 
 
-def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=None, tls=None):
+def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=None, tls=None, guard=None):
     """The options of egress_host_state: every platform's packages, boot units and files at once (the module
     names the host's platform only in its answer), the units whose state the role needs, and the users: the
     restricted ones (scope users; also asked which runtime sockets they reach) and those of egress_allow
     entries (users:), which must exist too. tls (the role's __egress_tls): the TLS gate's files, its unit and
-    Debian's nginx.service (whether nginx is installed, and masked), and its user (whether it exists)."""
+    Debian's nginx.service (whether nginx is installed, and masked), and its user (whether it exists).
+    guard (the role's __egress_run.guard): the guard's unit and files (egress_guard_files' paths)."""
     platforms = _dict(platforms)
     rows = [_row(platforms, key) for key in platforms]
     packages = set()
@@ -195,10 +201,17 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=Non
     tls = _dict(tls)
     gate_units = [tls["unit"], NGINX_UNIT] if tls.get("unit") else []
     paths.extend(_tls_paths(tls))
+    guard_units = []
+    if guard is not None:
+        guard = guard_settings(guard)
+        guard_units = [guard["unit"]]
+        paths.extend(guard_paths(guard))
+        paths.extend(guard["lib"] + "/ansible_collections/agentguard/hardening/plugins/module_utils/" + name
+                     for name in GUARD_FILES)
     return dict(
         packages=sorted(packages),
-        active=list(units or []) + gate_units,
-        enabled=sorted(set(unit for row in rows for unit in row.get("boot_units") or []) | set(gate_units)),
+        active=list(units or []) + gate_units + guard_units,
+        enabled=sorted(set(unit for row in rows for unit in row.get("boot_units") or []) | set(gate_units) | set(guard_units)),
         paths=_unique(paths),
         users=_unique(list(users or []) + [name for index, name in _entry_users(allow)]
                       + ([tls["user"]] if tls.get("user") else [])),
@@ -251,7 +264,8 @@ def egress_host_errors(host, platform, hostname="this host", allow=None, scope_u
     return errors
 
 
-def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None, tls_files=None, tls_user=None):
+def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_lookup=None, tls_files=None, tls_user=None,
+                  guard_files=None):
     """Which phase of the role runs, each decided once, from what the run was asked (run: state, mode,
     dns_mode, persist, canary, canary_every_run, check_mode, dns: {user, unit, files}), the host's state
     (egress_host_state), its platform row, the files to persist (egress_boot_files), the plan (the registered
@@ -267,6 +281,11 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     the host's own is masked), tls_gate (write and (re)start the gate outside an apply: its files or unit
     differ while the rules do not; an apply always sets the gate up) and remove_tls_gate (the gate is off and
     left its unit or configuration).
+
+    The guard (run.guard: wanted (egress_guard), metrics, metrics_dir, before_units; guard_files: egress_guard_files):
+    guard (write and (re)start it: wanted, and its files or unit differ; or say guard_skipped), remove_guard (not wanted, and it left
+    its unit or files: egress_guard false, egress_state absent) and guard_skipped (why it is not installed
+    although egress_guard is true: systemd is not PID 1; '' otherwise).
 
     prepare: whether the phases before the plan run (tasks/prepare_host.yml): the host cannot be hardened
     (host_errors: egress_host_errors of the host, for run's hostname, allow and scope_users; refused there before
@@ -328,6 +347,17 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     tls_leftovers = [path for path in _tls_paths(tls) if path in paths]
     remove_tls_gate = not tls_on and bool(tls_leftovers)
     install = present and bool(missing)
+    guard_cfg = guard_settings(run.get("guard"))
+    guard_asked = present and _bool(guard_cfg.get("wanted", False))
+    guard_wanted = guard_asked and bool(host.get("systemd"))
+    guard_leftovers = [path for path in guard_paths(guard_cfg) if path in paths]
+    remove_guard = not guard_wanted and bool(guard_leftovers)
+    guard_skipped = ("egress_guard: systemd is not PID 1 on this host, so the guard (agentguard-guard.service) is "
+                     "not installed: nothing restores the rules if they are changed between runs"
+                     if guard_asked and host and not host.get("systemd") else "")
+    # Where it cannot run, the phase only says so (every run: never silent).
+    guard = bool(guard_skipped) or (guard_wanted and bool(guard_files) and not plan.get("skipped") and not plan_blocked
+                                    and not guard_files_current(guard_files, host, guard_cfg.get("unit")))
     host_errors = egress_host_errors(host, platform, run.get("hostname") or "this host",
                                      run.get("allow") if present else [], run.get("scope_users"),
                                      tls if present else dict(tls, mode="off")) if host else []
@@ -346,7 +376,8 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
         # Never before a plan is known (the fast path's, from egress_host_state, or egress_rules'), nor on a host
         # that is to be refused.
         done=bool(plan) and not host_errors and not (apply or canary or persist_now or not present or remove_resolver
-                                                     or plan_blocked or tls_gate or remove_tls_gate),
+                                                     or plan_blocked or tls_gate or remove_tls_gate
+                                                     or guard or remove_guard),
         missing_packages=missing,
         debconf=list(platform.get("debconf") or []) if persist else [],
         resolvers=list(resolvers),
@@ -359,6 +390,12 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
         tls_gate=tls_gate,
         remove_tls_gate=remove_tls_gate,
         tls_leftovers=tls_leftovers,
+        guard=guard,
+        remove_guard=remove_guard,
+        guard_leftovers=guard_leftovers,
+        guard_unit=guard_cfg["unit"],
+        guard_remove=guard_leftovers + [guard_cfg["guard_dir"], guard_cfg["state_dir"] + "/desired.json"],
+        guard_skipped=guard_skipped,
     )
 
 
@@ -379,8 +416,12 @@ def egress_decide(run, host_state, platforms, result=None, plan=None, dns_user_l
     boot_files = egress_boot_files(result, platform, run.get("marker"), run.get("dropin"))
     tls_files = egress_tls_gate_files(result, tls.get("mode"), tls.get("user"), run.get("dns_mode"), dns.get("servers"),
                                       tls, run.get("marker"), tls.get("before_units"), platform)
-    decided = egress_phases(run, host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_user)
-    decided.update(platform=platform, boot_files=boot_files, tls_files=tls_files)
+    guard = _dict(run.get("guard"))
+    guard_files = (egress_guard_files(guard, run.get("marker"), platform, guard.get("metrics"), guard.get("metrics_dir"),
+                                      guard.get("before_units"))
+                   if _bool(guard.get("wanted", False)) and run.get("state") == "present" and host.get("systemd") else [])
+    decided = egress_phases(run, host, platform, boot_files, plan, dns_user_lookup, tls_files, tls_user, guard_files)
+    decided.update(platform=platform, boot_files=boot_files, tls_files=tls_files, guard_files=guard_files)
     return decided
 
 

@@ -33,10 +33,15 @@ _value:
   description:
     - C(attempts), C(lines), C(forwarded), C(canary), C(refused) (DNS) and C(tls_refused) (connections the TLS
       gate refused), summed over the hosts that were read.
+    - C(denied_packets), the exact denied packets summed over the hosts whose deny rule counters were read (each
+      host's since its rules were loaded); C(uncounted), the hosts whose counters were not read; C(tamper), the
+      guard's tamper events in the window; C(uncovered), the hosts whose kernel log does not reach back to the
+      window's start (their attempts and log lines are only what the log still holds).
     - C(unread), the sorted names of the hosts that could not be read.
     - C(hosts), host name to its row (C(attempts), C(lines), C(forwarded), C(canary), C(refused), C(top), the
       busiest denial that is not the role's canary or null, C(tls_refused), C(destinations), the number of distinct
-      destinations of those, C(last), the latest time a denial was seen).
+      destinations of those, C(last), the latest time a denial was seen, C(denied_packets) (exact, null when not
+      read), C(counters_since), C(counters_text), C(tamper), C(covered), C(coverage_short), C(coverage_text)).
     - C(limits), the distinct logging rate limits the hosts reported, in host order.
     - C(names), the refused DNS names merged across hosts (C(name), C(count), C(hosts), C(qtypes), C(last)),
       busiest first, then by name.

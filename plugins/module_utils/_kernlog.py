@@ -35,6 +35,7 @@ MONOTONIC_RE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
 SYSLOG_HOST_RE = re.compile(r"^(\S+) kernel: (.*)$")
 NUMERIC = ("SPT", "DPT", "UID", "GID", "TYPE", "CODE", "LEN")
 ICMP_ID_RE = re.compile(r"\bPROTO=ICMP(?:v6)?\b.*?\bID=(\d+)")
+COUNTERS_RE = re.compile(r"^\[\d+:\d+\] ")
 LIMIT_RE = re.compile(r"-m limit(?: --limit (\S+))?(?: --limit-burst (\d+))?")
 
 
@@ -178,6 +179,7 @@ def log_limits(save_text, prefix, family):
     found, table = [], None
     quoted = '--log-prefix "%s"' % prefix
     for line in save_text.splitlines():
+        line = COUNTERS_RE.sub("", line)  # iptables-save -c
         if line.startswith("*"):
             table = line[1:].strip()
         elif line.startswith("-A ") and "-j LOG" in line and (quoted in line or "--log-prefix %s " % prefix.strip() in line):

@@ -34,12 +34,16 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._kernlog impo
     empty_stats,
     limit_text,
     log_limits,
+    split_line,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._logtime import UTC, iso_text, journal_since, parse_since
+from ansible_collections.agentguard.hardening.plugins.module_utils._metrics import PATHS, read_counters
 from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import join_tls_log, parse_gate_log
 
 # source: auto tries these in order and keeps the first that holds a line with the prefix.
 AUTO_ORDER = ("journal", "file", "dmesg")
+# The guard's journal entries (agentguard-guard.service, _guard.tamper_fields).
+GUARD_IDENTIFIER = "agentguard-guard"
 
 
 class Failure(Exception):
@@ -204,24 +208,97 @@ def read_kernel_records(host, params, since, now):
                                  local_interfaces=interfaces)
         if not auto or stats["matched"] or stats["older"] or stats["other_hosts"]:
             host.cache["kernel_lines"] = lines
+            host.cache["coverage"] = kernel_coverage(host, name, label, lines, since, now, boot)
             return label, records, stats
     if not auto:
         raise Failure("cannot read %s" % unreadable[0])
     if len(unreadable) == len(AUTO_ORDER):
         host.warn("no kernel log could be read, so no denial is reported: %s" % ", ".join(unreadable))
+    host.cache["coverage"] = coverage("none", None, since, now, False)
     return "none", [], empty_stats()
+
+
+# ------------------------------------------------------------------------- how far back a source reaches
+def span_text(seconds):
+    """A duration as a reader says it: "45 s", "12 min", "5 h", "2.5 h", "3 days"."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min" % round(seconds / 60.0)
+    if seconds < 172800:
+        hours = seconds / 3600.0
+        return "%d h" % round(hours) if abs(hours - round(hours)) < 0.05 else "%.1f h" % hours
+    days = seconds / 86400.0
+    return "%d days" % round(days) if abs(days - round(days)) < 0.05 else "%.1f days" % days
+
+
+def oldest_time(lines, boot, now):
+    """The time of the first timed line (the sources are in time order), None when none has a time."""
+    for line in lines:
+        when, message = split_line(line, boot, now)
+        if when is not None:
+            return when
+    return None
+
+
+def coverage(label, oldest, since, now, reaches_back, note=""):
+    """{source, oldest, start, covered, text}: whether the source holds lines from before the window's start
+    (reaches_back), else how much of the window it covers, said per host in the report."""
+    result = {"source": label, "oldest": iso_text(oldest) if oldest else None,
+              "start": iso_text(since) if since else None, "covered": False, "text": "", "short": "none"}
+    if label == "none":
+        result["text"] = "no kernel log could be read: the window is not covered"
+    elif since is None:
+        result["covered"] = True
+        result["short"] = "from %s" % result["oldest"][:16].replace("T", " ") if oldest else "empty"
+        result["text"] = ("%s: all it holds, from %s%s" % (label, result["oldest"], note) if oldest else
+                          "%s holds no line" % label)
+    elif reaches_back:
+        result["covered"] = True
+        result["short"] = "whole window"
+        result["text"] = "%s covers the whole window (it holds older lines)" % label
+    elif oldest is None:
+        result["text"] = "%s holds no line of the %s asked: the window is not covered%s" % (
+            label, span_text((now - since).total_seconds()), note)
+    else:
+        result["short"] = "last %s of %s" % (span_text((now - oldest).total_seconds()),
+                                             span_text((now - since).total_seconds()))
+        result["text"] = "%s covers only the last %s of the %s asked (its oldest line: %s)%s" % (
+            label, span_text((now - oldest).total_seconds()), span_text((now - since).total_seconds()),
+            result["oldest"], note)
+    return result
+
+
+def kernel_coverage(host, name, label, lines, since, now, boot):
+    """How far back the kernel log source `name` reaches, against the window from since. The journal is read
+    from since on (and journalctl -k reads the current boot only): one more query asks for a line before it."""
+    oldest = oldest_time(lines, boot, now)
+    if name != "journal":
+        return coverage(label, oldest, since, now, since is not None and oldest is not None and oldest <= since)
+    note = ""
+    if boot is not None and since is not None and boot > since:
+        note = "; journalctl -k reads this boot only, and the host booted at %s" % iso_text(boot)
+    reaches_back = False
+    if since is not None:
+        rc, out, err = host.run([host.which("journalctl"), "-k", "-o", "json", "--no-pager", "-q", "-n", "1",
+                                 "--until", journal_since(since)])
+        reaches_back = rc == 0 and bool(out.strip())
+    return coverage(label, oldest, since, now, reaches_back, note)
 
 
 def read_limits(host, prefix):
     """The logging rules with this prefix in the live rules of both families, with their rate limit;
     a family whose rules cannot be read is left out (the limit is then unknown, not fatal)."""
     found = []
+    saves = host.cache.setdefault("saves", {})
     for family, command in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
         binary = host.which(command)
         if binary is None:
             continue
-        rc, out, err = host.run([binary])
+        rc, out, err = host.run([binary, "-c"])  # with counters: exact_counts reads the same text
         if rc == 0:
+            saves[command] = out
             found += log_limits(out, prefix, family)
     return found
 
@@ -232,8 +309,135 @@ def kernel_denials(host, params, since, now):
     limits = read_limits(host, params["prefix"])
     result = summarize(records, params["bucket_seconds"], params["max_records"], params["canary_source_port"],
                        host.user_name)
-    result.update(log_limits=limits, log_limit_text=limit_text(limits), source=label, stats=stats)
+    result.update(log_limits=limits, log_limit_text=limit_text(limits), source=label, stats=stats,
+                  coverage=host.cache.get("coverage") or coverage(label, None, since, now, False))
     return result
+
+
+# ------------------------------------------------------------------------- the exact counts and the guard
+def read_guard_status(host, path):
+    """The guard's status file (_guard.STATUS_FILE) as a dict; None when there is none or it cannot be read."""
+    if not path:
+        return None
+    try:
+        with host.open_text(path) as handle:
+            status = json.loads(handle.read())
+    except (IOError, OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _iso_epoch(value):
+    try:
+        return iso_text(datetime.datetime.fromtimestamp(float(value), UTC)) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def exact_counts(host, params, since, now):
+    """The deny rules' kernel counters (_metrics): the exact denied packets per family and path since the
+    rules were last loaded, and when that was as far as this host can tell (boot, the last apply that changed
+    the policy, the guard's last restore: the latest of them)."""
+    counters, errors = read_counters(host, host.cache.get("saves"))
+    status = read_guard_status(host, params["guard_status"]) or {}
+    loads = [(boot_time(host), "boot")]
+    for key, what in (("applied_timestamp", "the last apply that changed the policy"),
+                      ("last_restore_timestamp", "the guard's last restore")):
+        if status.get(key) is not None:
+            try:
+                loads.append((datetime.datetime.fromtimestamp(float(status[key]), UTC), what))
+            except (TypeError, ValueError, OverflowError):
+                continue
+    loads = [item for item in loads if item[0] is not None]
+    loaded, why = max(loads, key=lambda item: item[0]) if loads else (None, None)
+    by_family, modes = {}, set()
+    for family in sorted(counters):
+        by_family[family] = {}
+        for path in PATHS:
+            entry = counters[family]["counts"].get(path)
+            if entry is not None:
+                by_family[family][path] = {"packets": entry["packets"], "bytes": entry["bytes"]}
+                modes.add(entry["mode"])
+    packets = [c["packets"] for paths in by_family.values() for c in paths.values()]
+    forwarded = [paths["forward"]["packets"] for paths in by_family.values() if "forward" in paths]
+    total = sum(packets) if packets else None
+    if total is None:
+        why_not = " (%s)" % "; ".join(sorted(errors.values())) if errors else ": no deny rules are loaded"
+        text = "no deny rule counters could be read" + why_not
+    else:
+        text = "%d denied packet(s)%s, exact kernel counters, since the rules were loaded at %s (%s)" % (
+            total, " (would be denied: audit mode)" if modes == {"audit"} else "",
+            iso_text(loaded) if loaded else "an unknown time", why or "no boot time or guard status")
+    return {"counters": by_family, "denied_packets": total, "denied_packets_forwarded": sum(forwarded) if forwarded else None,
+            "counters_mode": sorted(modes)[0] if len(modes) == 1 else ("mixed" if modes else None),
+            "counters_since": iso_text(loaded) if loaded else None, "counters_since_reason": why,
+            "counters_errors": sorted("%s: %s" % item for item in errors.items()), "counters_text": text}
+
+
+def parse_guard_entry(line):
+    """A tamper event from one `journalctl -o json` line of the guard (None for other entries): time, what
+    differed ("ipv4/filter/jump", ...), restore and open seconds, whether it was restored."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("AGENTGUARD_EVENT") != "tamper":
+        return None
+
+    def seconds(key):
+        try:
+            return float(entry[key]) if entry.get(key) not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    stamp = entry.get("__REALTIME_TIMESTAMP")
+    try:
+        when = iso_text(datetime.datetime.fromtimestamp(int(stamp) / 1e6, UTC)) if stamp else None
+    except (TypeError, ValueError):
+        when = None
+    differed = str(entry.get("AGENTGUARD_DIFFERED") or "").split()
+    restored = entry.get("AGENTGUARD_RESTORED") != "no"
+    restore, opened = seconds("AGENTGUARD_RESTORE_SECONDS"), seconds("AGENTGUARD_OPEN_SECONDS")
+    if not restored:
+        open_text = "not restored: %s" % (entry.get("AGENTGUARD_ERROR") or "see the journal")
+    elif opened is not None:
+        open_text = "%.2f s" % opened
+    else:
+        open_text = "unknown (found by the periodic check); restored %.2f s after it was found" % (restore or 0.0)
+    return {"time": when, "differed": differed, "differed_text": ", ".join(differed) or "unknown",
+            "families": str(entry.get("AGENTGUARD_FAMILIES") or "").split(),
+            "tables": str(entry.get("AGENTGUARD_TABLES") or "").split(),
+            "kinds": str(entry.get("AGENTGUARD_KINDS") or "").split(),
+            "restore_seconds": restore, "open_seconds": opened, "restored": restored, "open_text": open_text,
+            "message": entry.get("MESSAGE") if isinstance(entry.get("MESSAGE"), str) else None}
+
+
+def guard_events(host, params, since, now):
+    """The guard's tamper events in the window (its journal entries) and its status file's totals."""
+    status = read_guard_status(host, params["guard_status"])
+    events, source = [], "none"
+    journalctl = host.which("journalctl")
+    if journalctl is not None:
+        argv = [journalctl, "SYSLOG_IDENTIFIER=" + GUARD_IDENTIFIER, "-o", "json", "--no-pager", "-q"]
+        if since is not None:
+            argv += ["--since", journal_since(since)]
+        rc, out, err = host.run(argv)
+        if rc == 0:
+            source = "journal"
+            events = [e for e in (parse_guard_entry(line) for line in out.splitlines()) if e is not None]
+        else:
+            host.warn("cannot read the guard's journal entries: %s" % _failed("journalctl", rc, out, err))
+    guard = None
+    if status is not None:
+        guard = {"started": _iso_epoch(status.get("started")), "tamper_events_total": status.get("tamper_events_total"),
+                 "restore_failures_total": status.get("restore_failures_total"),
+                 "last_restore": _iso_epoch(status.get("last_restore_timestamp")),
+                 "last_restore_seconds": status.get("last_restore_seconds"),
+                 "last_open_seconds": status.get("last_open_seconds"),
+                 "policy_hash": status.get("policy_hash"), "applied": _iso_epoch(status.get("applied_timestamp")),
+                 "in_sync": status.get("in_sync"), "tamper_events": status.get("tamper_events") or []}
+    return {"tamper_events": events[-params["max_records"]:] if params["max_records"] else [],
+            "tamper_total": len(events), "tamper_source": source, "guard": guard}
 
 
 # ------------------------------------------------------------------------- the resolver's log
@@ -373,7 +577,7 @@ def tls_refusals(host, params, since, now):
 
 
 # Read in this order; a Failure of one stops the module before the next is read.
-SECTIONS = (kernel_denials, refused_names, tls_refusals)
+SECTIONS = (kernel_denials, refused_names, tls_refusals, exact_counts, guard_events)
 
 
 def check_params(params):

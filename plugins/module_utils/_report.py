@@ -34,6 +34,14 @@ def _host_row(result):
         "top": own[0] if own else None,
         "destinations": len(set(d.get("destination_text") for d in own)),
         "last": max(lasts) if lasts else "",
+        # The exact kernel counters (null: not read), since when, and the guard's tamper events in the window.
+        "denied_packets": result.get("denied_packets"),
+        "counters_since": result.get("counters_since") if result.get("denied_packets") is not None else None,
+        "counters_text": result.get("counters_text") or "the deny rules' counters were not read",
+        "tamper": result.get("tamper_total", 0) or 0,
+        "covered": bool((result.get("coverage") or {}).get("covered")),
+        "coverage_short": (result.get("coverage") or {}).get("short") or "unknown",
+        "coverage_text": (result.get("coverage") or {}).get("text") or "unknown how far back the kernel log reaches",
     }
 
 
@@ -41,7 +49,8 @@ def summarise(hosts):
     """Fleet totals, the per-host rows and the refused DNS names merged across hosts."""
     unread = unread_hosts(hosts)
     rows, names, server_names, limits = {}, {}, {}, []
-    totals = dict(attempts=0, lines=0, forwarded=0, canary=0, refused=0, tls_refused=0)
+    totals = dict(attempts=0, lines=0, forwarded=0, canary=0, refused=0, tls_refused=0, tamper=0)
+    denied, uncounted, uncovered = 0, [], []
     for host in sorted(hosts):
         if host in unread:
             continue
@@ -49,6 +58,12 @@ def summarise(hosts):
         row = rows[host] = _host_row(result)
         for key in totals:
             totals[key] += row[key]
+        if row["denied_packets"] is None:
+            uncounted.append(host)
+        else:
+            denied += row["denied_packets"]
+        if not row["covered"]:
+            uncovered.append(host)
         limit = result.get("log_limit_text")
         if limit and limit not in limits:
             limits.append(limit)
@@ -71,6 +86,7 @@ def summarise(hosts):
             entry["last"] = max(entry["last"], refusal.get("last") or "")
             if host not in entry["hosts"]:
                 entry["hosts"].append(host)
-    return dict(totals, unread=unread, hosts=rows, limits=limits,
+    return dict(totals, unread=unread, hosts=rows, limits=limits, denied_packets=denied, uncounted=uncounted,
+                uncovered=uncovered,
                 names=sorted(names.values(), key=lambda e: (-e["count"], e["name"])),
                 server_names=sorted(server_names.values(), key=lambda e: (-e["count"], e["sni"], e["reason"])))

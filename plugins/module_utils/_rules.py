@@ -19,6 +19,7 @@ __metaclass__ = type
 import os
 import pwd
 
+from ansible_collections.agentguard.hardening.plugins.module_utils._guard import desired_document, desired_hash_of
 from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
     coverage,
     docker_firewall_backend,
@@ -80,6 +81,7 @@ ARGUMENT_SPEC = dict(
     learn_users=dict(type="list", elements="str", default=[]),
     learn_maxelem=dict(type="int", default=65536),
     learn_timeout=dict(type="int", default=604800),
+    state_dir=dict(type="path"),
 )
 
 
@@ -175,8 +177,15 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
         raise RulesError("destination(s) %s need ipset, which is not installed; nothing was changed"
                          % ", ".join(sorted(plan.desired_sets)))
 
+    # The guard's desired state (_guard): written by the apply; a host whose file says another policy
+    # (or has none, as before the guard existed) changes, so the role applies and writes it.
+    desired_changed = False
+    if params.get("state_dir"):
+        want = desired_document(plan, 0)
+        desired_changed = desired_hash_of(params["state_dir"]) != (want and want["hash"])
     result = dict(
-        changed=plan.changed,
+        changed=plan.changed or desired_changed,
+        desired_state_changed=desired_changed,
         changes=plan.changes,
         resolved=resolved,
         rules=dict((f, plan.rules.get(f, "")) for f in FAMILIES),

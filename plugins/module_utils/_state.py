@@ -85,16 +85,19 @@ class ParseError(Exception):
     pass
 
 
-def parse_save(text):
-    """Parse iptables-save output into {table name: Table}. Counters and comments are dropped."""
+def parse_save(text, counters=None):
+    """Parse iptables-save output into {table name: Table}. Counters and comments are dropped, but
+    with a list `counters`, each rule that has them (`iptables-save -c`) appends (table, chain, spec,
+    packets, bytes) to it (the exact counts of _metrics)."""
     tables = {}
     current = None
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        counted = None
         if line.startswith("[") and "] " in line:
-            line = line.split("] ", 1)[1]  # iptables-save -c rule counters
+            counted, line = line[1:].split("] ", 1)  # iptables-save -c rule counters
         if line.startswith("*"):
             if current is not None:
                 raise ParseError("line %d: table %s starts before COMMIT of %s" % (number, line[1:], current.name))
@@ -114,6 +117,12 @@ def parse_save(text):
             if len(parts) < 2:
                 raise ParseError("line %d: bad rule line %r" % (number, raw))
             current.rules.append((parts[1], parts[2] if len(parts) > 2 else ""))
+            if counted is not None and counters is not None:
+                try:
+                    packets, size = (int(n) for n in counted.split(":"))
+                except ValueError:
+                    raise ParseError("line %d: bad counters in %r" % (number, raw))
+                counters.append((current.name, parts[1], current.rules[-1][1], packets, size))
         else:
             raise ParseError("line %d: unexpected %r" % (number, raw))
     if current is not None:

@@ -28,6 +28,14 @@ description:
     logged by the deny rules of the FORWARD path with the same prefix, are returned too, marked
     C(direction=forward) and aggregated by the container's address and network instead of a uid
     (a forwarded packet has no local owner).
+  - The exact number of denied packets comes from the deny rules' kernel counters (C(iptables-save -c),
+    C(ip6tables-save -c)), per family and path, in RV(counters) and RV(denied_packets), that is every packet the
+    deny rules judged, logged or not. The kernel resets them when the rules are loaded again, so they count since
+    RV(counters_since), not over O(since). A dropped TCP connection sends its SYN again and each is counted.
+  - RV(coverage) says how far back the kernel log source reaches against the window. The kernel ring buffer of
+    a busy host holds minutes, a rotated file days; a window the source does not cover is stated, never
+    reported as no denial.
+  - The on-host guard's tamper events (its journal entries) in the window are returned in RV(tamper_events).
   - Lines that carry the prefix but cannot be parsed, and lines of other hosts (a container host's
     ring buffer also holds its containers' lines), are skipped and counted, never fatal.
   - In filtering DNS mode, O(agentguard.hardening.egress_rules#module:dns_mode=filtering), the host runs a
@@ -132,6 +140,14 @@ options:
     description: How many aggregated gate refusals to return in RV(tls_refusals), busiest first.
     type: int
     default: 200
+  guard_status:
+    description:
+      - The status file of the on-host guard (C(agentguard-guard.service), role variable C(egress_guard)), read for
+        its totals (RV(guard)) and for when the rules were last loaded (RV(counters_since)). A missing or unreadable
+        file means no guard figures, never a failure. An empty value skips it.
+      - The guard's tamper events themselves are read from the journal (C(SYSLOG_IDENTIFIER=agentguard-guard)).
+    type: path
+    default: /var/lib/agentguard/guard/status.json
 """
 
 EXAMPLES = r"""
@@ -322,6 +338,91 @@ tls_stats:
   returned: always
   type: dict
   sample: {lines: 120, connections: 118, unlogged: 0}
+coverage:
+  description:
+    - How far back the kernel log source reaches. C(source) as RV(source); C(oldest), the time of its oldest
+      line (for the journal, of the lines read); C(start), the window's start (null without O(since)); C(covered),
+      whether the source holds lines from before the start (the whole window is read); C(text), one sentence
+      for the report, such as C(dmesg covers only the last 12 min of the 24 h asked (its oldest line ...)); C(short),
+      the same in a few words for a table (V(whole window), V(last 12 min of 24 h), V(none)).
+    - The journal is asked for one kernel line before the start; C(journalctl -k) reads the current boot only,
+      so a host that booted inside the window is never covered, and the text says so.
+  returned: always
+  type: dict
+  sample: {source: dmesg, oldest: "2026-11-25T11:48:02.113201Z", start: "2026-11-24T12:00:00Z", covered: false,
+           text: "dmesg covers only the last 12 min of the 24 h asked (its oldest line: 2026-11-25T11:48:02.113201Z)",
+           short: last 12 min of 24 h}
+counters:
+  description:
+    - The exact denied packets and bytes per family and path (C(output), sent by this host; C(forward), from a
+      container or VM network), read from the deny rules' kernel counters; a family or path whose rules are not
+      loaded is left out. In audit mode, what would have been denied.
+  returned: always
+  type: dict
+  sample: {ipv4: {output: {packets: 12, bytes: 720}, forward: {packets: 5, bytes: 300}}, ipv6: {output: {packets: 9, bytes: 720}}}
+denied_packets:
+  description: The sum of RV(counters), null when no counter could be read.
+  returned: always
+  type: int
+denied_packets_forwarded:
+  description: The forward path's part of RV(denied_packets), null without a forward path.
+  returned: always
+  type: int
+counters_mode:
+  description: V(enforce), V(audit) (the counters count what would be denied), V(mixed), or null.
+  returned: always
+  type: str
+counters_since:
+  description:
+    - When the rules were last loaded, as far as this host can tell, the latest of the boot, the last apply that
+      changed the policy and the guard's last restore (RV(counters_since_reason) says which). Another reload
+      (an apply that repaired drift, a hand-made change) resets the counters too, so this is the earliest
+      time they may count from. Null when unknown.
+  returned: always
+  type: str
+counters_since_reason:
+  description: Which load RV(counters_since) is (V(boot), the last apply, the guard's last restore), or null.
+  returned: always
+  type: str
+counters_errors:
+  description: Why a family's counters could not be read, one line per family (C(ipv6) and the reason).
+  returned: always
+  type: list
+  elements: str
+counters_text:
+  description: One sentence for the report, the total and since when.
+  returned: always
+  type: str
+tamper_events:
+  description:
+    - The guard's tamper events in the window (its journal entries, oldest first, at most O(max_records)).
+      C(time); C(differed), what differed (V(ipv4/filter/jump), ...) and C(differed_text); C(families),
+      C(tables), C(kinds); C(restore_seconds), from the change seen to the rules back; C(open_seconds), from the
+      kernel's first change event to the rules back (null when the periodic check found it); C(restored), false
+      when the restore failed; C(open_text), how long the policy was open, in words; C(message).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {time: "2026-12-06T20:30:01.250000Z", differed: [ipv4/filter/jump], differed_text: ipv4/filter/jump,
+       families: [ipv4], tables: [filter], kinds: [jump], restore_seconds: 0.18, open_seconds: 0.41,
+       restored: true, open_text: "0.41 s", message: "egress rules restored (ipv4/filter/jump) in 0.180 s"}
+tamper_total:
+  description: How many tamper events the window holds (all of them, not only those returned).
+  returned: always
+  type: int
+tamper_source:
+  description: Where the events were read, V(journal) or V(none) (no journal on this host).
+  returned: always
+  type: str
+guard:
+  description:
+    - The guard's status file (O(guard_status)), null without one. C(started), C(last_restore), C(applied) as
+      times; C(tamper_events_total) and C(restore_failures_total) since the file was created; C(tamper_events), its
+      counts by C(kind), C(family) and C(table); C(last_restore_seconds), C(last_open_seconds), C(policy_hash),
+      C(in_sync).
+  returned: always
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -343,6 +444,7 @@ ARGUMENT_SPEC = dict(
     tls_log=dict(type="path", default="/var/log/agentguard-tlsgate/access.log"),
     tls_prefix=dict(type="str", default="[EGRESS-TLS] "),
     tls_max_refusals=dict(type="int", default=200),
+    guard_status=dict(type="path", default="/var/lib/agentguard/guard/status.json"),
 )
 
 

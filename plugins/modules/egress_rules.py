@@ -328,6 +328,16 @@ options:
         ascending order on O(tls_gate_port) + i.
     type: int
     default: 10443
+  state_dir:
+    description:
+      - Where the module keeps what the on-host guard (C(agentguard-guard.service), installed by the role
+        C(agentguard.hardening.egress)) holds the host to. With it, an apply takes the lock C(lock) in
+        this directory (shared with the role's rollback script and the guard) and leaves the marker
+        C(applying) while it runs, and a successful apply writes our part of the rules and sets as
+        C(desired.json) (removed with O(state=absent)). A host whose C(desired.json) differs from the
+        plan is changed (RV(desired_state_changed)).
+      - Unset, nothing is written there and no lock is taken.
+    type: path
   resolve_timeout:
     description: Seconds to wait for one DNS answer from one resolver (0.1 to 30).
     type: float
@@ -517,6 +527,12 @@ tls_gate:
     listeners: [{port: 443, listen: 10443}]
     names: [{name: api.openclaw.security, subdomains: false, ports: [443], addresses: [203.0.113.10]}]
     ungated: [{entry: "egress_allow[1]", host: 10.20.0.0/24, ports: [443], reason: an address has no server name to check}]
+desired_state_changed:
+  description: Whether O(state_dir)'s C(desired.json) (what the guard holds the host to) differs from the plan
+    (and was rewritten, except in check mode); false without O(state_dir).
+  returned: always
+  type: bool
+  sample: false
 families:
   description: The families that were managed (ipv6 is absent only on a kernel without IPv6).
   returned: always
@@ -526,8 +542,11 @@ families:
 """
 
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
+from ansible_collections.agentguard.hardening.plugins.module_utils._guard import ApplyLock, GuardError, sync_desired
 from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
     ARGUMENT_SPEC,
     RulesError,
@@ -537,8 +556,27 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._rules import
 )
 
 
+class _NoLock(object):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    state_dir = module.params["state_dir"]
+    # Read, plan and apply under the lock the guard and the rollback share: nothing changes our part between.
+    lock = ApplyLock(state_dir) if state_dir and not module.check_mode else _NoLock()
+    try:
+        with lock:
+            run(module, state_dir)
+    except GuardError as exc:
+        module.fail_json(msg="%s; nothing was changed" % exc)
+
+
+def run(module, state_dir):
     try:
         result, plan, nf = plan_rules(module.params, command_runner(module),
                                       lambda name, required: module.get_bin_path(name, required=required),
@@ -554,6 +592,8 @@ def main():
         except ApplyError as exc:
             result["changed"] = bool(exc.rollback_errors)
             module.fail_json(msg=str(exc), rollback_errors=exc.rollback_errors, **result)
+    if result["desired_state_changed"] and not module.check_mode:
+        sync_desired(state_dir, plan, time.time())
     module.exit_json(**result)
 
 

@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 
-from .render import ROOT, UTC, host_result, kernel_line, run_report
+from .render import ROOT, UTC, host_result, kernel_line, run_report, tamper_line
 
 OUTPUT = os.path.join(ROOT, "tests", "output", "report-chromium")
 CHROMIUM_TIMEOUT = 90
@@ -127,8 +127,13 @@ def burst_results():
     lines.append(kernel_line(start + datetime.timedelta(seconds=46), "fd00:0a9e:0001:0000:0000:0000:0000:0066", 443, 50000,
                              src="fd00:d0e::2", inside="docker0"))
     since = NOW - datetime.timedelta(hours=24)
-    result = host_result(lines, 5, since, NOW, users={1000: "agent", 0: "root"})
-    other = host_result([kernel_line(start + datetime.timedelta(seconds=16), "198.18.77.67", 25, 41000)], 5, since, NOW)
+    tamper = [tamper_line(start + datetime.timedelta(seconds=20), ["ipv4/filter/output-jump", "ipv6/filter/output-jump"], 0.21, 0.43),
+              tamper_line(start + datetime.timedelta(seconds=50), ["ipv4/mangle/hook-jump"], 4.8)]
+    result = host_result(lines, 5, since, NOW, users={1000: "agent", 0: "root"},
+                         counters={"ipv4": {"output": 37, "forward": 3}, "ipv6": {"output": 2, "forward": 0}}, tamper=tamper)
+    # The case: a ring buffer that holds the last 12 minutes of the 24 hours asked, counters not read.
+    other = host_result([kernel_line(start + datetime.timedelta(seconds=16), "198.18.77.67", 25, 41000)], 5, since, NOW,
+                        oldest=NOW - datetime.timedelta(minutes=12))
     return {"agent-with-a-long-name-01.eu-west.example.internal": result, "agent-2": other}
 
 

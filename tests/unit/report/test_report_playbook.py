@@ -1,11 +1,13 @@
 """playbooks/egress-report.yml writes its report when hosts cannot be read, and names them there."""
+import datetime
 import json
 import os
+import re
 import sys
 
 import pytest
 
-from .render import run_report
+from .render import UTC, host_result, kernel_line, run_report, tamper_line
 
 # Unreachable without any network traffic: ssh runs `false` as its proxy and the connection closes at once.
 UNREACHABLE = {"ansible_connection": "ssh", "ansible_host": "agent-gone.invalid", "ansible_user": "root",
@@ -43,3 +45,53 @@ def test_the_report_lists_the_hosts_it_could_not_read(unread_run, kind):
     gone = [line for line in text.splitlines() if "agent-gone" in line and "unreachable: " in line]
     broken = [line for line in text.splitlines() if "agent-broken" in line and "could not be read: " in line]
     assert gone and broken, text
+
+
+@pytest.fixture(scope="module")
+def guard_run(tmp_path_factory):
+    """A host with exact counters and two tamper events, and one whose dmesg holds 12 minutes of the 24 hours."""
+    if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "ansible-playbook")):
+        pytest.skip("no ansible-playbook next to %s" % sys.executable)
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    since = now - datetime.timedelta(hours=24)
+    start = now - datetime.timedelta(hours=2)
+    lines = [kernel_line(start + datetime.timedelta(seconds=n), "198.18.77.66", 443, 40000 + n) for n in range(3)]
+    tamper = [tamper_line(start + datetime.timedelta(seconds=20), ["ipv4/filter/output-jump"], 0.21, 0.43),
+              tamper_line(start + datetime.timedelta(seconds=50), ["ipv6/ipset/ipset"], 0.3, None, restored=False)]
+    results = {
+        "agent-1": host_result(lines, 300, since, now, users={1000: "agent"},
+                               counters={"ipv4": {"output": 40, "forward": 2}, "ipv6": {"output": 3}}, tamper=tamper),
+        "agent-2": host_result([], 300, since, now, oldest=now - datetime.timedelta(minutes=12)),
+    }
+    results["agent-1"]["guard"] = {"started": "2026-12-01T08:00:00Z", "tamper_events_total": 5, "restore_failures_total": 1,
+                                   "last_restore": "2026-12-06T19:00:50Z", "last_restore_seconds": 0.3,
+                                   "last_open_seconds": None, "policy_hash": "sha256:abc", "applied": None,
+                                   "in_sync": False, "tamper_events": []}
+    proc, out = run_report(tmp_path_factory.mktemp("guard"), dict((h, {}) for h in results), results)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    texts = {}
+    for kind in ("md", "html", "json"):
+        with open(os.path.join(out, "report." + kind)) as handle:
+            texts[kind] = handle.read()
+    return texts
+
+
+def test_the_report_gives_exact_totals_tamper_events_and_coverage(guard_run):
+    report = json.loads(guard_run["json"])
+    summary = report["summary"]
+    assert summary["denied_packets"] == 45 and summary["uncounted"] == ["agent-2"]
+    assert summary["tamper"] == 2 and summary["uncovered"] == ["agent-2"]
+    assert report["hosts"]["agent-1"]["tamper_events"][1]["restored"] is False
+    for kind in ("md", "html"):
+        text = guard_run[kind]
+        assert re.search(r"(<strong[^>]*>|\*\*)45(</strong>)? denied packet\(s\)", text), kind
+        assert "not read on agent-2" in text
+        assert "The kernel log of 1 host(s) does not cover the whole window" in text
+        assert "dmesg covers only the last 12 min of the 24 h asked" in text
+        assert "45 denied packet(s), exact kernel counters, since the rules were loaded at" in text
+        assert "ipv4/filter/output-jump" in text and "0.43 s" in text
+        assert "not restored: iptables-restore failed" in text
+        assert "last 12 min of 24 h" in text
+        assert "Guard: started 2026-12-01 08:00:00, 5 tamper event(s)" in text and "policy NOT in sync" in text
+    md_row = [line for line in guard_run["md"].splitlines() if line.startswith("| agent-1 |")][0]
+    assert md_row.split(" | ")[1:3] == ["45", "3"]  # exact denied packets, then the attempts in the log

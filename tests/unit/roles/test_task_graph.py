@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
 INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
 PHASES = ["validate_inputs.yml", "read_host.yml", "prepare_host.yml", "run_resolver.yml",
-          "plan.yml", "apply.yml", "tls_gate.yml", "canary.yml", "persist.yml", "remove_role_files.yml",
+          "plan.yml", "apply.yml", "tls_gate.yml", "canary.yml", "persist.yml", "guard.yml", "remove_guard.yml", "remove_role_files.yml",
           "remove_resolver.yml", "remove_tls_gate.yml"]
 
 

@@ -320,9 +320,9 @@ def test_report_summary_counts_forwarded_apart(rendered_report):
     md, html = rendered_report["md"], rendered_report["html"]
     assert "**21 denied attempt(s)** in 21 log line(s), 12 of them forwarded from container or VM networks" in md
     row = [r for r in md.splitlines() if r.startswith("| agent-1 |")][0]
-    # attempts, log lines, forwarded, canary, destinations (address and port: 198.18.211.1:443 is the
-    # container's and uid 4242's)
-    assert row.split(" | ")[1:6] == ["21", "21", "12", "0", "12"]
+    # exact denied packets (this result has no counters: not read), attempts, log lines, forwarded, canary,
+    # tamper events, destinations (address and port: 198.18.211.1:443 is the container's and uid 4242's)
+    assert row.split(" | ")[1:8] == ["not read", "21", "21", "12", "0", "0", "12"]
     # attempts, log lines, forwarded, canary, refused names; the destinations in the host's own section
     assert ('<td class="n">21</td><td class="n">21</td><td class="n">12</td><td class="n">0</td>'
             '<td class="n">0</td>') in html

@@ -19,6 +19,7 @@ BOOT = 1795581717  # 2026-11-25T04:41:57Z: dmesg-raw.log's seconds since boot la
 PREFIX = "[EGRESS-DENIED] "
 TLS_PREFIX = "[EGRESS-TLS] "
 GATE_LOG = "/var/log/agentguard-tlsgate/access.log"
+GUARD_STATUS = "/var/lib/agentguard/guard/status.json"
 ISO = fixture("denials/dmesg-iso.log")
 RAW = fixture("denials/dmesg-raw.log")
 KERN = fixture("denials/kern-rfc3339.log")
@@ -82,7 +83,8 @@ class FakeHost(S.HostIO):
 def params(**over):
     base = dict(prefix=PREFIX, source="auto", path="/var/log/kern.log", since=None, local_only=True, bucket_seconds=300,
                 max_records=200, dns_source="none", dns_unit="agentguard-dns.service", dns_path="/var/log/syslog",
-                dns_max_names=200, canary_source_port=30999, tls_log=GATE_LOG, tls_prefix=TLS_PREFIX, tls_max_refusals=200)
+                dns_max_names=200, canary_source_port=30999, tls_log=GATE_LOG, tls_prefix=TLS_PREFIX, tls_max_refusals=200,
+                guard_status=GUARD_STATUS)
     base.update(over)
     return base
 

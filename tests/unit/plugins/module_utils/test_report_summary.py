@@ -95,3 +95,27 @@ def test_tls_gate_refusals_merge_by_server_name_and_reason():
     assert [(e["sni"], e["reason"], e["count"], e["passed"]) for e in s["server_names"]] == [
         ("cotenant.cdn.lab", "not-allowed", 5, 0), ("", "no-sni", 1, 0), ("cotenant.cdn.lab", "would-refuse-sni", 1, 1)]
     assert s["server_names"][0]["hosts"] == ["g1", "g2"] and s["server_names"][0]["last"] == "2026-11-30T03:00:00Z"
+
+
+def test_exact_counts_tamper_events_and_coverage_per_host():
+    hosts = dict(HOSTS)
+    hosts["a"] = dict(HOSTS["a"], denied_packets=40, counters_since="2026-11-29T00:00:00Z", counters_text="40 denied",
+                      tamper_total=2, coverage={"covered": True, "short": "whole window", "text": "journal covers it"})
+    hosts["b"] = dict(HOSTS["b"], denied_packets=2, tamper_total=1,
+                      coverage={"covered": False, "short": "last 12 min of 24 h", "text": "dmesg covers only ..."})
+    s = summarise(hosts)
+    # Exact totals are summed over the hosts whose counters were read; the others are named.
+    assert s["denied_packets"] == 42 and s["uncounted"] == ["empty"]
+    assert s["tamper"] == 3
+    # A host without a coverage answer is not covered: never "0 denials" for a log that was not there.
+    assert s["uncovered"] == ["b", "empty"]
+    assert s["hosts"]["b"]["coverage_short"] == "last 12 min of 24 h" and s["hosts"]["a"]["covered"] is True
+    assert s["hosts"]["empty"]["denied_packets"] is None
+    assert s["hosts"]["empty"]["coverage_text"] == "unknown how far back the kernel log reaches"
+
+
+def test_counters_since_is_only_said_of_counters_that_were_read():
+    hosts = {"a": {"denied_packets": None, "counters_since": "2026-11-29T00:00:00Z"},
+             "b": {"denied_packets": 3, "counters_since": "2026-11-29T00:00:00Z"}}
+    rows = summarise(hosts)["hosts"]
+    assert rows["a"]["counters_since"] is None and rows["b"]["counters_since"] == "2026-11-29T00:00:00Z"

@@ -44,12 +44,31 @@ def test_a_fresh_host_plans_every_rule_and_only_reads():
     result, planned, nf = plan(options(), runner, want_diff=True)
     assert result["changed"] and planned.changed
     assert set(result) == {"changed", "changes", "resolved", "rules", "sets", "tracking", "families", "tls_gate",
-                           "networks", "services", "diff"}
+                           "networks", "services", "diff", "desired_state_changed"}
+    assert result["desired_state_changed"] is False  # no state_dir: the guard's file is not asked about
     assert result["resolved"] == {"inference-api": RESOLVED["inference-api"]}
     assert "-A AGENTGUARD-ALLOW -d 198.18.0.10/32" in result["rules"]["ipv4"]
     assert "fd00:a9e:1::10" in result["rules"]["ipv6"]
     # A plan reads, never writes: no restore of any kind was run.
     assert runner.names() and all(name in READS for name in runner.names()), runner.names()
+
+
+def test_a_host_whose_guard_file_differs_is_changed(tmp_path):
+    """The fast path must not skip a host whose desired-state file (what the guard holds) is missing or stale."""
+    from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
+    state = str(tmp_path)
+    runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
+    result, planned, nf = plan(options(state_dir=state), runner)
+    assert result["desired_state_changed"] is True
+    # The rules applied, the file written: nothing left.
+    G.sync_desired(state, planned, 1.0)
+    applied = Runner(planned.rules, ipset=planned.sets_payload)
+    result, planned, nf = plan(options(state_dir=state), applied)
+    assert result["desired_state_changed"] is False and result["changed"] is False
+    # Only the file differs (another policy wrote it, or none): changed.
+    G.write_json(state + "/desired.json", dict(G.read_json(state + "/desired.json"), hash="other"))
+    result, planned, nf = plan(options(state_dir=state), applied)
+    assert result["desired_state_changed"] is True and result["changed"] is True and not planned.changed
 
 
 def test_the_plan_is_what_egress_rules_resolves_through_the_trusted_resolvers():
