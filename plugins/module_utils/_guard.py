@@ -135,7 +135,7 @@ BACKOFF_WINDOW = 60.0
 BACKOFF_DELAY = 10.0
 # The module_utils the guard needs on the host (the role installs them; all import only the stdlib).
 GUARD_FILES = ("_guard.py", "_apply.py", "_netfilter.py", "_plan.py", "_diff.py", "_render.py", "_state.py",
-               "_metrics.py", "_dnslog.py", "_logtime.py", "_tlsgate.py")
+               "_metrics.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py")
 # Linux netlink constants (linux/netlink.h, linux/netfilter/nfnetlink.h).
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270

@@ -51,11 +51,18 @@ def spec_attributes(spec, prefix=""):
     return found
 
 
+DERIVED = {"state_dir": "egress_guard"}
+
+
 def role_variable_of_option():
     """{option: role variable} from the role's mapping (vars/main.yml, __egress_rules_args); options
-    fed by an internal variable (dns_resolver_user) are not the user's to set and are left out."""
+    fed by an internal variable (dns_resolver_user) are not the user's to set and are left out, and so are
+    options DERIVED from a role variable of another meaning (state_dir: the guard's state directory when
+    egress_guard is on)."""
     mapping = {}
     for option, template in load(os.path.join("vars", "main.yml"))["__egress_rules_args"].items():
+        if option in DERIVED:
+            continue
         variables = set(re.findall(r"(?<!\w)egress_\w+", str(template)))
         assert len(variables) <= 1, (option, variables)
         if variables:
