@@ -387,6 +387,15 @@ def test_backend_of(backend, want):
     assert G.backend_of(fixture("managed-%s.v4" % backend)) == want
 
 
+@pytest.mark.parametrize("backend,interval", [("nft", G.INTERVAL), ("legacy", G.LEGACY_INTERVAL)])
+def test_the_legacy_backend_is_checked_every_second(tmp_path, backend, interval):
+    """Nothing announces a change of the legacy backend: the periodic check must meet the 2 s goal alone."""
+    guard = make_guard(tmp_path, Runner(saves("managed", backend)))[0]
+    guard.read_backend()
+    assert guard.interval == interval and guard.status["interval_seconds"] == interval
+    assert G.LEGACY_INTERVAL <= 1.0
+
+
 def test_guard_files_import_only_the_stdlib_and_each_other():
     """The role installs GUARD_FILES on hosts without Ansible: every import must be the stdlib or one of them."""
     import ast
