@@ -39,7 +39,7 @@ def measured(target):
     for case in CASES:
         print("guard: %-24s restored after %s s, forbidden blocked after %s s, opened: %s" % (
             case, cases[case]["restored_after"], cases[case]["blocked_after"], cases[case]["opened"]))
-    return data["start"], cases
+    return data["start"], cases, data.get("guard_said", "")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -81,7 +81,8 @@ def _events(target, since):
 
 def test_each_restoration_is_a_tamper_event_in_the_journal(target, measured):
     events = [e for e in _events(target, measured[0]) if "restor" in e.get("MESSAGE", "").lower()]
-    assert len(events) >= len(CASES), [e.get("MESSAGE") for e in _events(target, measured[0])]
+    assert len(events) >= len(CASES), ([e.get("MESSAGE") for e in _events(target, measured[0])],
+                                       "before the reboot:", measured[2])
     text = json.dumps(events).lower()
     for family in ("ipv4", "ipv6"):
         assert family in text, events
