@@ -7,7 +7,6 @@ the real `promtool check metrics` (Debian's prometheus package)."""
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -25,15 +24,6 @@ MODES = ["enforce", "audit"]
 
 def counters(mode, backend, family):
     return fixture("counters-%s-%s.%s" % (mode, backend, "v4" if family == "ipv4" else "v6"))
-
-
-def promtool():
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (scripts/bootstrap.sh installs Debian's prometheus)")
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    return path
 
 
 # ------------------------------------------------------------------------- exact counts
@@ -217,17 +207,17 @@ def test_every_metric_has_help_and_type_once_and_no_timestamps():
         assert name.endswith("_total") == (kind == "counter"), name
 
 
-def test_promtool_accepts_the_text():
+def test_promtool_accepts_the_text(promtool):
     for sample in (full_sample(), full_sample("audit"), M.collect_sample(Host(), {})):
         text = M.render(sample)
-        proc = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
         assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc.stdout + proc.stderr + text
 
 
-def test_promtool_would_refuse_a_broken_text():
+def test_promtool_would_refuse_a_broken_text(promtool):
     """The check above can fail: a counter without _total is what promtool reports."""
     text = M.render(full_sample()).replace("agentguard_egress_denied_packets_total", "agentguard_egress_denied_packets")
-    proc = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert proc.returncode != 0 or "counter metrics should have" in proc.stdout + proc.stderr
 
 
