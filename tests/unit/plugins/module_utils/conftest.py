@@ -48,5 +48,14 @@ def nf(runner):
     return N.Netfilter(runner, lambda name, required: name)
 
 
-def nf(runner):
-    return N.Netfilter(runner, lambda name, required: name)
+def plan_for(runner, **over):
+    """The module's plan of a two-entry policy (one name, one port range) against the live state runner gives."""
+    from ansible_collections.agentguard.hardening.plugins.module_utils import _plan
+    from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
+    params = dict(allow=[dict(name="inference-api", host="api.openclaw.security"),
+                         dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])],
+                  dns_servers=["198.18.0.53"])
+    params.update(over)
+    policy = P.build_policy(params, lambda n: 1000)
+    live, live_sets = _plan.read_live(nf(runner), ["ipv4", "ipv6"])
+    return _plan.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)

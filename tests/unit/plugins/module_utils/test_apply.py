@@ -6,20 +6,8 @@ sequence of commands and what is run to undo a failure.
 import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _apply as A
-from ansible_collections.agentguard.hardening.plugins.module_utils import _plan
-from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
 
-from .conftest import RESOLVED, Runner, fixture, nf
-
-
-def plan_for(runner, **over):
-    params = dict(allow=[dict(name="inference-api", host="api.openclaw.security"),
-                         dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])],
-                  dns_servers=["198.18.0.53"])
-    params.update(over)
-    policy = P.build_policy(params, lambda n: 1000)
-    live, live_sets = _plan.read_live(nf(runner), ["ipv4", "ipv6"])
-    return _plan.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
+from .conftest import Runner, fixture, nf, plan_for
 
 
 def fresh():

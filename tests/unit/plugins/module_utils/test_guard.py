@@ -10,10 +10,9 @@ import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
 from ansible_collections.agentguard.hardening.plugins.module_utils import _plan
-from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
 
-from .conftest import RESOLVED, Runner, fixture, nf
+from .conftest import Runner, fixture, nf, plan_for
 
 BACKENDS = ["nft", "legacy"]
 FOREIGN = ("DOCKER-USER", "f2b", "foreign: ntp", "admin: keep loopback", "INPUT", "FORWARD")
@@ -39,16 +38,6 @@ def desired_from(backend):
 def live_of(kind, backend, ipset=None):
     runner = Runner(saves(kind, backend), ipset=ipsets(backend) if ipset is None else ipset)
     return _plan.read_live(nf(runner), ["ipv4", "ipv6"])
-
-
-def plan_for(runner, **over):
-    params = dict(allow=[dict(name="inference-api", host="api.openclaw.security"),
-                         dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])],
-                  dns_servers=["198.18.0.53"])
-    params.update(over)
-    policy = P.build_policy(params, lambda n: 1000)
-    live, live_sets = _plan.read_live(nf(runner), ["ipv4", "ipv6"])
-    return _plan.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
 
 
 # The desired-state file ----------------------------------------------------------------------------
