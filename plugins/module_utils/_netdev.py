@@ -119,26 +119,10 @@ def guest_bridges(links, is_physical):
     a physical slave. Such a bridge (br0 with eth0) is the host's own uplink, not a guest network.
     Each is {"name", "networks": {"ipv4": [...], "ipv6": [...]}, "runtime": guess from the name}.
     """
-    by_name = dict((link["name"], link) for link in links)
-
-    def uplink(name, seen):
-        if name in seen or name not in by_name:
-            return False
-        seen.add(name)
-        link = by_name[name]
-        if is_physical(name):
-            return True
-        if link["kind"] in LOWER_KINDS and link.get("link"):
-            return uplink(link["link"], seen)
-        if link["kind"] in AGGREGATE_KINDS:
-            return any(uplink(port["name"], seen) for port in links if port["master"] == name)
-        return False
-
+    lan = lan_devices(links, is_physical)
     bridges = []
     for link in links:
-        if link["kind"] != "bridge":
-            continue
-        if any(uplink(port["name"], set([link["name"]])) for port in links if port["master"] == link["name"]):
+        if link["kind"] != "bridge" or link["name"] in lan:
             continue
         bridges.append({"name": link["name"], "networks": _networks(link["addresses"]),
                         "runtime": guess_runtime(link["name"])})
