@@ -62,6 +62,14 @@ SET_FAMILY = {"ipv4": "inet", "ipv6": "inet6"}
 # IPv6 needs neighbour discovery to reach even the allowed destinations. These
 # messages never leave the link (hop limit 255 is checked by receivers).
 ND_TYPES = (133, 135, 136)
+# The kernel's multicast listener reports (MLDv1 report and done, MLDv2 report; IGMP): a switch that
+# snoops them delivers the host's solicited-node groups, so dropping them breaks neighbour discovery
+# to the host (RFC 4890, 4.4.1). Link scope and hop limit 1: they never leave the link, and only the
+# kernel or a raw socket sends them.
+LISTENER_REPORTS = {
+    "ipv4": ("-d 224.0.0.0/24 -p igmp -m ttl --ttl-eq 1",),
+    "ipv6": tuple("-d ff02::/16 -p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 1" % t for t in (131, 132, 143)),
+}
 # DHCP clients renew their leases from the privileged client ports (only root or a holder of
 # CAP_NET_BIND_SERVICE can bind them, so an unprivileged agent cannot send from them), DHCPv6 only
 # to the All_DHCP_Relay_Agents_and_Servers group and to link-local servers (RFC 8415).
@@ -197,6 +205,7 @@ def _allow_rules(policy, resolved, family, sets):
         for icmp_type in ND_TYPES:
             rules.append("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 %s -j ACCEPT"
                          % (icmp_type, _comment("neighbour discovery")))
+    rules.extend("%s %s -j ACCEPT" % (match, _comment("multicast listener report")) for match in LISTENER_REPORTS[family])
     if policy.dhcp:
         # Like neighbour discovery, what keeps the host's addresses: also in a family not opened.
         rules.extend("%s -m conntrack --ctstate NEW %s -j ACCEPT" % (match, _comment("dhcp"))

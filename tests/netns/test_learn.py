@@ -35,6 +35,17 @@ def members(lab):
     return [line for line in text.splitlines() if line.startswith("add ag") and "-_learn" in line.split()[1]]
 
 
+def recorded(lab):
+    """The recorder's members as {(set, (address, protocol, port))}."""
+    out = set()
+    for line in members(lab):
+        _, name, member = line.split()[:3]
+        address, proto_port = member.rsplit(",", 1)
+        protocol, port = proto_port.split(":")
+        out.add((name, (address, protocol, int(port))))
+    return out
+
+
 def key(target):
     kind, rest = target.split(":", 1)
     host, port = rest.rsplit(":", 1)
@@ -62,12 +73,16 @@ def test_records_every_destination_exactly_and_proposes(lab, egress):
     assert set(lab.probe(["tcp:%s:8443" % V4["allowed"], "tcp:[%s]:8443" % V6["allowed"]], ns=container.ns).values()) == {"ok"}
     assert set(lab.probe(["tcp:%s:443" % V4["allowed"]]).values()) == {"ok"}  # allowed: never recorded
 
+    # Exactly the destinations tried, each in its bucket: nothing else the host sends is recorded.
+    expected = set(("ag%s-_learn" % (6 if ":" in key(t)[0] else 4), key(t)) for t in HOST_TARGETS + RAW)
+    expected |= set(("ag%s-_learn-u100" % (6 if ":" in key(t)[0] else 4), key(t)) for t in USER_TARGETS)
+    expected |= set((("ag4-_learn-fwd", (V4["allowed"], "tcp", 8443)), ("ag6-_learn-fwd", (V6["allowed"], "tcp", 8443))))
+    assert recorded(lab) == expected
     # Idempotent while the sets hold members: their members are not state.
-    assert len(members(lab)) == len(HOST_TARGETS) + len(RAW) + len(USER_TARGETS) + 2
     again = egress(policy)
     assert not again["changed"], again.get("diff")
     assert not egress(policy, check=True)["changed"]
-    assert len(members(lab)) == len(HOST_TARGETS) + len(RAW) + len(USER_TARGETS) + 2
+    assert recorded(lab) == expected
 
     result = learned(egress, ["cdn.test", "api.test"])
     got = collections.Counter()
