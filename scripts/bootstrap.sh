@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-APT_PACKAGES=(iptables ipset iproute2 procps kmod util-linux debootstrap podman netavark aardvark-dns runc catatonit shellcheck
+APT_PACKAGES=(iptables nftables ipset iproute2 procps kmod util-linux debootstrap podman netavark aardvark-dns runc catatonit shellcheck
   uidmap slirp4netns fuse-overlayfs openssl curl socat dnsmasq-base busybox dhcpcd-base python3-venv python3-dnspython
   unzip git make chromium nginx-light libnginx-mod-stream prometheus prometheus-node-exporter)
 missing=()

@@ -36,8 +36,12 @@ HOSTS = "\n".join([
 
 
 def sh(*argv, **kw):
+    """Run argv; with check (the default) a failure raises with the command's stderr in the message."""
     check = kw.pop("check", True)
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=check, **kw)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False, **kw)
+    if check and proc.returncode:
+        raise AssertionError("%s exited %d: %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()[-2000:]))
+    return proc
 
 
 def require_root():
