@@ -49,7 +49,7 @@ def test_main_is_the_list_of_phases_each_on_one_decision():
         assert task.get("name"), task
         if "ansible.builtin.include_tasks" in task:
             # One condition, computed once by the filter egress_phases; the tags given once, through apply.
-            assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+            assert re.match(r"^__egress_decision\.[a-z_]+$", task["when"]), task["when"]
             if included(task) == "prepare_host.yml":
                 continue
             assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
@@ -60,14 +60,14 @@ def test_the_phases_before_the_plan_are_one_include_that_keeps_their_own_tags():
     own (always), so each phase in it keeps its own: --tags egress_tls creates the gate's user, not the install."""
     main = load("main.yml")
     outer = [task for task in main if included(task) == "prepare_host.yml"][0]
-    assert outer["when"] == "__egress_phases.prepare" and outer["tags"] == ["always"]
+    assert outer["when"] == "__egress_decision.prepare_host" and outer["tags"] == ["always"]
     assert "apply" not in outer["ansible.builtin.include_tasks"]
     inner = load("prepare_host.yml")
     assert "ansible.builtin.assert" in inner[0] and inner[0]["tags"] == ["always"], "the refusal comes first"
     phases = [task for task in inner if included(task)]
     assert [included(task) for task in phases] == ["install_packages.yml", "tls_gate_user.yml"]
     for task in phases:
-        assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+        assert re.match(r"^__egress_decision\.[a-z_]+$", task["when"]), task["when"]
         assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
 
 
@@ -77,7 +77,7 @@ def test_the_end_of_an_unchanged_run():
     main = load("main.yml")
     others = [task for task in main if not included(task)]
     assert [list(task)[1] for task in others] == ["ansible.builtin.meta", "ansible.builtin.meta", "ansible.builtin.debug"]
-    assert all(task["ansible.builtin.meta"] == "end_role" and task["when"] == "__egress_phases.done" for task in others[:2])
+    assert all(task["ansible.builtin.meta"] == "end_role" and task["when"] == "__egress_decision.nothing_to_do" for task in others[:2])
     order = [included(task) or "end" for task in main]
     assert order[:5] == ["validate_inputs.yml", "read_host.yml", "end", "prepare_host.yml", "run_resolver.yml"]
     assert order[5:7] == ["plan.yml", "end"]
