@@ -6,6 +6,7 @@ import os
 import re
 
 import yaml
+from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import egress_decide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
@@ -84,6 +85,21 @@ def test_the_end_of_an_unchanged_run():
     read = load("read_host.yml")
     assert list(read[0])[1] == "agentguard.hardening.egress_host_state" and "plan" in read[0][list(read[0])[1]]
     assert read[1]["ansible.builtin.set_fact"]["egress_result"] == "{{ __egress_host_state.plan }}"
+
+
+def test_every_flag_the_role_reads_is_one_egress_decide_returns():
+    """A condition names a flag of __egress_decision that the filter returns: a misspelled or renamed flag would be
+    undefined at run time, on the hosts where the task is reached. Phase includes are named for what they do."""
+    keys = set(egress_decide({"state": "present"}, {}, {}))
+    used = set()
+    for path in glob.glob(os.path.join(ROOT, "roles", "egress", "*", "*.yml")):
+        with open(path) as handle:
+            used.update(re.findall(r"__egress_decision\.([a-z_]+)", handle.read()))
+    assert used and used <= keys, sorted(used - keys)
+    for task in load("main.yml") + load("prepare_host.yml"):
+        if "ansible.builtin.include_tasks" in task and included(task) != "prepare_host.yml":
+            flag = task["when"].split(".", 1)[1]
+            assert flag.split("_", 1)[0] in ("install", "run", "apply", "set", "persist", "remove", "create"), flag
 
 
 def test_no_include_is_deeper_than_two():
