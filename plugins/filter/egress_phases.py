@@ -12,8 +12,8 @@ explicit arguments and returns plain data: the role's tasks only run what these 
 - egress_input_errors: every wrong input, on the controller, before the host is read.
 - egress_host_query, egress_platform, egress_host_errors: what egress_host_state is asked, the host's
   row of the platform table, and why the host cannot be hardened.
-- egress_phases: which phase of tasks/main.yml runs (install, resolver, plan, apply, canary, persist,
-  removals), the packages to install and the resolvers the module uses; egress_decide: the same from the
+- egress_phases: which phase of tasks/main.yml runs (install_packages, run_resolver, plan_rules, apply_rules, ...;
+  the role's __egress_decision), the packages to install and the resolvers the module uses; egress_decide: the same from the
   registered results and the platform table, with the platform row and the files it computed on the way.
 - egress_dns_names, egress_dns_conflicts, egress_resolved_in_charge: the filtering resolver's setup.
 - egress_failure_message: what a failed apply or canary says, with what became of the rules.
@@ -271,23 +271,25 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     (egress_host_state), its platform row, the files to persist (egress_boot_files), the plan (the registered
     check-mode result of egress_rules) and the lookup of the filtering resolver's user (registered getent).
 
-    Returns the flags install, resolver, plan, apply, canary, persist, remove, unpersist, remove_resolver and
-    done (nothing after the plan), plus missing_packages, debconf, resolvers (what the module resolves
-    through), dns_active, dns_leftovers and plan_blocked (why check mode cannot plan; '' when it can).
+    Each flag is named for what its task does, so the role's `when: __egress_decision.<flag>` reads as a
+    sentence: prepare_host, install_packages, run_resolver, plan_rules, apply_rules, run_canary, persist_rules,
+    remove_role_files (egress_state absent), remove_persisted_rules, remove_resolver and nothing_to_do (after
+    the plan: the role ends), plus missing_packages, debconf, resolvers (what the module resolves through),
+    dns_active, dns_leftovers and plan_blocked (why check mode cannot plan; '' when it can).
 
     The TLS gate (run.tls: the role's __egress_tls with mode and user; tls_files: egress_tls_gate_files of the
-    plan; tls_user: the registered creation of its user): tls_on, tls_user (create the user before the plan),
+    plan; tls_user: the registered creation of its user): tls_gate_on, create_tls_gate_user (before the plan),
     mask_nginx (mask Debian's nginx.service before nginx is installed: it is not installed yet, so nothing of
-    the host's own is masked), tls_gate (write and (re)start the gate outside an apply: its files or unit
+    the host's own is masked), set_up_tls_gate (write and (re)start the gate outside an apply: its files or unit
     differ while the rules do not; an apply always sets the gate up) and remove_tls_gate (the gate is off and
     left its unit or configuration).
 
     The guard (run.guard: wanted (egress_guard), metrics, metrics_dir, before_units; guard_files: egress_guard_files):
-    guard (write and (re)start it: wanted, and its files or unit differ; or say guard_skipped), remove_guard (not wanted, and it left
-    its unit or files: egress_guard false, egress_state absent) and guard_skipped (why it is not installed
-    although egress_guard is true: systemd is not PID 1; '' otherwise).
+    install_guard (write and (re)start it: wanted, and its files or unit differ; or say guard_skipped), remove_guard
+    (not wanted, and it left its unit or files: egress_guard false, egress_state absent) and guard_skipped (why it
+    is not installed although egress_guard is true: systemd is not PID 1; '' otherwise).
 
-    prepare: whether the phases before the plan run (tasks/prepare_host.yml): the host cannot be hardened
+    prepare_host: whether the phases before the plan run (tasks/prepare_host.yml): the host cannot be hardened
     (host_errors: egress_host_errors of the host, for run's hostname, allow and scope_users; refused there before
     anything changes), or a package or the gate's user is needed. One flag, so an unchanged host skips one
     include, not three tasks. Before the host is read (host {}), no host_errors.
@@ -362,35 +364,35 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
                                      run.get("allow") if present else [], run.get("scope_users"),
                                      tls if present else dict(tls, mode="off")) if host else []
     return dict(
-        prepare=bool(host_errors) or install or gate_user_missing,
+        prepare_host=bool(host_errors) or install or gate_user_missing,
         host_errors=host_errors,
-        install=install,
-        resolver=filtering,
-        plan=can_plan,
-        apply=apply,
-        canary=canary,
-        persist=persist_now,
-        remove=not present,
-        unpersist=not present and persist,
+        install_packages=install,
+        run_resolver=filtering,
+        plan_rules=can_plan,
+        apply_rules=apply,
+        run_canary=canary,
+        persist_rules=persist_now,
+        remove_role_files=not present,
+        remove_persisted_rules=not present and persist,
         remove_resolver=remove_resolver,
         # Never before a plan is known (the fast path's, from egress_host_state, or egress_rules'), nor on a host
         # that is to be refused.
-        done=bool(plan) and not host_errors and not (apply or canary or persist_now or not present or remove_resolver
-                                                     or plan_blocked or tls_gate or remove_tls_gate
-                                                     or guard or remove_guard),
+        nothing_to_do=bool(plan) and not host_errors and not (apply or canary or persist_now or not present
+                                                              or remove_resolver or plan_blocked or tls_gate
+                                                              or remove_tls_gate or guard or remove_guard),
         missing_packages=missing,
         debconf=list(platform.get("debconf") or []) if persist else [],
         resolvers=list(resolvers),
         dns_active=dns_active,
         dns_leftovers=leftovers,
         plan_blocked=plan_blocked,
-        tls_on=tls_on,
-        tls_user=gate_user_missing,
+        tls_gate_on=tls_on,
+        create_tls_gate_user=gate_user_missing,
         mask_nginx=tls_on and bool(host.get("systemd")) and _dict(host.get("enabled")).get(NGINX_UNIT) == "not-found",
-        tls_gate=tls_gate,
+        set_up_tls_gate=tls_gate,
         remove_tls_gate=remove_tls_gate,
         tls_leftovers=tls_leftovers,
-        guard=guard,
+        install_guard=guard,
         remove_guard=remove_guard,
         guard_leftovers=guard_leftovers,
         guard_unit=guard_cfg["unit"],

@@ -6,6 +6,7 @@ import os
 import re
 
 import yaml
+from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import egress_decide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
@@ -49,7 +50,7 @@ def test_main_is_the_list_of_phases_each_on_one_decision():
         assert task.get("name"), task
         if "ansible.builtin.include_tasks" in task:
             # One condition, computed once by the filter egress_phases; the tags given once, through apply.
-            assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+            assert re.match(r"^__egress_decision\.[a-z_]+$", task["when"]), task["when"]
             if included(task) == "prepare_host.yml":
                 continue
             assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
@@ -60,14 +61,14 @@ def test_the_phases_before_the_plan_are_one_include_that_keeps_their_own_tags():
     own (always), so each phase in it keeps its own: --tags egress_tls creates the gate's user, not the install."""
     main = load("main.yml")
     outer = [task for task in main if included(task) == "prepare_host.yml"][0]
-    assert outer["when"] == "__egress_phases.prepare" and outer["tags"] == ["always"]
+    assert outer["when"] == "__egress_decision.prepare_host" and outer["tags"] == ["always"]
     assert "apply" not in outer["ansible.builtin.include_tasks"]
     inner = load("prepare_host.yml")
     assert "ansible.builtin.assert" in inner[0] and inner[0]["tags"] == ["always"], "the refusal comes first"
     phases = [task for task in inner if included(task)]
     assert [included(task) for task in phases] == ["install_packages.yml", "tls_gate_user.yml"]
     for task in phases:
-        assert re.match(r"^__egress_phases\.[a-z_]+$", task["when"]), task["when"]
+        assert re.match(r"^__egress_decision\.[a-z_]+$", task["when"]), task["when"]
         assert task["ansible.builtin.include_tasks"]["apply"]["tags"] == task["tags"], task["name"]
 
 
@@ -77,13 +78,28 @@ def test_the_end_of_an_unchanged_run():
     main = load("main.yml")
     others = [task for task in main if not included(task)]
     assert [list(task)[1] for task in others] == ["ansible.builtin.meta", "ansible.builtin.meta", "ansible.builtin.debug"]
-    assert all(task["ansible.builtin.meta"] == "end_role" and task["when"] == "__egress_phases.done" for task in others[:2])
+    assert all(task["ansible.builtin.meta"] == "end_role" and task["when"] == "__egress_decision.nothing_to_do" for task in others[:2])
     order = [included(task) or "end" for task in main]
     assert order[:5] == ["validate_inputs.yml", "read_host.yml", "end", "prepare_host.yml", "run_resolver.yml"]
     assert order[5:7] == ["plan.yml", "end"]
     read = load("read_host.yml")
     assert list(read[0])[1] == "agentguard.hardening.egress_host_state" and "plan" in read[0][list(read[0])[1]]
     assert read[1]["ansible.builtin.set_fact"]["egress_result"] == "{{ __egress_host_state.plan }}"
+
+
+def test_every_flag_the_role_reads_is_one_egress_decide_returns():
+    """A condition names a flag of __egress_decision that the filter returns: a misspelled or renamed flag would be
+    undefined at run time, on the hosts where the task is reached. Phase includes are named for what they do."""
+    keys = set(egress_decide({"state": "present"}, {}, {}))
+    used = set()
+    for path in glob.glob(os.path.join(ROOT, "roles", "egress", "*", "*.yml")):
+        with open(path) as handle:
+            used.update(re.findall(r"__egress_decision\.([a-z_]+)", handle.read()))
+    assert used and used <= keys, sorted(used - keys)
+    for task in load("main.yml") + load("prepare_host.yml"):
+        if "ansible.builtin.include_tasks" in task and included(task) != "prepare_host.yml":
+            flag = task["when"].split(".", 1)[1]
+            assert flag.split("_", 1)[0] in ("install", "run", "apply", "set", "persist", "remove", "create"), flag
 
 
 def test_no_include_is_deeper_than_two():

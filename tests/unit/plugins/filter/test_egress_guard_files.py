@@ -88,7 +88,7 @@ def test_the_host_is_asked_about_the_guards_files_and_unit():
 def test_a_host_with_the_guard_running_is_done():
     wanted = files()
     decided = decide(asked(), guarded_host(wanted), wanted)
-    assert decided["done"] and not decided["guard"] and not decided["remove_guard"]
+    assert decided["nothing_to_do"] and not decided["install_guard"] and not decided["remove_guard"]
     assert decided["guard_skipped"] == ""
 
 
@@ -106,27 +106,27 @@ def test_a_missing_or_different_file_or_a_stopped_unit_installs_the_guard():
         else:
             state["enabled"][UNIT] = "disabled"
         decided = decide(asked(), state, wanted)
-        assert decided["guard"] and not decided["done"], change
+        assert decided["install_guard"] and not decided["nothing_to_do"], change
 
 
 def test_guard_off_or_absent_removes_what_it_left():
     wanted = files()
     for asked_ in (asked(on=False), asked(state="absent")):
         decided = decide(asked_, guarded_host(wanted), [])
-        assert decided["remove_guard"] and not decided["guard"] and not decided["done"]
+        assert decided["remove_guard"] and not decided["install_guard"] and not decided["nothing_to_do"]
         assert "/etc/systemd/system/agentguard-guard.service" in decided["guard_leftovers"]
         assert decided["guard_remove"][-2:] == ["/var/lib/agentguard/guard", "/var/lib/agentguard/egress/desired.json"]
     # Nothing left: nothing to do.
     decided = decide(asked(on=False), host(), [])
-    assert not decided["remove_guard"] and decided["done"]
+    assert not decided["remove_guard"] and decided["nothing_to_do"]
 
 
 def test_without_systemd_the_guard_is_skipped_and_said():
     decided = decide(asked(), host(systemd=False), [])
     # The guard phase runs only to say so (tasks/guard.yml), every run.
-    assert decided["guard"] and not decided["remove_guard"] and not decided["done"]
+    assert decided["install_guard"] and not decided["remove_guard"] and not decided["nothing_to_do"]
     assert "systemd is not PID 1" in decided["guard_skipped"]
-    assert decide(asked(on=False), host(systemd=False), [])["done"]
+    assert decide(asked(on=False), host(systemd=False), [])["nothing_to_do"]
 
 
 def test_decide_computes_the_guards_files_only_where_it_runs():

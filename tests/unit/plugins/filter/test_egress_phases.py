@@ -222,9 +222,9 @@ def phases(asked=None, state=None, boot=None, plan=None, lookup=None):
 
 def test_an_unchanged_host_is_done_after_the_plan():
     decided = phases()
-    assert decided["done"] and decided["plan"]
-    assert not any(decided[k] for k in ("prepare", "install", "resolver", "apply", "canary", "persist", "remove",
-                                        "remove_resolver"))
+    assert decided["nothing_to_do"] and decided["plan_rules"]
+    assert not any(decided[k] for k in ("prepare_host", "install_packages", "run_resolver", "apply_rules",
+                                        "run_canary", "persist_rules", "remove_role_files", "remove_resolver"))
     assert decided["missing_packages"] == [] and decided["resolvers"] == [] and decided["plan_blocked"] == ""
     assert decided["host_errors"] == []
 
@@ -241,7 +241,7 @@ def test_an_unchanged_host_is_done_after_the_plan():
 def test_the_phases_before_the_plan_run_when_one_is_needed(why, asked, state, errors):
     state = state or host(paths=persisted(BOOT))
     decided = F["egress_phases"](asked, state, F["egress_platform"](state, PLATFORMS), BOOT, {}, {}, [], {})
-    assert decided["prepare"], why
+    assert decided["prepare_host"], why
     # The refusal's reasons travel with the flag (tasks/prepare_host.yml fails with them).
     if errors is None:
         assert len(decided["host_errors"]) == 1 and "supports Debian" in decided["host_errors"][0]
@@ -256,7 +256,7 @@ def test_no_refusal_before_the_host_is_read():
 def test_missing_packages_are_installed_first():
     decided = phases(state=host(packages=["iptables"], paths=persisted(BOOT)))
     # Installed before the plan: after it, nothing else may be left to do.
-    assert decided["install"] and decided["plan"] and decided["done"]
+    assert decided["install_packages"] and decided["plan_rules"] and decided["nothing_to_do"]
     assert decided["missing_packages"] == ["ipset", "python3-dnspython", "netfilter-persistent", "iptables-persistent",
                                            "ipset-persistent"]
     assert decided["debconf"] == DEBIAN["debconf"]
@@ -265,25 +265,25 @@ def test_missing_packages_are_installed_first():
 def test_no_persistence_packages_without_egress_persist():
     decided = phases(run(persist=False), host(packages=["iptables"]))
     assert decided["missing_packages"] == ["ipset", "python3-dnspython"]
-    assert decided["debconf"] == [] and not decided["persist"] and decided["done"]
+    assert decided["debconf"] == [] and not decided["persist_rules"] and decided["nothing_to_do"]
     # A host that has the rest installs nothing at all.
     decided = phases(run(persist=False), host(packages=DEBIAN["packages"]))
-    assert not decided["install"] and decided["missing_packages"] == []
+    assert not decided["install_packages"] and decided["missing_packages"] == []
 
 
 def test_check_mode_cannot_plan_before_the_packages():
     decided = phases(run(check_mode=True), host(packages=["iptables"]))
-    assert decided["install"] and not decided["plan"] and not decided["done"]
+    assert decided["install_packages"] and not decided["plan_rules"] and not decided["nothing_to_do"]
     assert decided["plan_blocked"] == ("Check mode: ipset, python3-dnspython, netfilter-persistent, iptables-persistent, "
                                        "ipset-persistent would be installed or created first, so the rules cannot be "
                                        "planned on this host yet.")
     # A real run installs them first, then plans.
-    assert phases(run(), host(packages=["iptables"]))["plan"]
+    assert phases(run(), host(packages=["iptables"]))["plan_rules"]
 
 
 def test_filtering_runs_the_resolver_and_the_module_resolves_through_it():
     decided = phases(run(dns_mode="filtering"), host(packages=ALL_DEBIAN))
-    assert decided["resolver"] and decided["resolvers"] == ["127.0.0.1"] and not decided["remove_resolver"]
+    assert decided["run_resolver"] and decided["resolvers"] == ["127.0.0.1"] and not decided["remove_resolver"]
     assert "dnsmasq-base" not in decided["missing_packages"]
     assert phases(run(dns_mode="filtering"), host(packages=DEBIAN["packages"]))["missing_packages"][-1] == "dnsmasq-base"
     # Check mode starts nothing: through it only when it already runs.
@@ -297,16 +297,16 @@ def test_filtering_runs_the_resolver_and_the_module_resolves_through_it():
 def test_check_mode_cannot_plan_before_the_resolvers_user_exists():
     missing = dict(ansible_facts=dict(getent_passwd={"agentguard-dns": None}))
     decided = phases(run(dns_mode="filtering", check_mode=True), lookup=missing)
-    assert not decided["plan"] and "the user agentguard-dns would be installed or created first" in decided["plan_blocked"]
+    assert not decided["plan_rules"] and "the user agentguard-dns would be installed or created first" in decided["plan_blocked"]
     there = dict(ansible_facts=dict(getent_passwd={"agentguard-dns": ["x", "999", "999", "", "/", "/bin/false"]}))
-    assert phases(run(dns_mode="filtering", check_mode=True), lookup=there)["plan"]
-    assert phases(run(dns_mode="filtering"), lookup=missing)["plan"]
+    assert phases(run(dns_mode="filtering", check_mode=True), lookup=there)["plan_rules"]
+    assert phases(run(dns_mode="filtering"), lookup=missing)["plan_rules"]
 
 
 def test_leaving_filtering_mode_removes_the_resolver_and_resolves_through_it_until_then():
     left = dict(persisted(BOOT), **{DNS_FILES[0]: dict(type="file"), DNS_FILES[3]: dict(type="other")})
     decided = phases(state=host(paths=left, active={DNS_UNIT: "active"}))
-    assert decided["remove_resolver"] and not decided["resolver"] and not decided["done"]
+    assert decided["remove_resolver"] and not decided["run_resolver"] and not decided["nothing_to_do"]
     assert decided["dns_leftovers"] == [DNS_FILES[0], DNS_FILES[3]]
     assert decided["resolvers"] == ["127.0.0.1"]
     assert not phases(run(dns_mode="filtering"), host(paths=left))["remove_resolver"]
@@ -314,20 +314,20 @@ def test_leaving_filtering_mode_removes_the_resolver_and_resolves_through_it_unt
 
 def test_a_changed_plan_is_applied_then_checked_by_the_canary_and_persisted():
     decided = phases(plan=CHANGED, state=host())
-    assert decided["apply"] and decided["canary"] and decided["persist"] and not decided["done"]
-    assert not phases(run(canary=False), plan=CHANGED)["canary"]
-    assert not phases(run(mode="audit"), plan=CHANGED)["canary"]
-    assert not phases(plan=dict(CHANGED, skipped=True))["apply"]
+    assert decided["apply_rules"] and decided["run_canary"] and decided["persist_rules"] and not decided["nothing_to_do"]
+    assert not phases(run(canary=False), plan=CHANGED)["run_canary"]
+    assert not phases(run(mode="audit"), plan=CHANGED)["run_canary"]
+    assert not phases(plan=dict(CHANGED, skipped=True))["apply_rules"]
 
 
 def test_check_mode_with_a_changed_plan_applies_nothing():
     decided = phases(run(check_mode=True), plan=CHANGED)
-    assert not decided["apply"] and not decided["canary"] and decided["done"]
+    assert not decided["apply_rules"] and not decided["run_canary"] and decided["nothing_to_do"]
 
 
 def test_the_canary_on_every_run():
     decided = phases(run(canary_every_run=True))
-    assert decided["canary"] and not decided["apply"] and not decided["done"]
+    assert decided["run_canary"] and not decided["apply_rules"] and not decided["nothing_to_do"]
 
 
 @pytest.mark.parametrize("change", ["content", "mode", "owner", "gone", "disabled"])
@@ -346,26 +346,26 @@ def test_persist_when_a_file_or_unit_differs(change):
     else:
         enabled = {"netfilter-persistent.service": "disabled"}
     decided = phases(state=host(paths=paths, enabled=enabled))
-    assert decided["persist"] and not decided["done"]
-    assert not phases(run(persist=False), host(paths=paths, enabled=enabled))["persist"]
+    assert decided["persist_rules"] and not decided["nothing_to_do"]
+    assert not phases(run(persist=False), host(paths=paths, enabled=enabled))["persist_rules"]
 
 
 def test_without_systemd_the_boot_units_are_not_asked():
-    assert phases(state=host(paths=persisted(BOOT), enabled={}, systemd=False))["done"]
-    assert not phases(state=host(paths=persisted(BOOT), enabled={}))["done"]
+    assert phases(state=host(paths=persisted(BOOT), enabled={}, systemd=False))["nothing_to_do"]
+    assert not phases(state=host(paths=persisted(BOOT), enabled={}))["nothing_to_do"]
 
 
 def test_a_plan_without_rules_persists_nothing():
-    assert not phases(boot=[], state=host())["persist"]
+    assert not phases(boot=[], state=host())["persist_rules"]
 
 
 def test_absent_removes_and_is_never_done():
     decided = phases(run(state="absent"), plan=dict(changed=False))
-    assert decided["remove"] and decided["unpersist"] and not decided["done"] and decided["plan"]
-    assert not decided["install"] and not decided["persist"] and not decided["canary"]
-    assert not phases(run(state="absent", persist=False))["unpersist"]
+    assert decided["remove_role_files"] and decided["remove_persisted_rules"] and not decided["nothing_to_do"] and decided["plan_rules"]
+    assert not decided["install_packages"] and not decided["persist_rules"] and not decided["run_canary"]
+    assert not phases(run(state="absent", persist=False))["remove_persisted_rules"]
     # Nothing to remove from a host without iptables: no plan (check mode or not).
-    assert not phases(run(state="absent"), host(packages=[]))["plan"]
+    assert not phases(run(state="absent"), host(packages=[]))["plan_rules"]
     assert phases(run(state="absent"), host(packages=[]))["plan_blocked"] == ""
 
 
@@ -560,18 +560,19 @@ def tls_phases(state, plan=None, asked=None, tls_user=None, files=None):
 
 def test_a_converged_gate_is_done_after_the_plan():
     decided = tls_phases(current_gate(gate_files()), plan=dict(GATE_RESULT, changed=False))
-    assert decided["done"] and decided["tls_on"]
-    assert not any(decided[k] for k in ("tls_user", "mask_nginx", "tls_gate", "remove_tls_gate", "install"))
+    assert decided["nothing_to_do"] and decided["tls_gate_on"]
+    assert not any(decided[k] for k in ("create_tls_gate_user", "mask_nginx", "set_up_tls_gate", "remove_tls_gate",
+                                        "install_packages"))
 
 
 def test_turning_the_gate_on_installs_nginx_after_masking_its_service_and_creates_the_user():
     state = host(paths=persisted(BOOT), enabled={"netfilter-persistent.service": "enabled", "nginx.service": "not-found"})
     state["missing_users"] = ["agentguard-tlsgate"]
     decided = tls_phases(state, plan=dict(GATE_RESULT, changed=True), files=[])
-    assert decided["install"] and decided["missing_packages"] == ["nginx-light", "libnginx-mod-stream"]
-    assert decided["mask_nginx"] and decided["tls_user"] and decided["apply"] and decided["canary"]
+    assert decided["install_packages"] and decided["missing_packages"] == ["nginx-light", "libnginx-mod-stream"]
+    assert decided["mask_nginx"] and decided["create_tls_gate_user"] and decided["apply_rules"] and decided["run_canary"]
     # An apply sets the gate up itself.
-    assert not decided["tls_gate"]
+    assert not decided["set_up_tls_gate"]
 
 
 def test_a_web_server_already_installed_is_not_masked():
@@ -584,12 +585,12 @@ def test_check_mode_cannot_plan_before_the_gate_user_exists():
     state = host(paths=persisted(BOOT))
     state["missing_users"] = ["agentguard-tlsgate"]
     decided = tls_phases(state, asked=run(check_mode=True, tls=TLS), tls_user=dict(changed=True), plan={}, files=[])
-    assert not decided["plan"]
+    assert not decided["plan_rules"]
     assert decided["plan_blocked"] == ("Check mode: nginx-light, libnginx-mod-stream, the user agentguard-tlsgate would "
                                        "be installed or created first, so the rules cannot be planned on this host yet.")
     # Not in check mode, the user was created before the plan.
     decided = tls_phases(dict(state, packages=ALL_DEBIAN + DEBIAN["tls_gate_packages"]), tls_user=dict(changed=True))
-    assert decided["plan"] and decided["plan_blocked"] == ""
+    assert decided["plan_rules"] and decided["plan_blocked"] == ""
 
 
 @pytest.mark.parametrize("change", ["content", "inactive", "disabled", "mode"])
@@ -605,7 +606,7 @@ def test_the_gate_alone_is_set_up_when_its_files_or_unit_differ(change):
     else:
         state["enabled"]["agentguard-tlsgate.service"] = "disabled"
     decided = tls_phases(state, plan=dict(GATE_RESULT, changed=False))
-    assert decided["tls_gate"] and decided["canary"] and not decided["apply"] and not decided["done"]
+    assert decided["set_up_tls_gate"] and decided["run_canary"] and not decided["apply_rules"] and not decided["nothing_to_do"]
 
 
 def test_the_gate_is_removed_when_off_or_absent_and_it_left_something():
@@ -613,11 +614,11 @@ def test_the_gate_is_removed_when_off_or_absent_and_it_left_something():
     state = current_gate(files)
     for asked in (tls_run(mode="off"), run(state="absent", tls=TLS)):
         decided = F["egress_phases"](asked, state, DEBIAN, BOOT, dict(RESULT, changed=True), {}, [], {})
-        assert decided["remove_tls_gate"] and not decided["tls_on"] and not decided["done"]
+        assert decided["remove_tls_gate"] and not decided["tls_gate_on"] and not decided["nothing_to_do"]
         assert decided["tls_leftovers"] == [TLS_UNIT_PATH, "/etc/agentguard/tls-gate/nginx.conf"]
     # Nothing left: nothing to remove.
     decided = F["egress_phases"](tls_run(mode="off"), host(paths=persisted(BOOT)), DEBIAN, BOOT, UNCHANGED, {}, [], {})
-    assert not decided["remove_tls_gate"] and decided["done"]
+    assert not decided["remove_tls_gate"] and decided["nothing_to_do"]
 
 
 def test_removal_is_not_refused_for_the_gate_or_the_users_of_entries():
@@ -654,9 +655,9 @@ def test_decide_is_the_phases_of_the_pieces_it_computes_once():
 def test_never_done_before_a_plan_is_known_or_on_a_host_to_refuse():
     """The fast path ends the role after egress_host_state only on its plan: a fresh host (no plan yet: no
     iptables, no dnspython) goes on to install and plan, and a host to refuse goes on to its refusal."""
-    assert not phases(plan={})["done"] and phases()["done"]
+    assert not phases(plan={})["nothing_to_do"] and phases()["nothing_to_do"]
     refused = phases(run(scope_users=["bot"]), dict(host(paths=persisted(BOOT)), missing_users=["bot"]))
-    assert refused["host_errors"] and refused["prepare"] and not refused["done"]
+    assert refused["host_errors"] and refused["prepare_host"] and not refused["nothing_to_do"]
 
 
 def test_the_gate_unit_runs_on_nginx_1_18():
