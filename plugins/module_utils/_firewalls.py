@@ -281,7 +281,8 @@ def read_firewalls(run, packages, active, enabled, read, glob):
 # What the guard (agentguard-guard.service, egress_guard) does about it, by whether egress_guard is on.
 GUARD_ON = ("agentguard-guard.service (egress_guard) restores the allowlist's part within about 2 s of the change, "
             "and logs it as a tamper event")
-GUARD_OFF = ("egress_guard is false: nothing restores the allowlist's part until the next run of the role")
+GUARD_OFF = ("the guard does not run (egress_guard false, or no systemd): nothing restores the allowlist's part until "
+             "the next run of the role")
 ADVICE = {
     "nftables": "disable nftables.service or take the statement out of its configuration (its ExecStop flushes the "
                 "ruleset whatever its configuration says)",

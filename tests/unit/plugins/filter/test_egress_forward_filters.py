@@ -73,7 +73,7 @@ NFT = {"name": "nftables", "unit": "nftables.service", "installed": True, "enabl
 
 
 @pytest.mark.parametrize("guard, says", [(True, "agentguard-guard.service (egress_guard) restores"), ("yes", "restores"),
-                                         (False, "egress_guard is false: nothing restores"), ("false", "nothing restores")])
+                                         (False, "the guard does not run (egress_guard false, or no systemd): nothing restores"), ("false", "nothing restores")])
 def test_firewall_managers_are_named_with_what_the_guard_does(guard, says):
     """issue 24 item 2: in the plan's and the apply's egress_warnings (check mode too), whatever else is said."""
     found = warnings({}, [], firewalls=[NFT, dict(NFT, name="ufw", alters_rules=False)], guard=guard)
@@ -81,3 +81,12 @@ def test_firewall_managers_are_named_with_what_the_guard_does(guard, says):
     assert warnings({}, [], firewalls=[]) == [] and warnings({}) == []
     # The guard is taken as on when the role's variable is undefined (default(true)).
     assert "restores the allowlist" in warnings({}, [], firewalls=[NFT])[0]
+
+
+def test_a_guard_that_cannot_run_is_the_first_warning_and_restores_nothing():
+    """Never silent: egress_guard true on a host without systemd is said in the plan's and the apply's warnings."""
+    reason = "egress_guard: systemd is not PID 1 on this host, so the guard (agentguard-guard.service) is not installed"
+    found = warnings({}, [], firewalls=[NFT], guard=True, guard_skipped=reason)
+    assert found[0] == reason
+    assert len(found) == 2 and "nothing restores" in found[1] and "agentguard-guard.service (egress_guard) restores" not in found[1]
+    assert warnings({}, [], guard=True, guard_skipped="") == []
