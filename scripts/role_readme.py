@@ -105,7 +105,8 @@ def render(specs):
     return "\n".join(out)
 
 
-def _included(task):
+def included(task):
+    """The file a task includes or imports, or None (tests/unit/roles/test_task_graph.py uses it too)."""
     for key in INCLUDES:
         if key in task:
             value = task[key]
@@ -115,8 +116,8 @@ def _included(task):
 
 def _action(task):
     """What a task of tasks/main.yml runs: its file, or its module (a meta task: its action)."""
-    if _included(task):
-        return "`%s`" % _included(task)
+    if included(task):
+        return "`%s`" % included(task)
     module = [key for key in task if "." in key][0]
     value = task[module]
     return "`%s: %s`" % (module.rsplit(".", 1)[-1], value) if isinstance(value, str) else "`%s`" % module.rsplit(".", 1)[-1]
@@ -133,7 +134,7 @@ def _inner(tasks, rescue=False):
     """The tasks of a phase file worth a row: what it includes, and what runs on a flag of __egress_decision
     alone; in a rescue, on the phase's failure."""
     for task in tasks:
-        if _included(task) or re.match(r"^__egress_decision\.[a-z_]+$", str(task.get("when", ""))):
+        if included(task) or re.match(r"^__egress_decision\.[a-z_]+$", str(task.get("when", ""))):
             yield task, rescue
         for key in ("block", "rescue", "always"):
             yield from _inner(task.get(key) or [], rescue or key == "rescue")
@@ -147,13 +148,13 @@ def render_phases(tasks_dir):
     out = ["| step | what | file | runs when |", "|---|---|---|---|"]
     for number, task in enumerate(main, 1):
         out.append("| %d | %s | %s | %s |" % (number, markdown(task["name"]), _action(task), _condition(task.get("when"))))
-        if not _included(task):
+        if not included(task):
             continue
-        with open(os.path.join(tasks_dir, _included(task))) as handle:
+        with open(os.path.join(tasks_dir, included(task))) as handle:
             inner = yaml.safe_load(handle) or []
         for sub, rescue in _inner(inner):
             every = "the phase fails (rescue)" if rescue else "the phase runs"
-            row = "| | ↳ %s | %s | %s |" % (markdown(sub["name"]), "`%s`" % _included(sub) if _included(sub) else "",
+            row = "| | ↳ %s | %s | %s |" % (markdown(sub["name"]), "`%s`" % included(sub) if included(sub) else "",
                                            _condition(sub.get("when"), every))
             if row not in out:  # the same rescue after each step of a phase: once
                 out.append(row)

@@ -2,6 +2,7 @@
 egress_phases with its tags applied once; no include is deeper than two; vars/main.yml holds constants and
 the platform table, with no Jinja program in it."""
 import glob
+import importlib.util
 import os
 import re
 
@@ -10,7 +11,10 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_phases impor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
-INCLUDES = ("ansible.builtin.include_tasks", "ansible.builtin.import_tasks")
+_SPEC = importlib.util.spec_from_file_location("role_readme", os.path.join(ROOT, "scripts", "role_readme.py"))
+role_readme = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(role_readme)
+included = role_readme.included  # the README's phases table reads the graph with the same function
 PHASES = ["validate_inputs.yml", "read_host.yml", "prepare_host.yml", "run_resolver.yml",
           "plan.yml", "apply.yml", "tls_gate.yml", "canary.yml", "persist.yml", "guard.yml", "remove_guard.yml", "remove_role_files.yml",
           "remove_resolver.yml", "remove_tls_gate.yml"]
@@ -26,14 +30,6 @@ def walk(tasks):
         yield task
         for key in ("block", "rescue", "always"):
             yield from walk(task.get(key) or [])
-
-
-def included(task):
-    for key in INCLUDES:
-        if key in task:
-            value = task[key]
-            return value["file"] if isinstance(value, dict) else value
-    return None
 
 
 def depth(name, seen=()):
