@@ -58,7 +58,6 @@ TLS_REASONS = tuple(REFUSALS) + ("other",)
 FILE_NAME = "agentguard.prom"
 # What this module imports, for the guard's copy on the host (_guard.GUARD_FILES).
 METRICS_FILES = ("_metrics.py", "_state.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py")
-DEFAULT_DIR = "/var/lib/prometheus/node-exporter"
 DNS_UNIT = "agentguard-dns.service"
 TLS_LOG = "/var/log/agentguard-tlsgate/access.log"
 
