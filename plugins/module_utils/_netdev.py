@@ -268,9 +268,9 @@ def runtime_access(host, users, sockets=None):
     """Which runtime API sockets each restricted user can connect to.
 
     users: [(name, uid)]; sockets: [(path, runtime)], RUNTIME_SOCKETS by default (host.stat says whether each
-    exists and its owner, group and mode; host.groups a user's groups, the primary one too). Write permission on the socket decides (ACLs and the directories on the
-    way are not looked at). Returns [{"user", "uid", "socket", "runtime", "via"}], via being "owner",
-    "group NAME", "others" or "root", in the order of users and sockets.
+    exists and its owner, group and mode; host.groups a user's groups, the primary one too). Write permission on
+    the socket decides (ACLs and the directories on the way are not looked at). Returns [{"user", "uid", "socket",
+    "runtime", "via"}], via being "owner", "group NAME", "others" or "root", in the order of users and sockets.
     """
     sockets = RUNTIME_SOCKETS if sockets is None else sockets
     stats = [(path, runtime, host.stat(path)) for path, runtime in sockets]
