@@ -262,11 +262,12 @@ def _ufw_effect(entry, running, read):
                        "still hold, the policy is their backstop only" % (_state(entry), output_policy))
 
 
-def read_firewalls(run, packages, active, enabled, read, glob):
-    """{"iptables_backend", "firewalls"} for egress_host_state: run(argv) -> stdout ('' on error); packages: the
-    installed names (of a query that held PACKAGES); active, enabled: {unit: answer} of a query that held UNITS (empty
-    without systemd); read(path) -> text or None; glob(pattern) -> paths. Runs `iptables -V`, and `systemctl show` of
-    nftables.service's Exec properties only when that unit is enabled or active."""
+def read_firewalls(host, packages, active, enabled):
+    """{"iptables_backend", "firewalls"} of host (a HostIO of _hostio) for egress_host_state: packages: the installed
+    names (of a query that held PACKAGES); active, enabled: {unit: answer} of a query that held UNITS (empty without
+    systemd). Runs `iptables -V`, and `systemctl show` of nftables.service's Exec properties only when that unit is
+    enabled or active."""
+    run = host.output
     units = dict((unit, {"active": active.get(unit, "unknown"), "enabled": enabled.get(unit, "unknown")})
                  for unit in UNITS.values() if unit in active or unit in enabled)
     backend = iptables_backend(run(["iptables", "-V"]))
@@ -275,7 +276,7 @@ def read_firewalls(run, packages, active, enabled, read, glob):
         blocks = parse_show(run(["systemctl", "show", "--property=" + NFT_EXEC_PROPERTIES, "--", UNITS["nftables"]]))
         return blocks[0] if blocks else {}
     return {"iptables_backend": backend,
-            "firewalls": detect_firewalls(packages, units, read, glob, show_nftables, backend)}
+            "firewalls": detect_firewalls(packages, units, host.read_text, host.glob, show_nftables, backend)}
 
 
 # What the guard (agentguard-guard.service, egress_guard) does about it, by whether egress_guard is on.

@@ -94,6 +94,7 @@ import time
 from collections import namedtuple
 
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import HostIO
 from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
 from ansible_collections.agentguard.hardening.plugins.module_utils._plan import (
     Plan,
@@ -138,7 +139,7 @@ BACKOFF_WINDOW = 60.0
 BACKOFF_DELAY = 10.0
 # The module_utils the guard needs on the host (the role installs them; all import only the stdlib).
 GUARD_FILES = ("_guard.py", "_apply.py", "_netfilter.py", "_plan.py", "_diff.py", "_render.py", "_state.py",
-               "_metrics.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py")
+               "_metrics.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py", "_hostio.py")
 # Linux netlink constants (linux/netlink.h, linux/netfilter/nfnetlink.h).
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -519,19 +520,19 @@ def backend_of(save_text):
 # The guard ---------------------------------------------------------------------------------------
 
 class Guard(object):
-    """One check (check_once) and the loop around it (run). run(argv, data) -> (rc, out, err) and
-    bin_path(name, required) as for _netfilter.Netfilter; clock and journal injectable for tests."""
+    """One check (check_once) and the loop around it (run), on host (a HostIO of _hostio: its run and which drive
+    _netfilter.Netfilter); clock and journal injectable for tests."""
 
-    def __init__(self, run, bin_path, state_dir=STATE_DIR, guard_dir=GUARD_DIR, interval=INTERVAL,
+    def __init__(self, host, state_dir=STATE_DIR, guard_dir=GUARD_DIR, interval=INTERVAL,
                  journal=send_journal, clock=time.time, metrics=None):
-        self.nf = Netfilter(run, bin_path)
+        self.nf = Netfilter(host.run, host.which)
         self.state_dir = state_dir
         self.guard_dir = guard_dir
         self.interval = interval
         self.journal = journal
         self.clock = clock
         self.metrics = metrics
-        self.families = [f for f in ("ipv4", "ipv6") if f == "ipv4" or os.path.exists("/proc/net/if_inet6")]
+        self.families = [f for f in ("ipv4", "ipv6") if f == "ipv4" or host.exists("/proc/net/if_inet6")]
         self.status = None
         self.restores = []  # the times of restorations that were fights (FIGHT_WINDOW)
         self.last_restore = None
@@ -729,7 +730,7 @@ def subprocess_runner():
     return run
 
 
-def bin_path(name, required):
+def bin_path(name, required=False):
     for directory in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(os.pathsep):
         candidate = os.path.join(directory, name)
         if os.access(candidate, os.X_OK):
@@ -750,9 +751,9 @@ def main(argv=None):
     parser.add_argument("--once", action="store_true", help="check and restore once, then exit")
     parser.add_argument("--journal-socket", default=JOURNAL_SOCKET, help="the journal's native socket")
     args = parser.parse_args(argv)
-    run = subprocess_runner()
-    metrics = metrics_writer(args.metrics_dir, run) if args.metrics_dir else None
-    guard = Guard(run, bin_path, args.state_dir, args.guard_dir, args.interval, metrics=metrics,
+    host = HostIO(subprocess_runner(), bin_path, lambda text: sys.stderr.write("agentguard-guard: %s\n" % text))
+    metrics = metrics_writer(args.metrics_dir, host) if args.metrics_dir else None
+    guard = Guard(host, args.state_dir, args.guard_dir, args.interval, metrics=metrics,
                   journal=lambda fields: send_journal(fields, args.journal_socket))
     if args.once:
         guard.start("periodic")
@@ -774,41 +775,10 @@ def main(argv=None):
     return 0
 
 
-class MetricsHost(object):
-    """The host as _metrics reads it (the interface of _log_sources.HostIO, without its imports)."""
-
-    def __init__(self, run):
-        self.run = run
-        self.cache = {}
-
-    @staticmethod
-    def which(name):
-        return bin_path(name, False)
-
-    @staticmethod
-    def warn(text):
-        sys.stderr.write("agentguard-guard: %s\n" % text)
-
-    @staticmethod
-    def open_text(path):
-        return open(path)
-
-    @staticmethod
-    def now():
-        import datetime
-        return datetime.datetime.now(datetime.timezone.utc)
-
-    @staticmethod
-    def getpwuid(uid):
-        import pwd
-        return pwd.getpwuid(uid)
-
-
-def metrics_writer(directory, run):
-    """write(status): the metrics (_metrics) in directory/agentguard.prom, atomically; the refusal
+def metrics_writer(directory, host):
+    """write(status): the metrics (_metrics) of host in directory/agentguard.prom, atomically; the refusal
     counters' cursors are kept between calls."""
     from ansible_collections.agentguard.hardening.plugins.module_utils import _metrics
-    host = MetricsHost(run)
     state = {}
 
     def write(status):

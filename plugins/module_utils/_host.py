@@ -6,7 +6,8 @@
 """Read-only answers about a host for egress_host_state: packages, units, files, users.
 
 Private to agentguard.hardening: no compatibility promise outside the collection.
-Every function takes the command runner it uses, so the logic is tested without the host's tools.
+Every function takes the command runner it uses (host_state: the host, a HostIO of _hostio), so the logic is
+tested without the host's tools.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -171,8 +172,9 @@ def missing_users(names, lookup=pwd.getpwnam):
     return missing
 
 
-def host_state(query, run, systemd, os_family):
+def host_state(query, host, systemd, os_family):
     """Everything an unchanged run of the role needs to know, as one dictionary."""
+    run = host.output
     paths = dict((path, describe(path)) for path in query.get("paths") or [])
     active, enabled = query.get("active") or [], query.get("enabled") or []
     units = unit_states(active + enabled, run) if systemd else {}
@@ -182,5 +184,5 @@ def host_state(query, run, systemd, os_family):
         "active": dict((unit, units[unit]["active"]) for unit in active if unit in units),
         "enabled": dict((unit, units[unit]["enabled"]) for unit in enabled if unit in units),
         "paths": dict((path, entry) for path, entry in paths.items() if entry is not None),
-        "missing_users": missing_users(query.get("users") or []),
+        "missing_users": missing_users(query.get("users") or [], host.uid_of),
     }

@@ -6,7 +6,7 @@
 """What egress_denials reads and from where: the kernel log's source (journal, a file, dmesg), the
 filtering resolver's log, the live rate limits, this host's addresses; and the module's result.
 
-Private to agentguard.hardening. Every question to the host goes through a HostIO, so that unit tests
+Private to agentguard.hardening. Every question to the host goes through a HostIO (_hostio), so that unit tests
 drive each choice (which source `source: auto` takes, dmesg's fallback, an unreadable file) without
 root and without a journal. Parsing is _kernlog's and _dnslog's part, counting and grouping _denials'.
 
@@ -23,8 +23,6 @@ import datetime
 import errno
 import ipaddress
 import json
-import os
-import pwd
 
 from ansible_collections.agentguard.hardening.plugins.module_utils._denials import sender_text, summarize
 from ansible_collections.agentguard.hardening.plugins.module_utils._dnslog import aggregate_refused, collect_refused
@@ -57,42 +55,6 @@ class Unreadable(Exception):
     def __init__(self, where, why):
         Exception.__init__(self, "%s (%s)" % (where, why))
         self.where = where
-
-
-def open_text(path):
-    """A regular file opened for reading text; OSError otherwise (a FIFO or a device could block)."""
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise IOError("not a regular file")
-    return open(path, errors="replace")
-
-
-def utc_now():
-    return datetime.datetime.now(UTC)
-
-
-class HostIO(object):
-    """The host as the readers see it. run(argv) -> (rc, out, err), run with LC_ALL=C; which(name) ->
-    the binary's path or None; warn(text); open_text(path) -> a text file (OSError when it cannot be
-    read); now() -> an aware datetime; getpwuid(uid) -> a passwd entry (KeyError when there is none)."""
-
-    def __init__(self, run, which, warn, open_text=open_text, now=utc_now, getpwuid=pwd.getpwuid):
-        self.run = run
-        self.which = which
-        self.warn = warn
-        self.open_text = open_text
-        self.now = now
-        self.getpwuid = getpwuid
-        # What one section read that a later one needs: the kernel log's lines (the TLS gate's join).
-        self.cache = {}
-
-    def user_name(self, uid):
-        """The name of a uid on this host; None for no uid or a uid without a name."""
-        if uid is None:
-            return None
-        try:
-            return self.getpwuid(uid).pw_name
-        except KeyError:
-            return None
 
 
 def _failed(name, rc, out, err):

@@ -17,7 +17,7 @@ dropped TCP connect sends its SYN again (after 1 s, 3 s, ...) and each SYN is co
 one. The kernel resets these counters whenever the chain is loaded again (an apply that changed the
 table's rules, a restore by the guard); Prometheus' rate() and increase() handle the reset.
 
-Metrics. collect_sample(host, status, state) reads the host through an injected HostIO (_log_sources) and
+Metrics. collect_sample(host, status, state) reads the host through an injected HostIO (_hostio) and
 the guard's status dict; render(sample) is pure; write_atomic(path, text) writes a temporary file in the
 same directory, fsyncs it and renames it over path, so the collector never reads half a file.
 
@@ -58,7 +58,6 @@ TLS_REASONS = tuple(REFUSALS) + ("other",)
 FILE_NAME = "agentguard.prom"
 # What this module imports, for the guard's copy on the host (_guard.GUARD_FILES).
 METRICS_FILES = ("_metrics.py", "_state.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py")
-DEFAULT_DIR = "/var/lib/prometheus/node-exporter"
 DNS_UNIT = "agentguard-dns.service"
 TLS_LOG = "/var/log/agentguard-tlsgate/access.log"
 
@@ -232,7 +231,7 @@ def _gate_epoch(text):
 
 
 def collect_sample(host, status, state=None, dns_unit=DNS_UNIT, tls_log=TLS_LOG, now=None):
-    """One sample of everything render() writes, read from host (a _log_sources.HostIO) and the guard's
+    """One sample of everything render() writes, read from host (a _hostio.HostIO) and the guard's
     status dict. state: kept by the caller between samples (see the module docstring)."""
     state = {} if state is None else state
     status = status or {}
@@ -415,7 +414,7 @@ _GUARD_STATE = {}
 
 
 def write_guard_metrics(directory, status, host, state=None):
-    """One sample of host (the part of _log_sources.HostIO collect_sample uses: run, which, open_text), rendered
+    """One sample of host (the part of _hostio.HostIO collect_sample uses: run, which, open_text), rendered
     and written atomically to directory/FILE_NAME; state kept per directory unless given. Returns the text."""
     state = _GUARD_STATE.setdefault(directory, {}) if state is None else state
     text = render(collect_sample(host, status, state))

@@ -6,8 +6,8 @@
 """The container and VM networks of a host, the runtimes behind them and who may drive those runtimes.
 
 Private to agentguard.hardening: no compatibility promise outside the collection.
-Read-only and pure: every function takes the readers it uses (command runner, path tests, file reader,
-stat, group lookup), so the logic is tested without root and without the runtimes installed.
+Read-only: the readers ask the host through a HostIO (_hostio) and the rest is pure, so the logic is tested
+without root and without the runtimes installed.
 
 Why: the allowlist covers forwarded traffic only for the networks in scope_networks. A guest bridge
 (docker0, virbr0, ...) that no element covers forwards its guests' traffic around the allowlist, and
@@ -19,11 +19,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import grp
 import ipaddress
 import json
-import os
-import pwd
 import re
 
 # Port kinds whose lower device ("link") or enslaved ports decide whether they reach the host's LAN.
@@ -210,10 +207,10 @@ def coverage(scope_networks, bridges):
     return covered, uncovered
 
 
-def docker_firewall_backend(read):
+def docker_firewall_backend(host):
     """"nftables" when /etc/docker/daemon.json selects Docker's nftables firewall backend (Docker 29 and later),
-    else "iptables" (also without Docker, or with a file Docker would refuse). read(path) -> text or None."""
-    return _docker_firewall_backend(read(DOCKER_DAEMON_JSON))[0]
+    else "iptables" (also without Docker, or with a file Docker would refuse)."""
+    return _docker_firewall_backend(host.read_text(DOCKER_DAEMON_JSON))[0]
 
 
 def _docker_firewall_backend(text):
@@ -229,27 +226,26 @@ def _docker_firewall_backend(text):
     return ("nftables" if config.get("firewall-backend") == "nftables" else "iptables"), None
 
 
-def detect_runtimes(exists, active, read):
+def detect_runtimes(host, units):
     """The container and VM runtimes the host shows any sign of, in the order of RUNTIMES.
 
-    exists(path) -> bool; active(unit) -> bool (what systemd says; always False without systemd);
-    read(path) -> text or None. Each runtime is {"name", "active" (a unit is active or its API socket
+    units: {unit: what systemctl is-active says} (empty without systemd). Each runtime is {"name", "active" (a unit is active or its API socket
     exists), "evidence": ["unit docker.service active", "binary /usr/bin/docker", "socket ..."],
     "sockets": [the API sockets that exist]}. Docker also has "firewall_backend" (from daemon.json:
     "nftables" or "iptables") and, when daemon.json cannot be read as JSON, "config_error".
     """
     found = []
     for name, signs in RUNTIMES:
-        units = [unit for unit in signs["units"] if active(unit)]
-        binaries = [path for path in signs["binaries"] if exists(path)]
-        sockets = [path for path in signs["sockets"] if exists(path)]
-        evidence = (["unit %s active" % unit for unit in units] + ["binary %s" % path for path in binaries]
+        active = [unit for unit in signs["units"] if units.get(unit) == "active"]
+        binaries = [path for path in signs["binaries"] if host.exists(path)]
+        sockets = [path for path in signs["sockets"] if host.exists(path)]
+        evidence = (["unit %s active" % unit for unit in active] + ["binary %s" % path for path in binaries]
                     + ["socket %s" % path for path in sockets])
         if not evidence:
             continue
-        runtime = {"name": name, "active": bool(units or sockets), "evidence": evidence, "sockets": sockets}
+        runtime = {"name": name, "active": bool(active or sockets), "evidence": evidence, "sockets": sockets}
         if name == "docker":
-            runtime["firewall_backend"], error = _docker_firewall_backend(read(DOCKER_DAEMON_JSON))
+            runtime["firewall_backend"], error = _docker_firewall_backend(host.read_text(DOCKER_DAEMON_JSON))
             if error:
                 runtime["config_error"] = error
         found.append(runtime)
@@ -268,21 +264,20 @@ def _access(uid, groups, owner, group, mode):
     return "others" if mode & 0o002 else None
 
 
-def runtime_access(users, sockets_stat, user_groups, sockets=None):
+def runtime_access(host, users, sockets=None):
     """Which runtime API sockets each restricted user can connect to.
 
-    users: [(name, uid)]; sockets_stat(path) -> (uid, gid, mode) or None when absent;
-    user_groups(name) -> [(gid, group name)] with the primary group; sockets: [(path, runtime)],
-    RUNTIME_SOCKETS by default. Write permission on the socket decides (ACLs and the directories on the
-    way are not looked at). Returns [{"user", "uid", "socket", "runtime", "via"}], via being "owner",
-    "group NAME", "others" or "root", in the order of users and sockets.
+    users: [(name, uid)]; sockets: [(path, runtime)], RUNTIME_SOCKETS by default (host.stat says whether each
+    exists and its owner, group and mode; host.groups a user's groups, the primary one too). Write permission on
+    the socket decides (ACLs and the directories on the way are not looked at). Returns [{"user", "uid", "socket",
+    "runtime", "via"}], via being "owner", "group NAME", "others" or "root", in the order of users and sockets.
     """
     sockets = RUNTIME_SOCKETS if sockets is None else sockets
-    stats = [(path, runtime, sockets_stat(path)) for path, runtime in sockets]
+    stats = [(path, runtime, host.stat(path)) for path, runtime in sockets]
     stats = [(path, runtime, info) for path, runtime, info in stats if info is not None]
     found = []
     for name, uid in users:
-        groups = dict((gid, group) for gid, group in (user_groups(name) if stats else []))
+        groups = dict((gid, group) for gid, group in (host.groups(name) if stats else []))
         for path, runtime, (owner, group, mode) in stats:
             via = _access(uid, groups, owner, group, mode)
             if via:
@@ -290,10 +285,10 @@ def runtime_access(users, sockets_stat, user_groups, sockets=None):
     return found
 
 
-def read_networks(run_command, is_physical):
-    """(guest bridges, warnings) of this host: runs `ip -j -d addr show` through run_command(argv) -> (rc, out, err)."""
+def read_networks(host):
+    """(guest bridges, warnings) of this host: runs `ip -j -d addr show`."""
     try:
-        rc, out, err = run_command(IP_ARGV)
+        rc, out, err = host.run(IP_ARGV)
     except (IOError, OSError) as exc:  # ip is not installed
         return [], ["cannot list the network links (%s): guest bridges are not known" % exc]
     if rc != 0:
@@ -302,27 +297,27 @@ def read_networks(run_command, is_physical):
         links = parse_links(out)
     except ValueError as exc:
         return [], ["`%s` printed no JSON (%s): guest bridges are not known" % (" ".join(IP_ARGV), exc)]
-    return guest_bridges(links, is_physical), []
+    return guest_bridges(links, host.is_physical), []
 
 
-def read_host(run_command, is_physical, exists, active, read, stat, groups, users, networks=True, resolve=None):
+def read_host(host, users, units, networks=True):
     """{"bridges", "runtimes", "runtime_access", "warnings"}: what egress_host_state adds to its answer.
 
     networks=False leaves out bridges and runtimes (and does not run ip). users: [(name, uid)] for
-    runtime_access. resolve(path) -> canonical path (os.path.realpath): /var/run/docker.sock and
-    /run/docker.sock are one socket, named once.
+    runtime_access; units: {unit: what systemctl is-active says} for detect_runtimes. Sockets are named by
+    their canonical path (host.realpath): /var/run/docker.sock and /run/docker.sock are one socket, named once.
     """
     sockets, seen = [], set()
     for path, runtime in RUNTIME_SOCKETS:
-        key = resolve(path) if resolve else path
+        key = host.realpath(path)
         if key not in seen:
             seen.add(key)
             sockets.append((path, runtime))
-    found = {"warnings": [], "runtime_access": runtime_access(users, stat, groups, sockets)}
+    found = {"warnings": [], "runtime_access": runtime_access(host, users, sockets)}
     if networks:
-        found["bridges"], found["warnings"] = read_networks(run_command, is_physical)
+        found["bridges"], found["warnings"] = read_networks(host)
         kept = set(path for path, _runtime in sockets)
-        found["runtimes"] = detect_runtimes(exists, active, read)
+        found["runtimes"] = detect_runtimes(host, units)
         for runtime in found["runtimes"]:
             runtime["sockets"] = [path for path in runtime["sockets"] if path in kept]
             if runtime.get("config_error"):
@@ -330,51 +325,15 @@ def read_host(run_command, is_physical, exists, active, read, stat, groups, user
     return found
 
 
-# The readers of the real host that the module passes in.
-
-def is_physical(name):
-    """Whether a network device is backed by hardware (/sys/class/net/NAME/device exists)."""
-    return os.path.exists("/sys/class/net/%s/device" % name)
-
-
-def read_text(path):
-    """The text of a file, or None when it cannot be read."""
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except (IOError, OSError, UnicodeError):
-        return None
-
-
-def stat_path(path):
-    """(uid, gid, mode) of a path, following links, or None when absent."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_uid, info.st_gid, info.st_mode
-
-
-def passwd_user(name, getpwnam=pwd.getpwnam):
-    """(name, uid) of a user name or numeric uid, or None when the name has no passwd entry."""
-    try:
-        return name, getpwnam(name).pw_uid
-    except KeyError:
-        return (name, int(name)) if name.isdigit() else None
-
-
-def passwd_groups(name):
-    """[(gid, group name)] of a user name or numeric uid: primary and supplementary ([] without a passwd entry)."""
-    try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-    except KeyError:
-        return []
+def runtime_users(host, names):
+    """[(name, uid)] of user names or numeric uids; a name without a passwd entry is left out."""
     found = []
-    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
+    for name in names:
         try:
-            found.append((gid, grp.getgrgid(gid).gr_name))
+            found.append((name, host.uid_of(name)))
         except KeyError:
-            found.append((gid, str(gid)))
+            if name.isdigit():
+                found.append((name, int(name)))
     return found
 
 
@@ -418,24 +377,24 @@ def parse_routes(ip_json_text, family):
     return routes
 
 
-def read_routes(run_command, is_physical):
+def read_routes(host):
     """(routes, lan, warnings) of this host: the routes of both families (parse_routes) and the links that reach its
-    LAN (lan_devices, from `ip -j -d addr show`); run_command(argv) -> (rc, out, err)."""
+    LAN (lan_devices, from `ip -j -d addr show`)."""
     routes, lan, warnings = [], set(), []
     for family in ("ipv4", "ipv6"):
         argv = ROUTE_ARGV[family]
         try:
-            rc, out, err = run_command(argv)
+            rc, out, err = host.run(argv)
             if rc != 0:
                 raise ValueError("rc=%s: %s" % (rc, (err or out).strip()))
             routes.extend(parse_routes(out, family))
         except (IOError, OSError, ValueError) as exc:
             warnings.append("`%s` failed (%s): the routes are not known" % (" ".join(argv), exc))
     try:
-        rc, out, err = run_command(IP_ARGV)
+        rc, out, err = host.run(IP_ARGV)
         if rc != 0:
             raise ValueError("rc=%s: %s" % (rc, (err or out).strip()))
-        lan = lan_devices(parse_links(out), is_physical)
+        lan = lan_devices(parse_links(out), host.is_physical)
     except (IOError, OSError, ValueError) as exc:
         warnings.append("`%s` failed (%s): the host's LAN ports are not known" % (" ".join(IP_ARGV), exc))
     return routes, lan, warnings

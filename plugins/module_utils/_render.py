@@ -499,11 +499,10 @@ def _persistent_body(hook, state):
     return declare, lines
 
 
-def render_hook_persistent(table, state, hooks=None):
+def _hook_table_persistent(table, hooks):
     """A complete `table` holding only what we manage (None when we manage nothing there).
 
-    hooks: {hook name: HookState} of every hook of this table (state is then unused)."""
-    hooks = hooks if hooks is not None else {table: state}
+    hooks: {hook name: HookState} of every hook of this table."""
     parts = [_persistent_body(hook, hooks[hook]) for hook in sorted(hooks) if hooks[hook].jumps or hooks[hook].chains]
     if not parts:
         return None
@@ -569,7 +568,7 @@ def render_persistent(state, policies, hooks=None):
     lines.append("COMMIT")
     text = "\n".join(lines) + "\n"
     for table in sorted(set(HOOK_TABLES[hook] for hook in hooks) - {"filter"}):
-        text += render_hook_persistent(table, None, dict((h, hooks[h]) for h in hooks if HOOK_TABLES[h] == table)) or ""
+        text += _hook_table_persistent(table, dict((h, hooks[h]) for h in hooks if HOOK_TABLES[h] == table)) or ""
     return text
 
 

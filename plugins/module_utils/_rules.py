@@ -16,17 +16,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
-import pwd
-
 from ansible_collections.agentguard.hardening.plugins.module_utils._guard import desired_document, desired_hash_of
 from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
     coverage,
     docker_firewall_backend,
-    is_physical,
     read_networks,
     read_routes,
-    read_text,
     uplink_errors,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils._netfilter import CommandError, Netfilter
@@ -37,11 +32,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._resolve impo
     load_dnspython,
     resolve_destinations,
 )
-from ansible_collections.agentguard.hardening.plugins.module_utils._services import (
-    blocked_services,
-    detect_services,
-    read_comms,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._services import blocked_services, detect_services
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
 from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import gate_result
 
@@ -94,44 +85,23 @@ class RulesError(Exception):
         self.extra = extra
 
 
-def command_runner(module):
-    """run(argv, data=None) -> (rc, out, err) of an AnsibleModule, for the plan and the apply."""
-    def run(argv, data=None):
-        # Never let run_command fail the module itself: a command that dies before reading its
-        # input (EPIPE) must still reach apply_plan's rollback.
-        try:
-            return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
-                                      handle_exceptions=False)
-        except (OSError, IOError) as exc:
-            return 1, "", "could not run or feed %s: %s" % (argv[0], exc)
-    return run
-
-
-def uid_of(name):
-    """The uid of a user name (KeyError when there is none: build_policy names the option)."""
-    return pwd.getpwnam(name).pw_uid
-
-
-def managed_families(exists=os.path.exists):
+def managed_families(host):
     """IPv4 always; IPv6 unless the kernel has none (then only IPv4 is managed, and the module warns)."""
-    return [f for f in FAMILIES if f == "ipv4" or exists("/proc/net/if_inet6")]
+    return [f for f in FAMILIES if f == "ipv4" or host.exists("/proc/net/if_inet6")]
 
 
-def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=None, resolve=None,
-               read_networks_of=None, comms=None, read=None, read_routes_of=None):
-    """(result, plan, netfilter): the plan of egress_rules for params (validated against ARGUMENT_SPEC) on this
-    host, and the module's result for it (what a check-mode run returns). Nothing is changed.
+def plan_rules(params, host, want_diff=False):
+    """(result, plan, netfilter): the plan of egress_rules for params (validated against ARGUMENT_SPEC) on host (a
+    HostIO of _hostio: its commands, users, files and processes; host.warn says what the plan leaves open), and the
+    module's result for it (what a check-mode run returns). Nothing is changed.
 
-    run(argv, data=None) -> (rc, out, err) runs a command; bin_path(name, required) finds one; uid_of(name) ->
-    uid; warn(text) says what the plan leaves open. Raises RulesError (missing_lib when dnspython is missing).
-    The host's other reads (resolve, read_networks_of, read_routes_of, comms, read) default to the real ones, looked
-    up at call time. scope_networks that reach the host's way out (_netdev.uplink_errors) are refused, check mode too.
+    Raises RulesError (missing_lib when dnspython is missing). scope_networks that reach the host's way out
+    (_netdev.uplink_errors) are refused, check mode too.
     """
-    resolve = resolve or resolve_destinations
-    comms = comms or read_comms
-    read = read or read_text
+    warn = host.warn
+    resolve = host.resolve or resolve_destinations
     try:
-        policy = build_policy(params, uid_of)
+        policy = build_policy(params, host.uid_of)
     except PolicyError as exc:
         raise RulesError("invalid options, nothing was changed:\n" + str(exc), errors=exc.errors)
 
@@ -141,14 +111,14 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
         except ImportError:
             raise RulesError("dnspython (Debian: python3-dnspython)", missing_lib=True)
 
-    families = managed_families() if families is None else families
+    families = managed_families(host)
     if "ipv6" not in families:
         warn("this kernel has no IPv6; only IPv4 is managed")
     if policy.state == "present" and policy.networks and policy.deny_action == "reject" and policy.mode == "enforce":
         warn("deny_action=reject applies to local processes only: connections from scope_networks "
              "are dropped (REJECT does not exist in the mangle table, where the forward path is judged)")
 
-    nf = Netfilter(run, bin_path)
+    nf = Netfilter(host.run, host.which)
     resolved = {}
     try:
         if policy.state == "present":
@@ -164,10 +134,10 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
     network_warnings = []
     if policy.state == "present" and policy.networks:
         # An element that reaches the host's way out would let every forwarded connection out unchecked.
-        routes, lan, network_warnings = (read_routes_of or (lambda: read_routes(run, is_physical)))()
+        routes, lan, network_warnings = read_routes(host)
         destinations = list(policy.dns_servers) + [address for answer in resolved.values()
                                                    for family in FAMILIES for address in answer.get(family) or []]
-        bridges, bridge_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+        bridges, bridge_warnings = read_networks(host)
         network_warnings = list(bridge_warnings) + list(network_warnings)
         errors = uplink_errors(params["scope_networks"], routes, lan, destinations, [b["name"] for b in bridges])
         if errors:
@@ -200,12 +170,12 @@ def plan_rules(params, run, bin_path, uid_of, warn, want_diff=False, families=No
     if policy.state == "present":
         # Never silent: container bridges the forward path does not reach, in check mode too.
         if not policy.networks:
-            bridges, network_warnings = (read_networks_of or (lambda: read_networks(run, is_physical)))()
+            bridges, network_warnings = read_networks(host)
         for warning in network_warnings:
             warn(warning)
         covered, uncovered = coverage(params["scope_networks"], bridges)
-        result["networks"] = dict(covered=covered, uncovered=uncovered, docker_firewall_backend=docker_firewall_backend(read))
-        running = detect_services(comms())
+        result["networks"] = dict(covered=covered, uncovered=uncovered, docker_firewall_backend=docker_firewall_backend(host))
+        running = detect_services(host.comms())
         result["services"] = dict(running=running, blocked=blocked_services(policy, running))
     if want_diff:
         result["diff"] = plan_diff(plan)

@@ -7,14 +7,12 @@
 leaves them one.
 
 Private to agentguard.hardening. Services are found by their running processes (the kernel's
-/proc/PID/comm, cut at 15 characters), so the module needs no systemctl call; readers are injected.
+/proc/PID/comm, cut at 15 characters, HostIO.comms of _hostio), so the module needs no systemctl call.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
-
-import os
 
 # comm -> (service, kind). The daemons run all the time; unattended-upgrades keeps its
 # shutdown helper running while it is enabled (the downloads run from apt's timers as _apt).
@@ -40,24 +38,6 @@ NEEDS = {
                "(recipe 'Security updates' in the role README)",
     "dhcp": "egress_dhcp: true (the default)",
 }
-
-
-def read_comms(proc="/proc"):
-    """The comm of every process of this host (a set); processes that end while read are skipped."""
-    comms = set()
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return comms
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(os.path.join(proc, entry, "comm")) as handle:
-                comms.add(handle.read().strip())
-        except (IOError, OSError):
-            continue
-    return comms
 
 
 def detect_services(comms):

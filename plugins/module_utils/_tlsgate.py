@@ -27,7 +27,6 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._policy impor
 
 TLS_LOG_PREFIX = "[EGRESS-TLS] "
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
-REASONS = ("allowed", "no-sni", "ip-literal", "not-allowed", "not-tls", "not-resolved", "would-refuse-sni")
 REFUSALS = ("no-sni", "ip-literal", "not-allowed", "not-tls", "not-resolved")
 # The shortest lifetime the filtering resolver gives a set entry (_policy.MIN_SET_TIMEOUT): nginx keeps
 # an answer no longer, so it never connects to an address whose set entry has expired.

@@ -426,7 +426,8 @@ guard:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.agentguard.hardening.plugins.module_utils._log_sources import Failure, HostIO, denials_result
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import module_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._log_sources import Failure, denials_result
 
 ARGUMENT_SPEC = dict(
     prefix=dict(type="str", default="[EGRESS-DENIED] "),
@@ -450,10 +451,8 @@ ARGUMENT_SPEC = dict(
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    host = HostIO(run=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}),
-                  which=module.get_bin_path, warn=module.warn)
     try:
-        result = denials_result(host, module.params)
+        result = denials_result(module_host(module), module.params)
     except Failure as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, **result)

@@ -366,7 +366,6 @@ runtime_access:
       type: str
 """
 
-import glob
 import os
 import platform
 import sys
@@ -379,13 +378,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
     platform_facts,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils import _firewalls, _netdev, _services
-from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
-    ARGUMENT_SPEC as RULES_SPEC,
-    RulesError,
-    command_runner,
-    plan_rules,
-    uid_of,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import module_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import ARGUMENT_SPEC as RULES_SPEC, RulesError, plan_rules
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),
@@ -421,9 +415,9 @@ def early_plan(module, options):
     warnings = []
     try:
         # A missing command is an error here (required=False answers None): the module must not fail.
-        result = plan_rules(validated.validated_parameters, command_runner(module),
-                            lambda name, required: module.get_bin_path(name) or (_missing(name) if required else None),
-                            uid_of, warnings.append)[0]
+        host = module_host(module, warn=warnings.append,
+                           which=lambda name, required=False: module.get_bin_path(name) or (_missing(name) if required else None))
+        result = plan_rules(validated.validated_parameters, host)[0]
     except (RulesError, OSError) as exc:
         return None, str(exc)
     # An unchanged plan ends the run here, so this module says what it leaves open; a changed one is planned
@@ -439,15 +433,8 @@ def _missing(name):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    env = dict(LC_ALL="C", LANG="C")
-
-    def run(argv):
-        executable = module.get_bin_path(argv[0])
-        if executable is None:
-            return ""
-        # Not check_rc: dpkg-query exits 1 when one of several names is unknown, and still answers.
-        return module.run_command([executable] + argv[1:], environ_update=env)[1]
-
+    # Not check_rc: dpkg-query exits 1 when one of several names is unknown, and still answers (HostIO.output).
+    host = module_host(module)
     facts = platform_facts(parse_os_release(_read_first("/etc/os-release", "/usr/lib/os-release")),
                            _read_first("/etc/debian_version"))
     facts.update(system=platform.system(), python=sys.executable)
@@ -460,29 +447,20 @@ def main():
         query["active"] = list(query["active"]) + list(_firewalls.UNITS.values())
         query["enabled"] = list(module.params["enabled"]) + list(_firewalls.UNITS.values())
         query["packages"] = list(module.params["packages"]) + _firewalls.PACKAGES
-    state = host_state(query, run, os.path.isdir("/run/systemd/system"), facts["os_family"])
+    state = host_state(query, host, os.path.isdir("/run/systemd/system"), facts["os_family"])
     units, enabled = state["active"], state["enabled"]
     state["active"] = dict((unit, units[unit]) for unit in module.params["active"] if unit in units)
     state["enabled"] = dict((unit, enabled[unit]) for unit in module.params["enabled"] if unit in enabled)
     packages = state["packages"]
     state["packages"] = [name for name in packages if name in module.params["packages"]]
     if firewalls:
-        state.update(_firewalls.read_firewalls(run, packages, units, enabled, _netdev.read_text, glob.glob))
-
-    def run_command(argv):
-        executable = module.get_bin_path(argv[0])
-        if executable is None:
-            raise OSError("%s not found" % argv[0])
-        return module.run_command([executable] + argv[1:], environ_update=env)
-
-    users = [user for user in (_netdev.passwd_user(name) for name in module.params["runtime_users"]) if user]
-    found = _netdev.read_host(run_command, _netdev.is_physical, os.path.exists, lambda unit: units.get(unit) == "active",
-                              _netdev.read_text, _netdev.stat_path, _netdev.passwd_groups, users,
-                              networks=networks, resolve=os.path.realpath)
+        state.update(_firewalls.read_firewalls(host, packages, units, enabled))
+    users = _netdev.runtime_users(host, module.params["runtime_users"])
+    found = _netdev.read_host(host, users, units, networks=networks)
     for warning in found.pop("warnings"):
         module.warn(warning)
     state.update(found)
-    state["services"] = _services.detect_services(_services.read_comms())
+    state["services"] = _services.detect_services(host.comms())
     if module.params["plan"] is not None:
         state["plan"], state["plan_skipped"] = early_plan(module, module.params["plan"])
     module.exit_json(changed=False, platform=facts, **state)

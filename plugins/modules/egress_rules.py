@@ -547,13 +547,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
 from ansible_collections.agentguard.hardening.plugins.module_utils._guard import ApplyLock, GuardError, sync_desired
-from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
-    ARGUMENT_SPEC,
-    RulesError,
-    command_runner,
-    plan_rules,
-    uid_of,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import module_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import ARGUMENT_SPEC, RulesError, plan_rules
 
 
 class _NoLock(object):
@@ -578,9 +573,7 @@ def main():
 
 def run(module, state_dir):
     try:
-        result, plan, nf = plan_rules(module.params, command_runner(module),
-                                      lambda name, required: module.get_bin_path(name, required=required),
-                                      uid_of, module.warn, want_diff=module._diff)
+        result, plan, nf = plan_rules(module.params, module_host(module), want_diff=module._diff)
     except RulesError as exc:
         if exc.missing_lib:
             module.fail_json(msg=missing_required_lib(str(exc)))

@@ -59,3 +59,14 @@ def plan_for(runner, **over):
     policy = P.build_policy(params, lambda n: 1000)
     live, live_sets = _plan.read_live(nf(runner), ["ipv4", "ipv6"])
     return _plan.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
+
+
+def fake_host(run=None, which=lambda name, required=False: name, warnings=None, **readers):
+    """A HostIO (_hostio) that asks this machine nothing: no file, process, route, user but uid 1000, link or
+    IPv6 unless readers say so; run answers the commands (a Runner); warnings (a list) collects warn."""
+    from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import HostIO
+    defaults = dict(exists=lambda path: False, read_text=lambda path: None, stat=lambda path: None,
+                    realpath=lambda path: path, is_physical=lambda name: False, glob=lambda pattern: [],
+                    uid_of=lambda name: 1000, groups=lambda name: [], comms=lambda: set())
+    defaults.update(readers)
+    return HostIO(run=run, which=which, warn=(warnings if warnings is not None else []).append, **defaults)

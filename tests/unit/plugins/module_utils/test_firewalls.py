@@ -12,6 +12,8 @@ import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _firewalls as FW
 
+from .conftest import fake_host
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures")
 with open(os.path.join(FIXTURES, "nftables-debian12.conf")) as _handle:
     DEBIAN_CONF = _handle.read()
@@ -153,14 +155,15 @@ def test_read_firewalls_asks_the_host_once_and_only_what_it_needs():
             return "iptables v1.8.9 (nf_tables)\n"
         return show if argv[:2] == ["systemctl", "show"] else ""
     files = {"/etc/nftables.conf": DEBIAN_CONF}
-    found = FW.read_firewalls(run, ["nftables", "ufw"], {"nftables.service": "active", "ufw.service": "inactive"},
-                              {"nftables.service": "enabled", "ufw.service": "enabled"}, reader(files), globber(files))
+    host = fake_host(lambda argv: (0, run(argv), ""), read_text=reader(files), glob=globber(files))
+    found = FW.read_firewalls(host, ["nftables", "ufw"], {"nftables.service": "active", "ufw.service": "inactive"},
+                              {"nftables.service": "enabled", "ufw.service": "enabled"})
     assert found["iptables_backend"] == "nf_tables"
     assert [(e["name"], e["alters_rules"]) for e in found["firewalls"]] == [("nftables", True), ("ufw", False)]
     assert asked == [["iptables", "-V"], ["systemctl", "show", "--property=ExecStart,ExecReload,ExecStop", "--",
                                           "nftables.service"]]
     # nftables.service neither enabled nor active: no systemctl show; without systemd no unit is known.
     asked[:] = []
-    quiet = FW.read_firewalls(run, ["nftables"], {}, {}, reader(files), globber(files))
+    quiet = FW.read_firewalls(host, ["nftables"], {}, {})
     assert asked == [["iptables", "-V"]]
     assert quiet["firewalls"][0]["enabled"] == "unknown" and not quiet["firewalls"][0]["alters_rules"]

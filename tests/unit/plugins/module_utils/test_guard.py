@@ -12,7 +12,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils import _guard
 from ansible_collections.agentguard.hardening.plugins.module_utils import _plan
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
 
-from .conftest import Runner, fixture, nf, plan_for
+from .conftest import Runner, fake_host, fixture, nf, plan_for
 
 BACKENDS = ["nft", "legacy"]
 FOREIGN = ("DOCKER-USER", "f2b", "foreign: ntp", "admin: keep loopback", "INPUT", "FORWARD")
@@ -185,7 +185,8 @@ def make_guard(tmp_path, runner, clock=lambda: 1000.0):
     state = tmp_path / "egress"
     state.mkdir(exist_ok=True)
     journal = Journal()
-    guard = G.Guard(runner, lambda name, required: name, str(state), str(tmp_path / "guard"), journal=journal, clock=clock)
+    host = fake_host(runner)
+    guard = G.Guard(host, str(state), str(tmp_path / "guard"), journal=journal, clock=clock)
     guard.families = ["ipv4", "ipv6"]
     guard.start("periodic")
     return guard, journal, str(state)
@@ -425,7 +426,7 @@ def test_tamper_kinds_are_the_metrics_kinds():
 def test_metrics_of_a_status(tmp_path):
     """The guard's writer: _metrics' exposition of the status, in the textfile directory."""
     runner = Runner(saves("managed", "nft"), ipset=ipsets("nft"))
-    write = G.metrics_writer(str(tmp_path), runner)
+    write = G.metrics_writer(str(tmp_path), fake_host(runner, G.bin_path))
     status = G.new_status(None, 100.0, 1, "netlink", 5.0)
     status.update(tamper_events_total=2, policy_hash="abc", in_sync=True)
     write(status)

@@ -12,6 +12,13 @@ import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _host as H
 
+from .conftest import fake_host
+
+
+def host(run):
+    """A fake host whose commands print what run(argv) answers."""
+    return fake_host(lambda argv: (0, run(argv), ""))
+
 
 class Runner:
     """Records the commands and answers them from a table (argv[0] -> stdout)."""
@@ -32,7 +39,7 @@ def test_files_are_hashed_and_missing_paths_left_out(tmp_path):
     rules.write_text(content)
     rules.chmod(0o600)
     missing = str(tmp_path / "ipsets")
-    state = H.host_state({"paths": [str(rules), str(tmp_path), missing]}, Runner(), False, "Debian")
+    state = H.host_state({"paths": [str(rules), str(tmp_path), missing]}, host(Runner()), False, "Debian")
     entry = state["paths"][str(rules)]
     assert entry["sha256"] == hashlib.sha256(content.encode()).hexdigest()
     assert entry["mode"] == "0600" and entry["type"] == "file"
@@ -72,12 +79,12 @@ def test_rpm_answers_by_name():
 
 def test_the_os_family_picks_the_package_database():
     run = Runner({"dpkg-query": "iptables ii \n", "rpm": "iptables\n"})
-    assert H.host_state({"packages": ["iptables"]}, run, False, "Debian")["packages"] == ["iptables"]
+    assert H.host_state({"packages": ["iptables"]}, host(run), False, "Debian")["packages"] == ["iptables"]
     assert [c[0] for c in run.calls] == ["dpkg-query"]
-    assert H.host_state({"packages": ["iptables"]}, run, False, "RedHat")["packages"] == ["iptables"]
+    assert H.host_state({"packages": ["iptables"]}, host(run), False, "RedHat")["packages"] == ["iptables"]
     assert [c[0] for c in run.calls] == ["dpkg-query", "rpm"]
     # No package database the role knows: nothing is asked, nothing counts as installed.
-    assert H.host_state({"packages": ["iptables"]}, run, False, "Suse")["packages"] == []
+    assert H.host_state({"packages": ["iptables"]}, host(run), False, "Suse")["packages"] == []
     assert len(run.calls) == 2
 
 
@@ -110,7 +117,7 @@ def test_units_are_asked_in_one_call_and_only_with_systemd():
     run = Runner({"systemctl": show})
     query = {"active": ["agentguard-dns.service", "netfilter-persistent.service"],
              "enabled": ["netfilter-persistent.service", "iptables.service", "ipset.service"]}
-    state = H.host_state(query, run, True, "Debian")
+    state = H.host_state(query, host(run), True, "Debian")
     assert state["active"] == {"agentguard-dns.service": "failed", "netfilter-persistent.service": "active"}
     # As is-enabled answers: an alias is "alias", whatever its target's state.
     assert state["enabled"] == {"netfilter-persistent.service": "enabled", "iptables.service": "not-found",
@@ -118,7 +125,7 @@ def test_units_are_asked_in_one_call_and_only_with_systemd():
     # One call, each unit once.
     assert [c[4:] for c in run.calls if c[0] == "systemctl"] == [
         ["agentguard-dns.service", "netfilter-persistent.service", "iptables.service", "ipset.service"]]
-    no_systemd = H.host_state(query, Runner(), False, "Debian")
+    no_systemd = H.host_state(query, host(Runner()), False, "Debian")
     assert no_systemd["enabled"] == {} and no_systemd["active"] == {}
 
 
@@ -230,3 +237,6 @@ def test_the_module_does_not_load_the_fact_collectors():
 def test_users_missing_on_the_host_are_named():
     # root exists everywhere, a numeric uid needs no passwd entry.
     assert H.missing_users(["root", "agentguard-no-such-user", "4242", 1000]) == ["agentguard-no-such-user"]
+    # host_state asks the host's passwd.
+    known = {"agent": 1000}.__getitem__
+    assert H.host_state({"users": ["agent", "ghost", "4242"]}, fake_host(uid_of=known), False, "Debian")["missing_users"] == ["ghost"]

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _log_sources as S
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import HostIO
 
 from .conftest import fixture
 
@@ -46,7 +47,7 @@ def fails(err="Failed to open journal: Permission denied"):
     return lambda argv: (1, "", err + "\n")
 
 
-class FakeHost(S.HostIO):
+class FakeHost(HostIO):
     """binaries: name -> answer(argv) -> (rc, out, err); files: path -> text, or an errno to fail with."""
 
     def __init__(self, binaries=None, files=None, users=None):
@@ -55,8 +56,8 @@ class FakeHost(S.HostIO):
         self.users = users or {}
         self.calls = []
         self.warnings = []
-        S.HostIO.__init__(self, run=self._run, which=self._which, warn=self.warnings.append, open_text=self._open,
-                          now=lambda: NOW, getpwuid=self._getpwuid)
+        HostIO.__init__(self, run=self._run, which=self._which, warn=self.warnings.append, open_text=self._open,
+                        now=lambda: NOW, getpwuid=self._getpwuid)
 
     def _run(self, argv):
         self.calls.append(argv)
@@ -197,7 +198,7 @@ def test_real_files_only_regular_ones_are_opened(tmp_path):
     plain.write_bytes(b"caf\xe9 line\n")
     fifo = tmp_path / "fifo"
     os.mkfifo(str(fifo))
-    host = S.HostIO(run=None, which=None, warn=None)
+    host = HostIO(run=None, which=None, warn=None)
     assert S.file_lines(host, str(plain)) == [u"caf\ufffd line"]
     for path, why in ((tmp_path, "not a regular file"), (fifo, "not a regular file"),
                       (tmp_path / "missing", "No such file or directory")):

@@ -13,6 +13,9 @@ import sys
 import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev as N
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import HostIO
+
+from .conftest import fake_host
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "netdev")
 
@@ -173,9 +176,9 @@ def test_a_bridge_without_addresses_is_not_routed_and_counts_as_covered():
 # --- detect_runtimes -----------------------------------------------------------------------------
 
 def detect(paths=(), units=(), files=None):
-    files = files or {}
+    host = fake_host(exists=lambda path: path in paths, read_text=(files or {}).get)
     return dict((runtime["name"], runtime) for runtime in
-                N.detect_runtimes(lambda path: path in paths, lambda unit: unit in units, files.get))
+                N.detect_runtimes(host, dict((unit, "active") for unit in units)))
 
 
 def test_no_runtime_on_a_clean_host():
@@ -259,7 +262,8 @@ GROUPS = {"agent": [(1000, "agent")], "dev": [(1001, "dev"), (998, "docker")], "
 
 
 def access(users, sockets=None, groups=None):
-    return N.runtime_access(users, (sockets or SOCKETS).get, lambda name: (groups or GROUPS).get(name, []))
+    host = fake_host(stat=(sockets or SOCKETS).get, groups=lambda name: (groups or GROUPS).get(name, []))
+    return N.runtime_access(host, users)
 
 
 def test_socket_access_through_a_group():
@@ -301,11 +305,11 @@ def test_users_are_answered_in_order():
 def test_ip_missing_or_failing_gives_no_bridges_and_a_warning():
     def missing(argv):
         raise OSError("ip not found")
-    assert N.read_networks(missing, physical())[0] == []
-    assert "ip not found" in N.read_networks(missing, physical())[1][0]
-    bridges, warnings = N.read_networks(lambda argv: (255, "", 'Option "-j" is unknown'), physical())
+    assert N.read_networks(fake_host(missing))[0] == []
+    assert "ip not found" in N.read_networks(fake_host(missing))[1][0]
+    bridges, warnings = N.read_networks(fake_host(lambda argv: (255, "", 'Option "-j" is unknown')))
     assert bridges == [] and "rc=255" in warnings[0] and "-j" in warnings[0]
-    bridges, warnings = N.read_networks(lambda argv: (0, "[{oops", ""), physical())
+    bridges, warnings = N.read_networks(fake_host(lambda argv: (0, "[{oops", "")))
     assert bridges == [] and "no JSON" in warnings[0]
 
 
@@ -315,8 +319,8 @@ def test_read_host_asks_ip_once_with_json_and_details():
     def run(argv):
         calls.append(argv)
         return 0, fixture_text(), ""
-    found = N.read_host(run, physical("eno1"), lambda path: path == "/usr/bin/dockerd", lambda unit: False,
-                        lambda path: None, lambda path: None, lambda name: [], [("agent", 1000)])
+    host = fake_host(run, is_physical=physical("eno1"), exists=lambda path: path == "/usr/bin/dockerd")
+    found = N.read_host(host, [("agent", 1000)], {})
     assert calls == [["ip", "-j", "-d", "addr", "show"]]
     assert [b["name"] for b in found["bridges"]] == ["br-0123456789ab", "docker0"]
     assert [r["name"] for r in found["runtimes"]] == ["docker"]
@@ -326,9 +330,8 @@ def test_read_host_asks_ip_once_with_json_and_details():
 def test_read_host_without_networks_runs_nothing_but_still_answers_access():
     def run(argv):
         raise AssertionError("ip must not run")
-    found = N.read_host(run, physical(), lambda path: True, lambda unit: True, lambda path: None,
-                        {"/run/docker.sock": (0, 0, 0o140666)}.get, lambda name: [], [("agent", 1000)],
-                        networks=False)
+    host = fake_host(run, exists=lambda path: True, stat={"/run/docker.sock": (0, 0, 0o140666)}.get)
+    found = N.read_host(host, [("agent", 1000)], {"docker.service": "active"}, networks=False)
     assert found == {"warnings": [], "runtime_access": [
         {"user": "agent", "uid": 1000, "socket": "/run/docker.sock", "runtime": "docker", "via": "others"}]}
 
@@ -337,35 +340,35 @@ def test_one_socket_reached_by_two_paths_is_named_once():
     # /var/run is a link to /run: the same socket, reported once.
     stat = {"/run/docker.sock": (0, 0, 0o140666), "/var/run/docker.sock": (0, 0, 0o140666)}.get
     exists = set(["/run/docker.sock", "/var/run/docker.sock"]).__contains__
-    found = N.read_host(lambda argv: (0, "[]", ""), physical(), exists, lambda unit: False, lambda path: None,
-                        stat, lambda name: [], [("agent", 1000)], resolve=lambda path: path.replace("/var/run", "/run"))
+    host = fake_host(lambda argv: (0, "[]", ""), exists=exists, stat=stat,
+                     realpath=lambda path: path.replace("/var/run", "/run"))
+    found = N.read_host(host, [("agent", 1000)], {})
     assert [e["socket"] for e in found["runtime_access"]] == ["/run/docker.sock"]
     assert found["runtimes"][0]["sockets"] == ["/run/docker.sock"]
 
 
 def test_a_malformed_daemon_json_becomes_a_warning():
-    found = N.read_host(lambda argv: (0, "[]", ""), physical(), lambda path: path == "/usr/bin/docker",
-                        lambda unit: False, {"/etc/docker/daemon.json": "{"}.get, lambda path: None,
-                        lambda name: [], [])
+    host = fake_host(lambda argv: (0, "[]", ""), exists=lambda path: path == "/usr/bin/docker",
+                     read_text={"/etc/docker/daemon.json": "{"}.get)
+    found = N.read_host(host, [], {})
     assert len(found["warnings"]) == 1 and "daemon.json" in found["warnings"][0]
 
 
 # --- the readers of the real host ----------------------------------------------------------------
 
 def test_host_readers_on_this_machine(tmp_path):
-    assert N.passwd_user("root") == ("root", 0)
-    assert N.passwd_user("4242") == ("4242", 4242)
-    assert N.passwd_user("agentguard-no-such-user") is None
-    assert (0, "root") in N.passwd_groups("root") and (0, "root") in N.passwd_groups("0")
-    assert N.passwd_groups("agentguard-no-such-user") == []
+    host = HostIO(run=None, which=None, warn=None)
+    assert N.runtime_users(host, ["root", "4242", "agentguard-no-such-user"]) == [("root", 0), ("4242", 4242)]
+    assert (0, "root") in host.groups("root") and (0, "root") in host.groups("0")
+    assert host.groups("agentguard-no-such-user") == []
     path = tmp_path / "daemon.json"
     path.write_text("{}")
     path.chmod(0o640)
-    uid, gid, mode = N.stat_path(str(path))
+    uid, gid, mode = host.stat(str(path))
     assert (uid, gid, mode & 0o777) == (os.getuid(), os.getgid(), 0o640)
-    assert N.stat_path(str(tmp_path / "absent")) is None
-    assert N.read_text(str(path)) == "{}" and N.read_text(str(tmp_path / "absent")) is None
-    assert N.is_physical("lo") is False
+    assert host.stat(str(tmp_path / "absent")) is None
+    assert host.read_text(str(path)) == "{}" and host.read_text(str(tmp_path / "absent")) is None
+    assert host.is_physical("lo") is False
 
 
 # --- the module ----------------------------------------------------------------------------------
@@ -391,7 +394,7 @@ def run_module(monkeypatch, capsys, args, answers, systemd=True):
     monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
     isdir = os.path.isdir
     monkeypatch.setattr(M.os.path, "isdir", lambda path: systemd if path == "/run/systemd/system" else isdir(path))
-    monkeypatch.setattr(N, "is_physical", lambda name: name == "eno1")
+    monkeypatch.setattr(HostIO, "is_physical", staticmethod(lambda name: name == "eno1"))
     with pytest.raises(SystemExit):
         M.main()
     return json.loads(capsys.readouterr().out), calls
@@ -451,6 +454,6 @@ def test_module_runs_for_real_on_this_machine():
 
 def test_docker_firewall_backend_from_daemon_json():
     files = {"/etc/docker/daemon.json": '{"firewall-backend": "nftables", "ipv6": true}'}
-    assert N.docker_firewall_backend(files.get) == "nftables"
-    assert N.docker_firewall_backend({}.get) == "iptables"
-    assert N.docker_firewall_backend({"/etc/docker/daemon.json": "{not json"}.get) == "iptables"
+    assert N.docker_firewall_backend(fake_host(read_text=files.get)) == "nftables"
+    assert N.docker_firewall_backend(fake_host(read_text={}.get)) == "iptables"
+    assert N.docker_firewall_backend(fake_host(read_text={"/etc/docker/daemon.json": "{not json"}.get)) == "iptables"

@@ -1,5 +1,8 @@
 """The plan both modules make (egress_rules, and egress_host_state's fast path): options to result, every failure a
-RulesError with the module's message, nothing run but reads. A recording runner stands in for iptables and ipset."""
+RulesError with the module's message, nothing run but reads. A fake host stands in for the machine: a recording
+runner for iptables, ipset and ip, a resolver for the trusted resolvers."""
+import json
+
 import pytest
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -7,9 +10,9 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.agentguard.hardening.plugins.module_utils import _rules as R
 from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import ResolveError
 
-from .conftest import RESOLVED, Runner, fixture
+from .conftest import RESOLVED, Runner, fake_host, fixture
 
-READS = ("iptables-save", "ip6tables-save", "ipset save")
+READS = ("iptables-save", "ip6tables-save", "ipset save", "ip")
 
 
 def options(**over):
@@ -32,11 +35,32 @@ def resolver(answer=None, error=None):
     return resolve
 
 
-def plan(params, runner, resolve=None, warnings=None, **kw):
-    return R.plan_rules(params, runner, lambda name, required: name, lambda name: 1000,
-                        (warnings if warnings is not None else []).append, families=["ipv4", "ipv6"],
-                        resolve=resolve or resolver(), read_networks_of=lambda: ([], []), comms=lambda: [],
-                        read=lambda path: None, **kw)
+def plan(params, runner, resolve=None, warnings=None, ipv6=True, which=lambda name, required=False: name, **kw):
+    host = fake_host(runner, which, warnings, resolve=resolve or resolver(),
+                     exists=lambda path: ipv6 and path == "/proc/net/if_inet6")
+    return R.plan_rules(params, host, **kw)
+
+
+DOCKER0_LINK = {"ifname": "docker0", "linkinfo": {"info_kind": "bridge"},
+                "addr_info": [{"family": "inet", "local": "172.17.0.1", "prefixlen": 16, "scope": "global"}]}
+
+
+def with_ip(runner, routes=(), links=(), fails=()):
+    """runner, with `ip` answering: routes [{"dst", "dev"}] (ip -j route), links (ip -j addr), and failing with the
+    argv words in fails ("-6": the IPv6 routes, "addr": the links)."""
+    def run(argv, data=None):
+        if argv[0] != "ip":
+            return runner(argv, data)
+        runner.calls.append((argv, data))
+        if any(word in argv for word in fails):
+            return 1, "", "Cannot talk to rtnetlink"
+        if "route" in argv:
+            version = "." if "-4" in argv else ":"
+            return 0, json.dumps([dict(r, dst="default" if r["dst"] in ("0.0.0.0/0", "::/0") else r["dst"])
+                                  for r in routes if version in r["dst"]]), ""
+        return 0, json.dumps(list(links)), ""
+    run.names = runner.names
+    return run
 
 
 def test_a_fresh_host_plans_every_rule_and_only_reads():
@@ -109,19 +133,16 @@ def test_sets_without_ipset_are_refused():
     runner = Runner({"ipv4": "", "ipv6": ""})
     cdn = [dict(name="cdn", host="cdn.example.com", ports=["8000-8010"])]
     with pytest.raises(R.RulesError) as info:
-        R.plan_rules(options(allow=cdn), runner, lambda name, required: None if name == "ipset" else name,
-                     lambda name: 1000, [].append, families=["ipv4", "ipv6"], resolve=resolver(),
-                     read_networks_of=lambda: ([], []), comms=lambda: [], read=lambda path: None)
+        plan(options(allow=cdn), runner, which=lambda name, required=False: None if name == "ipset" else name)
     assert "need ipset, which is not installed" in str(info.value)
 
 
 def test_what_the_plan_leaves_open_is_said():
     warnings = []
     runner = Runner({"ipv4": "", "ipv6": ""})
-    R.plan_rules(options(), runner, lambda name, required: name, lambda name: 1000, warnings.append, families=["ipv4"],
-                 resolve=resolver(), read_networks_of=lambda: ([], ["`ip` failed: guest bridges are not known"]),
-                 comms=lambda: [], read=lambda path: None)
-    assert warnings == ["this kernel has no IPv6; only IPv4 is managed", "`ip` failed: guest bridges are not known"]
+    plan(options(), with_ip(runner, fails=["addr"]), warnings=warnings, ipv6=False)
+    assert warnings == ["this kernel has no IPv6; only IPv4 is managed",
+                        "`ip -j -d addr show` failed (rc=1: Cannot talk to rtnetlink): guest bridges are not known"]
 
 
 def test_an_unchanged_host_plans_no_change():
@@ -138,30 +159,22 @@ def test_an_unchanged_host_plans_no_change():
 def test_scope_networks_reaching_the_uplink_are_refused_and_nothing_is_changed():
     """issue 24 item 6: the plan refuses (check mode too) a scope_networks element that matches the uplink."""
     runner = Runner({"ipv4": "", "ipv6": ""})
-    bridge = {"name": "docker0", "runtime": "docker", "networks": {"ipv4": ["172.17.0.0/16"], "ipv6": []}}
-    routes = [{"dst": "0.0.0.0/0", "dev": "eth0", "table": "main"}, {"dst": "172.17.0.0/16", "dev": "docker0", "table": "main"}]
+    routes = [{"dst": "0.0.0.0/0", "dev": "eth0"}, {"dst": "172.17.0.0/16", "dev": "docker0"}]
     with pytest.raises(R.RulesError) as info:
-        R.plan_rules(options(scope_networks=["docker0", "eth0"]), runner, lambda name, required: name, lambda name: 1000,
-                     [].append, families=["ipv4"], resolve=resolver(), read_networks_of=lambda: ([bridge], []),
-                     read_routes_of=lambda: (routes, set(), []), comms=lambda: [], read=lambda path: None)
+        plan(options(scope_networks=["docker0", "eth0"]), with_ip(runner, routes, [DOCKER0_LINK]), ipv6=False)
     assert "invalid options, nothing was changed:\nscope_networks[1]: 'eth0' matches eth0" in str(info.value)
     assert info.value.extra["errors"] and all(name in READS for name in runner.names())
     warnings = []
-    result = R.plan_rules(options(scope_networks=["docker0"]), runner, lambda name, required: name, lambda name: 1000,
-                          warnings.append, families=["ipv4"], resolve=resolver(),
-                          read_networks_of=lambda: ([bridge], []), read_routes_of=lambda: (routes, set(), ["routes: no ip"]),
-                          comms=lambda: [], read=lambda path: None)[0]
+    result = plan(options(scope_networks=["docker0"]), with_ip(runner, routes, [DOCKER0_LINK], fails=["-6"]),
+                  warnings=warnings, ipv6=False)[0]
     assert result["networks"]["covered"] == [{"name": "docker0", "runtime": "docker", "by": ["docker0"]}]
-    assert "routes: no ip" in warnings
+    assert "`ip -j -6 route show table all` failed (rc=1: Cannot talk to rtnetlink): the routes are not known" in warnings
 
 
 def test_the_policys_destinations_make_their_interface_a_way_out():
     """No default route: the interface with the route to the resolved allowed address (RESOLVED) is a way out."""
     address = RESOLVED["inference-api"]["ipv4"][0]
-    routes = [{"dst": address.split("/", maxsplit=1)[0] + "/32", "dev": "up0", "table": "main"}]
+    routes = [{"dst": address.split("/", maxsplit=1)[0] + "/32", "dev": "up0"}]
     with pytest.raises(R.RulesError) as info:
-        R.plan_rules(options(scope_networks=["up+"]), Runner({"ipv4": "", "ipv6": ""}), lambda name, required: name,
-                     lambda name: 1000, [].append, families=["ipv4"], resolve=resolver(),
-                     read_networks_of=lambda: ([], []), read_routes_of=lambda: (routes, set(), []), comms=lambda: [],
-                     read=lambda path: None)
+        plan(options(scope_networks=["up+"]), with_ip(Runner({"ipv4": "", "ipv6": ""}), routes), ipv6=False)
     assert "'up+' matches up0, which carries the route to" in str(info.value) and "a destination of the policy" in str(info.value)

@@ -3,6 +3,7 @@ import os
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
 from ansible_collections.agentguard.hardening.plugins.module_utils import _services as S
+from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import HostIO
 
 USERS = {"_apt": 42, "_chrony": 105, "agent": 1000}
 
@@ -21,14 +22,14 @@ def test_detect_by_process_name_each_once_sorted():
     assert S.detect_services(set()) == []
 
 
-def test_read_comms_of_a_proc_tree(tmp_path):
+def test_the_hosts_comms_of_a_proc_tree(tmp_path):
     for pid, comm in (("1", "systemd\n"), ("77", "chronyd\n")):
         os.makedirs(str(tmp_path / pid))
         (tmp_path / pid / "comm").write_text(comm)
     os.makedirs(str(tmp_path / "self"))
     os.makedirs(str(tmp_path / "99"))  # ended while read: no comm
-    assert S.read_comms(str(tmp_path)) == {"systemd", "chronyd"}
-    assert S.read_comms(str(tmp_path / "missing")) == set()
+    assert HostIO.comms(str(tmp_path)) == {"systemd", "chronyd"}
+    assert HostIO.comms(str(tmp_path / "missing")) == set()
 
 
 def test_what_each_kind_needs():

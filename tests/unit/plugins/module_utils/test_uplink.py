@@ -12,6 +12,8 @@ import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _netdev as N
 
+from .conftest import fake_host
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures")
 PODMAN1 = {"name": "podman1", "runtime": "podman", "networks": {"ipv4": ["198.18.0.0/24"], "ipv6": ["fd00:a9e:1::/64"]}}
 
@@ -59,7 +61,7 @@ def test_read_routes_asks_both_families_and_the_links_and_warns_on_failure():
         if "route" in argv:
             return (0, "[]", "") if "-4" in argv else (1, "", "boom")
         return 0, links, ""
-    routes, lan, warnings = N.read_routes(run, lambda name: name in ("eth0", "eth1"))
+    routes, lan, warnings = N.read_routes(fake_host(run, is_physical=lambda name: name in ("eth0", "eth1")))
     assert (routes, lan) == ([], {"eth0", "eth1", "br0", "eth0.7"})
     assert warnings == ["`ip -j -6 route show table all` failed (rc=1: boom): the routes are not known"]
     assert asked == [N.ROUTE_ARGV["ipv4"], N.ROUTE_ARGV["ipv6"], N.IP_ARGV]

@@ -60,7 +60,7 @@ def test_returns_what_its_documentation_says(monkeypatch, check_mode):
     assert result["source"] == "dmesg" and result["total"] == 8 and result["log_limit_text"] == "10/min, burst 20"
     assert [argv for argv, kwargs in calls] == [["/usr/bin/dmesg", "--time-format", "iso"], ["/usr/bin/iptables-save", "-c"],
                                                 ["/usr/bin/ip6tables-save", "-c"]]
-    assert all(kwargs == {"environ_update": {"LC_ALL": "C"}} for argv, kwargs in calls)
+    assert all(kwargs["environ_update"] == {"LC_ALL": "C"} and kwargs["data"] is None for argv, kwargs in calls)
 
 
 def test_argument_spec_matches_the_documentation():

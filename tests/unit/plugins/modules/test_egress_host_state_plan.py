@@ -9,7 +9,7 @@ from ..module_utils.conftest import RESOLVED
 
 
 class FakeModule(object):
-    def __init__(self, saves, binaries=("iptables-save", "ip6tables-save", "ipset")):
+    def __init__(self, saves, binaries=("iptables-save", "ip6tables-save", "ipset", "ip")):
         self.saves = saves
         self.binaries = binaries
         self.warnings = []
@@ -34,16 +34,17 @@ class FakeModule(object):
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """No DNS, no /proc, no IPv6 question to this machine: the lab answers."""
+    """No DNS, no /proc, no IPv6 or user question to this machine: the lab answers."""
     from ansible_collections.agentguard.hardening.plugins.module_utils import _rules
+    from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import HostIO
 
     def resolve(allow, servers, families, timeout, retries):
         return dict((d.name, RESOLVED[d.name]) for d in allow)
     monkeypatch.setattr(_rules, "resolve_destinations", resolve)
-    monkeypatch.setattr(_rules, "managed_families", lambda: ["ipv4", "ipv6"])
+    monkeypatch.setattr(_rules, "managed_families", lambda host: ["ipv4", "ipv6"])
     monkeypatch.setattr(_rules, "load_dnspython", lambda: None)
-    monkeypatch.setattr(_rules, "read_comms", lambda: [])
-    monkeypatch.setattr(M, "uid_of", lambda name: 1000)
+    monkeypatch.setattr(HostIO, "comms", staticmethod(lambda: set()))
+    monkeypatch.setattr(HostIO, "uid_of", staticmethod(lambda name: 1000))
 
 
 OPTIONS = dict(allow=[dict(name="inference-api", host="api.openclaw.security")], dns_servers=["198.18.0.53"])
