@@ -379,13 +379,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
     platform_facts,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils import _firewalls, _netdev, _services
-from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
-    ARGUMENT_SPEC as RULES_SPEC,
-    RulesError,
-    command_runner,
-    plan_rules,
-    uid_of,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import ARGUMENT_SPEC as RULES_SPEC
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import RulesError, command_runner, plan_rules, uid_of
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),

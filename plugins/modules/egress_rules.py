@@ -547,13 +547,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
 from ansible_collections.agentguard.hardening.plugins.module_utils._guard import ApplyLock, GuardError, sync_desired
-from ansible_collections.agentguard.hardening.plugins.module_utils._rules import (
-    ARGUMENT_SPEC,
-    RulesError,
-    command_runner,
-    plan_rules,
-    uid_of,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import ARGUMENT_SPEC
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import RulesError, command_runner, plan_rules, uid_of
 
 
 class _NoLock(object):
