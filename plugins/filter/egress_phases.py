@@ -44,12 +44,8 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_scope_error, canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
 from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import (
-    ROLE_VARIABLES,
-    as_list,
-    filtering_upstream_error,
-)
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES, filtering_upstream_error
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, as_list, parse_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
 
 # A user the role creates (the TLS gate's): a plain system user name.

@@ -57,8 +57,12 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import placeholder_uid, rename_option
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import PolicyError, build_policy
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import (
+    placeholder_uid,
+    rename_option,
+    validated_policy,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import PolicyError
 
 
 def egress_policy_errors(options, names=None):
@@ -66,7 +70,7 @@ def egress_policy_errors(options, names=None):
         raise AnsibleFilterError("egress_policy_errors expects a dictionary of egress_rules options, got %s"
                                  % type(options).__name__)
     try:
-        build_policy(options, placeholder_uid)
+        validated_policy(options, placeholder_uid)
     except PolicyError as exc:
         return [rename_option(to_native(error), names or {}) for error in exc.errors]
     return []

@@ -41,12 +41,9 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._options impo
     filtering_upstream_error,
     placeholder_uid,
     rename_option,
+    validated_policy,
 )
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
-    FAMILIES,
-    PolicyError,
-    build_policy,
-)
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, PolicyError
 
 BACKENDS = ("networkpolicy", "cilium", "ciliumclusterwide", "clusternetworkpolicy")
 # What the export writes unless told otherwise; the cluster-wide Cilium object is opt-in.
@@ -138,7 +135,7 @@ def validate_policy(variables):
     policy = None
     if options:
         try:
-            policy = build_policy(options, placeholder_uid)
+            policy = validated_policy(options, placeholder_uid)
         except PolicyError as exc:
             errors.extend(rename_option(error) for error in exc.errors)
         # The role's own check beyond the module's, as the role makes it (egress_input_errors).

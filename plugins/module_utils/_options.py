@@ -3,18 +3,17 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The options of egress_rules, defined once, and what every reader of them shares.
+"""egress_rules' options where they arrive unvalidated, and what every reader of them shares.
 
 Private to agentguard.hardening: no compatibility promise outside the collection.
 
-ARGUMENT_SPEC states each option's name, type, elements, default, choices and whether it is required. The
-modules validate against it (AnsibleModule; egress_host_state with ArgumentSpecValidator); the module's
-DOCUMENTATION and the role's defaults/main.yml and meta/argument_specs.yml are tested equal to it
-(tests/unit/test_option_sources.py). check_options runs core's ArgumentSpecValidator against it wherever
-options arrive unvalidated (the role's and the Kubernetes export's controller-side checks; build_policy
-runs it first), with messages that name where and the value. What the rest of the collection shares about
-the options: ROLE_VARIABLES and rename_option (the role's variable names in messages), placeholder_uid
-(a user the controller cannot look up) and filtering_upstream_error (the role's rule beyond the module's).
+_policy.ARGUMENT_SPEC states each option's name, type, elements, default, choices and whether it is
+required; the modules validate against it (AnsibleModule). check_options runs core's ArgumentSpecValidator
+against it wherever options arrive otherwise (the role's controller-side check, the Kubernetes export, the
+learn proposal), with messages that name where and the value; validated_policy adds build_policy's checks
+of their meaning. What the rest of the collection shares about the options: ROLE_VARIABLES and
+rename_option (the role's variable names in messages), placeholder_uid (a user the controller cannot look
+up) and filtering_upstream_error (the role's rule beyond the module's).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -27,44 +26,12 @@ import zlib
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import ArgumentValueError
-
-# The options of egress_rules (its DOCUMENTATION describes them).
-ARGUMENT_SPEC = dict(
-    allow=dict(type="list", elements="dict", default=[], options=dict(
-        name=dict(type="str", required=True),
-        host=dict(type="str", required=True),
-        ports=dict(type="list", elements="raw", default=[443]),
-        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
-        subdomains=dict(type="bool", default=False),
-        users=dict(type="list", elements="str"),
-        tls=dict(type="bool"),
-    )),
-    dhcp=dict(type="bool", default=True),
-    dns_servers=dict(type="list", elements="str", default=[]),
-    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
-    log_limit=dict(type="str", default="10/minute"),
-    log_burst=dict(type="int", default=20),
-    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
-    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
-    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
-    scope_networks=dict(type="list", elements="str", default=[]),
-    users=dict(type="list", elements="str", default=[]),
-    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
-    dns_resolver_user=dict(type="str"),
-    dns_set_timeout=dict(type="int", default=300),
-    resolvers=dict(type="list", elements="str", default=[]),
-    resolve_timeout=dict(type="float", default=3.0),
-    resolve_retries=dict(type="int", default=2),
-    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
-    tls_gate_user=dict(type="str"),
-    tls_gate_port=dict(type="int", default=10443),
-    learn=dict(type="bool", default=False),
-    learn_users=dict(type="list", elements="str", default=[]),
-    learn_maxelem=dict(type="int", default=65536),
-    learn_timeout=dict(type="int", default=604800),
-    state_dir=dict(type="path"),
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
+    ARGUMENT_SPEC,
+    PolicyError,
+    as_list,
+    build_policy,
+    failed_under,
 )
 
 # The role's variable behind each option (roles/egress/vars/main.yml, __egress_rules_args; a unit test keeps
@@ -111,19 +78,6 @@ def filtering_upstream_error(options):
             and not value("dns_servers"):
         return FILTERING_UPSTREAM
     return None
-
-
-def as_list(value, where, errors):
-    """value when it is a list ([] for None). A string is the usual slip for a list of one (YAML reads
-    `dns_servers: 1.1.1.1` as a string): one error that names the field and the list to write, and the
-    string's items (split at commas and spaces) to check further, so no error is made per character."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        items = [item for item in re.split(r"[\s,]+", value) if item]
-        errors.append("%s: %r is a string, not a list; write a list: %r" % (where, value, items))
-        return items
-    return value
 
 
 def _validate(option, value):
@@ -229,6 +183,14 @@ def check_options(params, spec=None, prefix=""):
     return validated, errors, failed
 
 
-def failed_under(failed, where):
-    """Whether a value at where or inside it (where.key, where[index]) was refused."""
-    return any(path == where or path.startswith((where + ".", where + "[")) for path in failed)
+def validated_policy(params, lookup_user):
+    """build_policy on params as they arrive (the role's, the export's): checked against ARGUMENT_SPEC first
+    (check_options), then their meaning; a Policy, or PolicyError with every problem of both."""
+    validated, errors, failed = check_options(params)
+    try:
+        policy = build_policy(validated, lookup_user, failed)
+    except PolicyError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise PolicyError(errors)
+    return policy

@@ -15,14 +15,50 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import ipaddress
 import re
 from collections import namedtuple
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import (
-    ARGUMENT_SPEC,
-    check_options,
-    failed_under,
+# The options of egress_rules, each stated once: its DOCUMENTATION, the role's defaults and meta/argument_specs.yml are
+# tested equal to it (tests/unit/test_option_sources.py); AnsibleModule, or _options.check_options on the controller,
+# validates against it before build_policy.
+ARGUMENT_SPEC = dict(
+    allow=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        host=dict(type="str", required=True),
+        ports=dict(type="list", elements="raw", default=[443]),
+        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
+        subdomains=dict(type="bool", default=False),
+        users=dict(type="list", elements="str"),
+        tls=dict(type="bool"),
+    )),
+    dhcp=dict(type="bool", default=True),
+    dns_servers=dict(type="list", elements="str", default=[]),
+    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
+    log_limit=dict(type="str", default="10/minute"),
+    log_burst=dict(type="int", default=20),
+    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
+    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
+    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
+    scope_networks=dict(type="list", elements="str", default=[]),
+    users=dict(type="list", elements="str", default=[]),
+    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
+    dns_resolver_user=dict(type="str"),
+    dns_set_timeout=dict(type="int", default=300),
+    resolvers=dict(type="list", elements="str", default=[]),
+    resolve_timeout=dict(type="float", default=3.0),
+    resolve_retries=dict(type="int", default=2),
+    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
+    tls_gate_user=dict(type="str"),
+    tls_gate_port=dict(type="int", default=10443),
+    learn=dict(type="bool", default=False),
+    learn_users=dict(type="list", elements="str", default=[]),
+    learn_maxelem=dict(type="int", default=65536),
+    learn_timeout=dict(type="int", default=604800),
+    state_dir=dict(type="path"),
 )
 
 FAMILIES = tuple(ARGUMENT_SPEC["families"]["choices"])
@@ -109,6 +145,37 @@ class PolicyError(Exception):
 
 def _repr(value):
     return repr(value)
+
+
+def as_list(value, where, errors):
+    """value when it is a list ([] for None). A string is the usual slip for a list of one (YAML reads
+    `dns_servers: 1.1.1.1` as a string): one error that names the field and the list to write, and the
+    string's items (split at commas and spaces) to check further, so no error is made per character."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = [item for item in re.split(r"[\s,]+", value) if item]
+        errors.append("%s: %r is a string, not a list; write a list: %r" % (where, value, items))
+        return items
+    return value
+
+
+def failed_under(failed, where):
+    """Whether a value at where or inside it (where.key, where[index]) was refused."""
+    return any(path == where or path.startswith((where + ".", where + "[")) for path in failed)
+
+
+def with_defaults(params, spec=None):
+    """params with ARGUMENT_SPEC's default for each option that is absent or None, in allow's entries too
+    (what AnsibleModule gives the module; build_policy needs every option)."""
+    spec = ARGUMENT_SPEC if spec is None else spec
+    full = dict(params)
+    for name, option in spec.items():
+        if full.get(name) is None:
+            full[name] = copy.deepcopy(option.get("default"))
+        elif option.get("options") and isinstance(full[name], list):
+            full[name] = [with_defaults(e, option["options"]) if isinstance(e, dict) else e for e in full[name]]
+    return full
 
 
 def parse_port(value, where):
@@ -433,13 +500,13 @@ def _tls_gate(params, allow, labels, state, scope, users, resolver_user, lookup_
     return mode, user, port, tuple(gated), listeners, tuple(ungated)
 
 
-def build_policy(params, lookup_user):
-    """Validate module parameters; return a Policy or raise PolicyError listing every problem.
+def build_policy(params, lookup_user, failed=()):
+    """The Policy of module parameters validated against ARGUMENT_SPEC (by AnsibleModule on the host,
+    _options.validated_policy elsewhere); their meaning only. Raises PolicyError listing every problem.
 
-    params are checked against ARGUMENT_SPEC first (_options.check_options, core's validator, which fills in
-    the defaults; on the host AnsibleModule has already done so); then their meaning, leaving out the values
-    the spec refused (they would only repeat its message)."""
-    params, errors, failed = check_options(params)
+    An absent option has its default. failed: the paths of values the spec refused (_options.check_options),
+    which are not checked again."""
+    params, errors = with_defaults(params), []
 
     def option(name):
         """The validated value, None when the spec refused it."""
@@ -492,7 +559,7 @@ def build_policy(params, lookup_user):
             networks.append(network)
 
     if state == "present":
-        if mode == "enforce" and not dns_servers and not errors:
+        if mode == "enforce" and not dns_servers and not errors and not failed:
             errors.append("dns_servers: [] is empty; enforce mode needs at least one trusted resolver "
                           "(it is the only DNS destination the host may use)")
         names = [d for d in allow if d.kind == "name"]

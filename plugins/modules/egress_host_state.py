@@ -379,7 +379,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
     platform_facts,
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils import _firewalls, _netdev, _services
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import ARGUMENT_SPEC as RULES_SPEC
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import ARGUMENT_SPEC as RULES_SPEC
 from ansible_collections.agentguard.hardening.plugins.module_utils._rules import RulesError, command_runner, plan_rules, uid_of
 
 ARGUMENT_SPEC = dict(

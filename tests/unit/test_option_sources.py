@@ -4,9 +4,9 @@ whether it is required must state the same.
 The places, for each option of agentguard.hardening.egress_rules (and the role variable that feeds it,
 as roles/egress/vars/main.yml maps them):
 - the module's DOCUMENTATION (what ansible-doc shows);
-- ARGUMENT_SPEC (module_utils/_options.py: what the modules, build_policy and the controller-side
-  checks validate against);
-- the choices build_policy's messages name (core's validator run against ARGUMENT_SPEC);
+- ARGUMENT_SPEC (module_utils/_policy.py: what the modules and the controller-side checks,
+  _options.check_options, validate against);
+- the choices the controller-side messages name (_options.validated_policy);
 - the role's meta/argument_specs.yml and defaults/main.yml (tests/unit/roles/test_readme.py keeps
   these two equal to each other; here both are compared with the module).
 A place that does not state an attribute is not compared for it (the module has no default
@@ -112,7 +112,7 @@ def build_policy_fallbacks():
 
 
 def build_policy_choices(spec_places):
-    """{option path: {"choices": [...]}}: the choices build_policy names when it refuses a value."""
+    """{option path: {"choices": [...]}}: the choices the controller-side check names when it refuses a value."""
     found = {}
     base = {"allow": [{"name": "api", "host": "198.18.0.10"}], "dns_servers": ["198.18.0.53"]}
     for path, attrs in spec_places.items():
@@ -128,7 +128,7 @@ def build_policy_choices(spec_places):
         else:
             params[path], where = bogus, path
         with pytest.raises(_policy.PolicyError) as info:
-            _policy.build_policy(params, lambda name: 1000)
+            _options.validated_policy(params, lambda name: 1000)
         message = [e for e in info.value.errors if e.startswith(where + ": ")]
         assert message, (path, info.value.errors)
         match = re.search(r" is not one of (.*)$", message[0])
@@ -139,11 +139,11 @@ def build_policy_choices(spec_places):
 
 def all_places():
     argument_specs, role_defaults = role_places()
-    module_spec = spec_attributes(_options.ARGUMENT_SPEC)
+    module_spec = spec_attributes(_policy.ARGUMENT_SPEC)
     documentation = spec_attributes(yaml.safe_load(egress_rules.DOCUMENTATION)["options"])
     return {
         "egress_rules DOCUMENTATION": documentation,
-        "_options.ARGUMENT_SPEC": module_spec,
+        "_policy.ARGUMENT_SPEC": module_spec,
         "build_policy choices": build_policy_choices(module_spec),
         "role meta/argument_specs.yml": argument_specs,
         "role defaults/main.yml": role_defaults,
@@ -170,7 +170,7 @@ def test_every_place_that_states_an_option_states_the_same():
 
 def test_the_documentation_and_the_spec_name_the_same_options():
     places = all_places()
-    assert sorted(places["egress_rules DOCUMENTATION"]) == sorted(places["_options.ARGUMENT_SPEC"])
+    assert sorted(places["egress_rules DOCUMENTATION"]) == sorted(places["_policy.ARGUMENT_SPEC"])
 
 
 def test_each_place_is_really_read():
@@ -184,7 +184,7 @@ def test_each_place_is_really_read():
 
 
 @pytest.mark.parametrize("place, path, attr, value", [
-    ("_options.ARGUMENT_SPEC", "log_burst", "default", 30),
+    ("_policy.ARGUMENT_SPEC", "log_burst", "default", 30),
     ("egress_rules DOCUMENTATION", "scope", "choices", ["host", "users"]),
     ("build_policy choices", "dns_mode", "choices", ["pinned"]),
     ("role meta/argument_specs.yml", "deny_action", "choices", ["drop"]),

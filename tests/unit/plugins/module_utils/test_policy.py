@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import validated_policy
 
 USERS = {"root": 0, "agent": 1000}
 
@@ -115,14 +116,14 @@ MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.ex
 @pytest.mark.parametrize("params,message", MALFORMED, ids=[m for p, m in MALFORMED])
 def test_malformed_input_names_field_and_value(params, message):
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(params, lookup)
+        validated_policy(params, lookup)
     assert any(message in error for error in info.value.errors), info.value.errors
 
 
 def test_all_errors_reported_at_once():
     params = base(allow=[dest(ports=[0], protocol="sctp")], log_burst=0, mode="x")
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(params, lookup)
+        validated_policy(params, lookup)
     text = str(info.value)
     for fragment in ("allow[0].ports[0]: 0", "allow[0].protocol: 'sctp'", "log_burst: 0", "mode: 'x'"):
         assert fragment in text
@@ -138,7 +139,7 @@ def test_valid_policy_is_normalised():
         dns_servers=["1.1.1.1", "1.1.1.1", "2606:4700:4700:0::1111"],
         log_limit="5/s", scope="users", users=["agent", "1000", "0"],
     )
-    policy = P.build_policy(params, lookup)
+    policy = validated_policy(params, lookup)
     assert policy.allow[0] == P.Destination("api", "api.openclaw.security", "name", ("443", "8000:8010"), "tcp", False)
     assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp", False)
     assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp", False)
@@ -149,7 +150,7 @@ def test_valid_policy_is_normalised():
 
 
 def test_absent_needs_no_resolver():
-    policy = P.build_policy(base(state="absent", dns_servers=[], allow=[]), lookup)
+    policy = validated_policy(base(state="absent", dns_servers=[], allow=[]), lookup)
     assert policy.state == "absent"
 
 
@@ -206,7 +207,7 @@ BASE = dict(dns_servers=["198.18.0.53"])
     ("198.19.0.7", P.Network("ipv4", "198.19.0.7/32")),
 ])
 def test_scope_networks_accepted(value, network):
-    assert P.build_policy(dict(BASE, scope_networks=[value]), lambda n: 0).networks == (network,)
+    assert validated_policy(dict(BASE, scope_networks=[value]), lambda n: 0).networks == (network,)
 
 
 @pytest.mark.parametrize("value,message", [
@@ -223,45 +224,45 @@ def test_scope_networks_accepted(value, network):
 ])
 def test_scope_networks_refused_naming_field_and_value(value, message):
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, scope_networks=[value]), lambda n: 0)
+        validated_policy(dict(BASE, scope_networks=[value]), lambda n: 0)
     assert any(error.startswith(message) for error in info.value.errors), info.value.errors
 
 
 def test_scope_none_needs_networks_and_takes_no_users():
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, scope="none"), lambda n: 0)
+        validated_policy(dict(BASE, scope="none"), lambda n: 0)
     assert info.value.errors == ["scope_networks: [] is empty; scope=none restricts no local process and needs the "
                                  "container networks to restrict"]
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, scope="none", scope_networks=["docker0"], users=["agent"]), lambda n: 0)
+        validated_policy(dict(BASE, scope="none", scope_networks=["docker0"], users=["agent"]), lambda n: 0)
     assert info.value.errors[0].startswith("users: ['agent'] is only used with scope=users (scope is 'none'")
-    policy = P.build_policy(dict(BASE, scope="none", scope_networks=["docker0", "docker0"]), lambda n: 0)
+    policy = validated_policy(dict(BASE, scope="none", scope_networks=["docker0", "docker0"]), lambda n: 0)
     assert policy.scope == "none" and policy.networks == (P.Network("iface", "docker0"),)
     # Removing needs nothing.
-    assert P.build_policy(dict(scope="none", state="absent"), lambda n: 0).state == "absent"
+    assert validated_policy(dict(scope="none", state="absent"), lambda n: 0).state == "absent"
 
 
 def test_entry_users_are_resolved_and_validated():
     lookup_ = {"_chrony": 105, "agent": 1000}.__getitem__
-    policy = P.build_policy(dict(BASE, allow=[dict(name="time", host="198.18.0.123", ports=[123], protocol="udp",
+    policy = validated_policy(dict(BASE, allow=[dict(name="time", host="198.18.0.123", ports=[123], protocol="udp",
                                                    users=["_chrony", "0", "_chrony"])]), lookup_)
     assert policy.allow[0].users == (P.User("0", 0), P.User("_chrony", 105))
-    assert P.build_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1")]), lookup_).allow[0].users == ()
+    assert validated_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1")]), lookup_).allow[0].users == ()
     for users, message in (([], "allow[0].users: [] must be a non-empty list of user names or uids"),
                            (["nosuch"], "allow[0].users[0]: user 'nosuch' does not exist on this host"),
                            (["bad name"], "allow[0].users[0]: 'bad name' is not a user name or uid"),
                            ({"a": 1}, "allow[0].users: {'a': 1} is not a list")):
         with pytest.raises(P.PolicyError) as info:
-            P.build_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1", users=users)]), lookup_)
+            validated_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1", users=users)]), lookup_)
         assert any(error.startswith(message) for error in info.value.errors), info.value.errors
 
 
 def test_dhcp_must_be_a_boolean():
-    assert P.build_policy(BASE, lambda n: 0).dhcp is True
+    assert validated_policy(BASE, lambda n: 0).dhcp is True
     # As AnsibleModule reads it on the host: "yes" is true, "maybe" is refused.
-    assert P.build_policy(dict(BASE, dhcp="no"), lambda n: 0).dhcp is False
+    assert validated_policy(dict(BASE, dhcp="no"), lambda n: 0).dhcp is False
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, dhcp="maybe"), lambda n: 0)
+        validated_policy(dict(BASE, dhcp="maybe"), lambda n: 0)
     assert info.value.errors == ["dhcp: 'maybe' is not a boolean"]
 
 
@@ -302,5 +303,5 @@ def test_a_string_for_a_list_is_one_error_naming_the_field(option, value, messag
     if option == "scope_networks":
         params["scope"] = "none"
     with pytest.raises(P.PolicyError) as exc:
-        P.build_policy(params, lambda name: 1000)
+        validated_policy(params, lambda name: 1000)
     assert exc.value.errors == [message]

@@ -5,7 +5,7 @@ import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _rules as R
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import ARGUMENT_SPEC
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import ARGUMENT_SPEC
 from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import ResolveError
 
 from .conftest import RESOLVED, Runner, fixture
