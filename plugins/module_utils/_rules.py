@@ -45,6 +45,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._services imp
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
 from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import gate_result
 
+
 class RulesError(Exception):
     """Why the rules cannot be planned; nothing was changed. extra: what the module's failure carries."""
 
