@@ -86,7 +86,7 @@ def apply_policy(run, state_dir):
 
 def _rules_defaults():
     from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-    from ansible_collections.agentguard.hardening.plugins.module_utils._rules import ARGUMENT_SPEC
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import ARGUMENT_SPEC
     return ArgumentSpecValidator(ARGUMENT_SPEC).validate({}).validated_parameters
 
 

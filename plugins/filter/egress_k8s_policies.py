@@ -181,15 +181,12 @@ _value:
       elements: str
 """
 
-import re
-
 import yaml
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.agentguard.hardening.plugins.module_utils._k8s import DEFAULT_BACKENDS, ExportError, export_policies
-
-_LEADING_OPTION = re.compile(r"^([a-z_]+)(?=[\[.:])")
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import rename_option
 
 
 class _ManifestDumper(yaml.SafeDumper):
@@ -233,16 +230,13 @@ def _render(export):
 def egress_k8s_policies(variables, namespace, pod_selector=None, resolved=None, resolved_through=None,
                         backends=DEFAULT_BACKENDS, dns="cluster", cluster_dns=None, tls_gate="off",
                         name="agentguard-egress", priority=100, names=None, include_user_entries=False):
-    names = names or {}
     try:
         exports = export_policies(variables, namespace, pod_selector=pod_selector, resolved=resolved,
                                   backends=backends, dns=dns, tls_gate=tls_gate, name=name, priority=priority,
                                   cluster_dns=cluster_dns, resolved_through=resolved_through,
                                   include_user_entries=include_user_entries)
     except ExportError as exc:
-        raise AnsibleFilterError(" ".join(
-            _LEADING_OPTION.sub(lambda m: names.get(m.group(1), m.group(1)), to_native(error), count=1)
-            for error in exc.errors))
+        raise AnsibleFilterError(" ".join(rename_option(to_native(error), names or {}) for error in exc.errors))
     exports = _plain(exports)
     for export in exports:
         export["content"] = _render(export)

@@ -71,6 +71,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES
 from ansible_collections.agentguard.hardening.plugins.module_utils._learn import (
     diff_host,
     merged_allow,
@@ -118,7 +119,7 @@ def egress_learn_proposal(hosts, accept=None, accept_withheld=None, system_uid_m
                  if host not in unread)
     options = {"allow": allow, "dns_servers": dns_servers, "dns_mode": dns_mode, "dns_resolver_user": "agentguard-dns",
                "mode": "enforce"}
-    errors = egress_policy_errors(options, {"allow": "egress_allow", "dns_servers": "egress_dns_servers"})
+    errors = egress_policy_errors(options, ROLE_VARIABLES)
     return {
         "proposal": proposal, "allow": allow, "diffs": diffs, "sets": sets, "errors": errors, "unread": sorted(unread),
         "yaml": render_yaml(allow, proposal, generated, sorted(hosts)),

@@ -44,20 +44,10 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_scope_error, canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
 from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES, filtering_upstream_error
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, as_list, parse_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
 
-# The role's variable behind each option of egress_rules, for the validation messages.
-OPTION_VARS = {
-    "allow": "egress_allow", "dns_servers": "egress_dns_servers", "log_prefix": "egress_log_prefix",
-    "log_limit": "egress_log_limit", "log_burst": "egress_log_burst", "deny_action": "egress_deny_action",
-    "mode": "egress_mode", "scope": "egress_scope", "users": "egress_scope_users",
-    "scope_networks": "egress_scope_networks", "families": "egress_families", "state": "egress_state",
-    "dns_mode": "egress_dns_mode", "dns_set_timeout": "egress_dns_set_timeout", "dhcp": "egress_dhcp",
-    "tls_gate": "egress_tls_gate", "tls_gate_user": "egress_tls_gate_user", "tls_gate_port": "egress_tls_gate_port",
-    "learn": "egress_learn", "learn_users": "egress_learn_users", "learn_maxelem": "egress_learn_maxelem",
-    "learn_timeout": "egress_learn_timeout",
-}
 # A user the role creates (the TLS gate's): a plain system user name.
 USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Debian's own web server unit, which installing nginx would enable and start on port 80.
@@ -123,12 +113,8 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
         raise AnsibleFilterError("egress_input_errors expects the dictionary of egress_rules options, got %s"
                                  % type(options).__name__)
     errors = unknown_variable_errors(variables, known) if known else []
-    errors.extend(egress_policy_errors(options, OPTION_VARS))
-    # (In enforce mode the module's own check says so.)
-    if (options.get("state") == "present" and options.get("dns_mode") == "filtering"
-            and options.get("mode") != "enforce" and not options.get("dns_servers")):
-        errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
-                      "local filtering resolver forwards the allowed names to.")
+    errors.extend(egress_policy_errors(options, ROLE_VARIABLES))
+    errors.extend(e for e in [filtering_upstream_error(options)] if e)
     for name, units in (("egress_dns_before_units", dns_before_units), ("egress_tls_gate_before_units", tls_before_units)):
         invalid = [str(unit) for unit in as_list(units, name, errors) if not UNIT_RE.match(str(unit))]
         if invalid:

@@ -14,6 +14,9 @@ version_added: 0.1.0
 description:
   - Runs the validation of M(agentguard.hardening.egress_rules) (the same code the module runs on the
     host) on the controller and returns every problem as a message that names the option and its value.
+  - Types, choices and required keys are checked against the module's argument spec with ansible-core's
+    C(ArgumentSpecValidator), with the conversions the module applies (V("20") is the number 20); then what
+    the values mean (addresses, ports, rates, the rules between options).
     An empty list means the options are valid as far as they can be checked without the host.
   - Whether the users in O(_input.users) exist is a question for the host; any well-formed name passes here.
   - The role C(agentguard.hardening.egress) runs it before it installs or changes anything, so a
@@ -52,32 +55,24 @@ _value:
   elements: str
 """
 
-import re
-import zlib
-
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import PolicyError, build_policy
-
-# "allow[0].host: ...", "dns_servers: ...": the option the message is about comes first.
-_LEADING_OPTION = re.compile(r"^([a-z_]+)(?=[\[.:])")
-
-
-def _any_user(name):
-    # A stable uid per name; the host-side run checks that the user exists.
-    return 2 ** 31 + zlib.crc32(name.encode("utf-8")) % 2 ** 30
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import (
+    placeholder_uid,
+    rename_option,
+    validated_policy,
+)
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import PolicyError
 
 
 def egress_policy_errors(options, names=None):
     if not isinstance(options, dict):
         raise AnsibleFilterError("egress_policy_errors expects a dictionary of egress_rules options, got %s"
                                  % type(options).__name__)
-    names = names or {}
     try:
-        build_policy(options, _any_user)
+        validated_policy(options, placeholder_uid)
     except PolicyError as exc:
-        return [_LEADING_OPTION.sub(lambda m: names.get(m.group(1), m.group(1)), to_native(error), count=1)
-                for error in exc.errors]
+        return [rename_option(to_native(error), names or {}) for error in exc.errors]
     return []
 
 

@@ -33,15 +33,17 @@ __metaclass__ = type
 
 import ipaddress
 import re
-import zlib
 
 from collections.abc import Mapping
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import (
-    FAMILIES,
-    PolicyError,
-    build_policy,
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import (
+    ROLE_VARIABLES,
+    filtering_upstream_error,
+    placeholder_uid,
+    rename_option,
+    validated_policy,
 )
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, PolicyError
 
 BACKENDS = ("networkpolicy", "cilium", "ciliumclusterwide", "clusternetworkpolicy")
 # What the export writes unless told otherwise; the cluster-wide Cilium object is opt-in.
@@ -50,19 +52,12 @@ DNS_TARGETS = ("cluster", "servers")
 TLS_GATES = ("off", "audit", "enforce")
 TLS_PORT = "443"
 
-# The role's variables the export reads, their module option and the role's default
-# (roles/egress/defaults/main.yml; a unit test keeps them equal).
-ROLE_VARIABLES = (
-    ("egress_allow", "allow", []),
-    ("egress_dns_servers", "dns_servers", []),
-    ("egress_dns_mode", "dns_mode", "pinned"),
-    ("egress_mode", "mode", "enforce"),
-    ("egress_families", "families", ["ipv4", "ipv6"]),
-    ("egress_dhcp", "dhcp", True),
-)
+# The options whose role variables the export reads (_options.ROLE_VARIABLES names them); an absent one takes
+# the option's default (ARGUMENT_SPEC's, which the role's defaults/main.yml is tested equal to).
+EXPORTED_OPTIONS = ("allow", "dns_servers", "dns_mode", "mode", "families", "dhcp")
+EXPORTED_VARIABLES = tuple(ROLE_VARIABLES[option] for option in EXPORTED_OPTIONS)
 # Read only to name what is left out (a host-only concept), never validated as an option here.
 GATE_USER_VARIABLE = ("egress_tls_gate_user", "agentguard-tlsgate")
-OPTION_NAMES = dict((option, variable) for variable, option, default in ROLE_VARIABLES)
 
 ANNOTATION = "agentguard.hardening/"
 GENERATED_BY = "agentguard.hardening.egress_k8s_policies"
@@ -118,22 +113,16 @@ class ExportError(Exception):
         super(ExportError, self).__init__("\n".join(self.errors))
 
 
-def _placeholder_uid(name):
-    # Users do not exist in a cluster; a stable uid lets build_policy check their form only.
-    return 2 ** 31 + zlib.crc32(name.encode("utf-8")) % 2 ** 30
-
-
 def role_options(variables):
-    """Map the role's variables to egress_rules options, with the role's defaults; (options, errors)."""
+    """Map the role's variables to egress_rules options (an absent one is None: build_policy gives it the
+    option's default); (options, errors)."""
     errors = []
     if not isinstance(variables, Mapping):
         return {}, ["the policy must be a mapping of the role's variables (%s), not %r"
-                    % (", ".join(v for v, o, d in ROLE_VARIABLES), variables)]
+                    % (", ".join(EXPORTED_VARIABLES), variables)]
     # Like the role, other variables are not read (a host's variables can be passed as they are).
     options = {"state": "present", "scope": "host"}
-    for variable, option, default in ROLE_VARIABLES:
-        value = variables[variable] if variable in variables else None
-        options[option] = default if value is None else value
+    options.update((option, variables.get(ROLE_VARIABLES[option])) for option in EXPORTED_OPTIONS)
     if options["dns_mode"] == "filtering":
         # The local resolver's user is the role's business; any valid name passes build_policy.
         options["dns_resolver_user"] = "agentguard-dns"
@@ -146,24 +135,14 @@ def validate_policy(variables):
     policy = None
     if options:
         try:
-            policy = build_policy(options, _placeholder_uid)
+            policy = validated_policy(options, placeholder_uid)
         except PolicyError as exc:
-            errors.extend(_rename(error) for error in exc.errors)
-        # The role's own check beyond the module's (plugins/filter/egress_phases.py, egress_input_errors),
-        # same words; in enforce mode the module's own check already says so.
-        if options.get("dns_mode") == "filtering" and options.get("mode") != "enforce" and not options.get("dns_servers"):
-            errors.append("egress_dns_servers is empty: egress_dns_mode=filtering needs the upstream resolvers the "
-                          "local filtering resolver forwards the allowed names to.")
+            errors.extend(rename_option(error) for error in exc.errors)
+        # The role's own check beyond the module's, as the role makes it (egress_input_errors).
+        errors.extend(e for e in [filtering_upstream_error(options)] if e)
     if errors:
         raise ExportError(errors)
     return policy
-
-
-def _rename(message):
-    match = re.match(r"^([a-z_]+)(?=[\[.:])", message)
-    if match and match.group(1) in OPTION_NAMES:
-        return OPTION_NAMES[match.group(1)] + message[match.end():]
-    return message
 
 
 def _check_selector(value, where, errors):

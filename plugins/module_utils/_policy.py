@@ -6,23 +6,62 @@
 """Validate and normalise the egress_rules options into a Policy.
 
 Private to agentguard.hardening: no compatibility promise outside the collection.
-Every error names the option path and the offending value, and all errors are
-reported at once, before anything on the host is read or changed.
+The options' types, defaults and choices are _options.ARGUMENT_SPEC's, checked by core's validator
+(_options.check_options); what is here checks their meaning. Every error names the option path and the
+offending value, and all errors are reported at once, before anything on the host is read or changed.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import ipaddress
 import re
 from collections import namedtuple
 
-FAMILIES = ("ipv4", "ipv6")
-PROTOCOLS = ("tcp", "udp")
-MODES = ("enforce", "audit")
-SCOPES = ("host", "users", "none")
-DENY_ACTIONS = ("drop", "reject")
+# The options of egress_rules, each stated once: its DOCUMENTATION, the role's defaults and meta/argument_specs.yml are
+# tested equal to it (tests/unit/test_option_sources.py); AnsibleModule, or _options.check_options on the controller,
+# validates against it before build_policy.
+ARGUMENT_SPEC = dict(
+    allow=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        host=dict(type="str", required=True),
+        ports=dict(type="list", elements="raw", default=[443]),
+        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
+        subdomains=dict(type="bool", default=False),
+        users=dict(type="list", elements="str"),
+        tls=dict(type="bool"),
+    )),
+    dhcp=dict(type="bool", default=True),
+    dns_servers=dict(type="list", elements="str", default=[]),
+    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
+    log_limit=dict(type="str", default="10/minute"),
+    log_burst=dict(type="int", default=20),
+    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
+    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
+    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
+    scope_networks=dict(type="list", elements="str", default=[]),
+    users=dict(type="list", elements="str", default=[]),
+    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
+    dns_resolver_user=dict(type="str"),
+    dns_set_timeout=dict(type="int", default=300),
+    resolvers=dict(type="list", elements="str", default=[]),
+    resolve_timeout=dict(type="float", default=3.0),
+    resolve_retries=dict(type="int", default=2),
+    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
+    tls_gate_user=dict(type="str"),
+    tls_gate_port=dict(type="int", default=10443),
+    learn=dict(type="bool", default=False),
+    learn_users=dict(type="list", elements="str", default=[]),
+    learn_maxelem=dict(type="int", default=65536),
+    learn_timeout=dict(type="int", default=604800),
+    state_dir=dict(type="path"),
+)
+
+FAMILIES = tuple(ARGUMENT_SPEC["families"]["choices"])
 
 # Labels become rule comments and ipset names ("ag4-<label>", and "agt4-<label>"
 # while contents are swapped): ipset names are limited to 31 characters.
@@ -76,11 +115,10 @@ and how long an entry stays from its first packet."""
 # The recorder's sets (learn): at least one entry, at most what a 32-bit maxelem holds; entries
 # live from one second to ipset's longest timeout.
 MAX_LEARN_ELEMENTS = 2 ** 31
-GATE_MODES = ("off", "audit", "enforce")
 # Listeners are unprivileged ports, so the gate needs no capability.
 MIN_GATE_PORT = 1024
 GATE_PORT = 443
-DNS_MODES = ("pinned", "filtering")
+DNS_MODES = tuple(ARGUMENT_SPEC["dns_mode"]["choices"])
 # In filtering mode the resolver adds answers to the sets with this lifetime at least. The role's
 # resolver hands out answers for half of it (dnsmasq max-ttl), so 20 keeps every answer 10 s usable.
 MIN_SET_TIMEOUT = 20
@@ -117,9 +155,27 @@ def as_list(value, where, errors):
         return []
     if isinstance(value, str):
         items = [item for item in re.split(r"[\s,]+", value) if item]
-        errors.append("%s: %s is a string, not a list; write a list: %s" % (where, _repr(value), _repr(items)))
+        errors.append("%s: %r is a string, not a list; write a list: %r" % (where, value, items))
         return items
     return value
+
+
+def failed_under(failed, where):
+    """Whether a value at where or inside it (where.key, where[index]) was refused."""
+    return any(path == where or path.startswith((where + ".", where + "[")) for path in failed)
+
+
+def with_defaults(params, spec=None):
+    """params with ARGUMENT_SPEC's default for each option that is absent or None, in allow's entries too
+    (what AnsibleModule gives the module; build_policy needs every option)."""
+    spec = ARGUMENT_SPEC if spec is None else spec
+    full = dict(params)
+    for name, option in spec.items():
+        if full.get(name) is None:
+            full[name] = copy.deepcopy(option.get("default"))
+        elif option.get("options") and isinstance(full[name], list):
+            full[name] = [with_defaults(e, option["options"]) if isinstance(e, dict) else e for e in full[name]]
+    return full
 
 
 def parse_port(value, where):
@@ -260,33 +316,17 @@ def parse_log_prefix(value, where="log_prefix"):
 
 
 def _int_in(value, low, high, where):
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            if isinstance(value, bool) or not str(value).strip().isdigit():
-                raise ValueError()
-            value = int(str(value).strip())
-        except ValueError:
-            raise ValueError("%s: %s is not a whole number" % (where, _repr(value)))
+    """value (an int, as the spec converts it) when in range; core takes a boolean for an int, this does not."""
+    if isinstance(value, bool):
+        raise ValueError("%s: %s is not a whole number" % (where, _repr(value)))
     if not low <= value <= high:
         raise ValueError("%s: %s is out of range (%d to %d)" % (where, _repr(value), low, high))
     return value
 
 
 def _float_in(value, low, high, where):
-    try:
-        if isinstance(value, bool):
-            raise ValueError()
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("%s: %s is not a number" % (where, _repr(value)))
-    if not low <= number <= high:
+    if not low <= value <= high:
         raise ValueError("%s: %s is out of range (%s to %s)" % (where, _repr(value), low, high))
-    return number
-
-
-def _choice(value, choices, where):
-    if value not in choices:
-        raise ValueError("%s: %s is not one of %s" % (where, _repr(value), ", ".join(choices)))
     return value
 
 
@@ -323,64 +363,38 @@ def parse_users(values, lookup_name, where="users"):
 
 
 def _destination_users(entry, where, lookup_user, errors):
-    """The users of an allow entry: None when the key is absent (every restricted process may connect)."""
-    if entry.get("users") is None:
+    """The users of an allow entry: () when the key is absent (every restricted process may connect)."""
+    if entry["users"] is None:
         return ()
-    values = entry["users"]
-    if isinstance(values, (str, int)) and not isinstance(values, bool):
-        values = [values]
-    if not isinstance(values, list) or not values:
-        errors.append("%s.users: %s must be a non-empty list of user names or uids (leave the key out to allow "
-                      "every restricted process)" % (where, _repr(entry["users"])))
+    if not entry["users"]:
+        errors.append("%s.users: [] must be a non-empty list of user names or uids (leave the key out to allow "
+                      "every restricted process)" % where)
         return None
-    users, user_errors = parse_users(values, lookup_user, where=where + ".users")
+    users, user_errors = parse_users(entry["users"], lookup_user, where=where + ".users")
     errors.extend(user_errors)
     return None if user_errors else tuple(users)
 
 
-def _destination(entry, index, errors, lookup_user=None):
+def _destination(entry, index, errors, lookup_user, failed):
+    """The Destination of an allow entry validated against the spec (failed: the paths it refused), or None."""
     where = "allow[%d]" % index
-    if not isinstance(entry, dict):
-        errors.append("%s: %s is not a mapping with name, host, ports and protocol" % (where, _repr(entry)))
+    if entry is None:  # not a mapping: refused by the spec
         return None
-    unknown = sorted(set(entry) - {"name", "host", "ports", "protocol", "subdomains", "users", "tls"})
-    if unknown:
-        errors.append("%s: unknown key(s) %s; allowed keys are name, host, ports, protocol, subdomains, users, tls"
-                      % (where, ", ".join(unknown)))
-    tls = entry.get("tls")
-    if tls is not None and not isinstance(tls, bool):
-        errors.append("%s.tls: %s is not a boolean (leave it out to gate port 443 only)" % (where, _repr(tls)))
-        tls = None
-    subdomains = entry.get("subdomains", False)
-    if subdomains is None:
-        subdomains = False
-    if not isinstance(subdomains, bool):
-        errors.append("%s.subdomains: %s is not a boolean" % (where, _repr(subdomains)))
-        subdomains = False
-    name = entry.get("name")
-    ok = True
-    if not isinstance(name, str) or not LABEL_RE.match(name):
+    name = entry["name"]
+    ok = not failed_under(failed, where)
+    if name is not None and not LABEL_RE.match(name):
         errors.append("%s.name: %s is not a valid label (1-26 characters: letters, digits, '_', '.', '-', starting with a letter or digit)"
                       % (where, _repr(name)))
         ok = False
-    try:
-        kind, host = parse_host(entry.get("host"), where + ".host")
-    except ValueError as exc:
-        errors.append(str(exc))
-        ok = False
-    protocol = entry.get("protocol", "tcp")
-    if protocol is None:
-        protocol = "tcp"
-    if protocol not in PROTOCOLS:
-        errors.append("%s.protocol: %s is not one of tcp, udp" % (where, _repr(protocol)))
-        ok = False
-    ports = entry.get("ports", [443])
-    if ports is None:
-        ports = [443]
-    if isinstance(ports, (str, int)) and not isinstance(ports, bool):
-        ports = [ports]
-    if not isinstance(ports, list) or not ports:
-        errors.append("%s.ports: %s must be a non-empty list of ports or ranges" % (where, _repr(ports)))
+    if entry["host"] is not None:
+        try:
+            kind, host = parse_host(entry["host"], where + ".host")
+        except ValueError as exc:
+            errors.append(str(exc))
+            ok = False
+    ports = entry["ports"]
+    if not ports and where + ".ports" not in failed:
+        errors.append("%s.ports: [] must be a non-empty list of ports or ranges" % where)
         return None
     specs = []
     for pindex, port in enumerate(ports):
@@ -397,10 +411,10 @@ def _destination(entry, index, errors, lookup_user=None):
     users = _destination_users(entry, where, lookup_user, errors)
     if users is None:
         return None
-    if subdomains and kind != "name":
-        errors.append("%s.subdomains: true only applies to a DNS name, not %s" % (where, _repr(entry.get("host"))))
+    if entry["subdomains"] and kind != "name":
+        errors.append("%s.subdomains: true only applies to a DNS name, not %s" % (where, _repr(entry["host"])))
         return None
-    return Destination(name, host, kind, tuple(specs), protocol, subdomains, users, tls)
+    return Destination(name, host, kind, tuple(specs), entry["protocol"], entry["subdomains"], users, entry["tls"])
 
 
 def _gated_ports(dest, where, errors):
@@ -422,13 +436,7 @@ def _gated_ports(dest, where, errors):
 
 def _tls_gate(params, allow, labels, state, scope, users, resolver_user, lookup_user, errors):
     """Validate the TLS gate options; return (mode, user, port, allow with tls_ports, listeners, ungated)."""
-    mode = params.get("tls_gate") or "off"
-    if mode not in GATE_MODES:
-        errors.append("tls_gate: %s is not one of %s" % (_repr(mode), ", ".join(GATE_MODES)))
-        mode = "off"
-    port = params.get("tls_gate_port", 10443)
-    if port is None:
-        port = 10443
+    mode, port = params["tls_gate"], params["tls_gate_port"]
     try:
         port = _int_in(port, MIN_GATE_PORT, 65535, "tls_gate_port")
     except ValueError as exc:
@@ -444,24 +452,24 @@ def _tls_gate(params, allow, labels, state, scope, users, resolver_user, lookup_
     if mode == "off" or state != "present":
         return mode, None, port, allow, (), ()
     user = None
-    if not params.get("tls_gate_user"):
+    if not params["tls_gate_user"]:
         errors.append("tls_gate_user: %s is empty; tls_gate=%s needs the user the gate runs as (its connections are "
-                      "not redirected)" % (_repr(params.get("tls_gate_user")), mode))
+                      "not redirected)" % (_repr(params["tls_gate_user"]), mode))
     else:
-        gate_users, user_errors = parse_users([params.get("tls_gate_user")], lookup_user, where="tls_gate_user")
+        gate_users, user_errors = parse_users([params["tls_gate_user"]], lookup_user, where="tls_gate_user")
         errors.extend(e.replace("tls_gate_user[0]", "tls_gate_user") for e in user_errors)
         user = gate_users[0] if gate_users else None
     if user is not None:
         # Its connections skip the gate: a user that anything else runs as would skip it too.
         if user.uid == 0:
             errors.append("tls_gate_user: %s is uid 0; every root process would bypass the gate, give it a user of "
-                          "its own" % _repr(params.get("tls_gate_user")))
+                          "its own" % _repr(params["tls_gate_user"]))
         if resolver_user is not None and resolver_user.uid == user.uid:
             errors.append("tls_gate_user: %s is also dns_resolver_user; give the gate a user of its own"
-                          % _repr(params.get("tls_gate_user")))
+                          % _repr(params["tls_gate_user"]))
         if scope == "users" and any(u.uid == user.uid for u in users):
             errors.append("tls_gate_user: %s is one of users; a restricted user's connections must go through the "
-                          "gate, not around it" % _repr(params.get("tls_gate_user")))
+                          "gate, not around it" % _repr(params["tls_gate_user"]))
     gated = []
     ungated = []
     for dest in allow:
@@ -492,51 +500,46 @@ def _tls_gate(params, allow, labels, state, scope, users, resolver_user, lookup_
     return mode, user, port, tuple(gated), listeners, tuple(ungated)
 
 
-def build_policy(params, lookup_user):
-    """Validate module parameters; return a Policy or raise PolicyError listing every problem."""
-    errors = []
+def build_policy(params, lookup_user, failed=()):
+    """The Policy of module parameters validated against ARGUMENT_SPEC (by AnsibleModule on the host,
+    _options.validated_policy elsewhere); their meaning only. Raises PolicyError listing every problem.
 
-    def check(func, *args):
+    An absent option has its default. failed: the paths of values the spec refused (_options.check_options),
+    which are not checked again."""
+    params, errors = with_defaults(params), []
+
+    def option(name):
+        """The validated value, None when the spec refused it."""
+        return None if name in failed else params[name]
+
+    def check(func, value, *args):
+        if value is None:
+            return None
         try:
-            return func(*args)
+            return func(value, *args)
         except ValueError as exc:
             errors.append(str(exc))
             return None
 
-    state = check(_choice, params.get("state", "present"), ("present", "absent"), "state")
-    mode = check(_choice, params.get("mode", "enforce"), MODES, "mode")
-    scope = check(_choice, params.get("scope", "host"), SCOPES, "scope")
-    deny_action = check(_choice, params.get("deny_action", "drop"), DENY_ACTIONS, "deny_action")
-    log_prefix = check(parse_log_prefix, params.get("log_prefix", "[EGRESS-DENIED] "))
-    log_limit = check(parse_log_limit, params.get("log_limit", "10/minute"))
-    log_burst = check(_int_in, params.get("log_burst", 20), 1, MAX_BURST, "log_burst")
+    state, mode, scope, deny_action = option("state"), option("mode"), option("scope"), option("deny_action")
+    log_prefix = check(parse_log_prefix, option("log_prefix"))
+    log_limit = check(parse_log_limit, option("log_limit"))
+    log_burst = check(_int_in, option("log_burst"), 1, MAX_BURST, "log_burst")
 
-    families = params.get("families")
-    if families is None:
-        families = list(FAMILIES)
-    families = as_list(families, "families", errors)
-    if not isinstance(families, list) or not families:
-        errors.append("families: %s must be a non-empty list of ipv4, ipv6" % _repr(families))
-        families = []
-    for index, family in enumerate(families):
-        if family not in FAMILIES:
-            errors.append("families[%d]: %s is not one of ipv4, ipv6" % (index, _repr(family)))
-    families = tuple(f for f in FAMILIES if f in families)
+    if not params["families"]:
+        errors.append("families: [] must be a non-empty list of %s" % ", ".join(FAMILIES))
+    families = tuple(f for f in FAMILIES if f in params["families"])
 
     dns_servers = []
-    for index, server in enumerate(as_list(params.get("dns_servers"), "dns_servers", errors)):
+    for index, server in enumerate(params["dns_servers"]):
         address = check(parse_address, server, "dns_servers[%d]" % index)
         if address is not None and address not in dns_servers:
             dns_servers.append(address)
 
     allow = []
     labels = {}
-    raw_allow = params.get("allow") or []
-    if not isinstance(raw_allow, list):
-        errors.append("allow: %s must be a list of destinations" % _repr(raw_allow))
-        raw_allow = []
-    for index, entry in enumerate(raw_allow):
-        dest = _destination(entry, index, errors, lookup_user)
+    for index, entry in enumerate(params["allow"]):
+        dest = _destination(entry, index, errors, lookup_user, failed)
         if dest is None:
             continue
         if dest.name in labels:
@@ -546,41 +549,34 @@ def build_policy(params, lookup_user):
         labels[dest.name] = index
         allow.append(dest)
 
-    users, user_errors = parse_users(as_list(params.get("users"), "users", errors), lookup_user)
+    users, user_errors = parse_users(params["users"], lookup_user)
     errors.extend(user_errors)
 
     networks = []
-    raw_networks = as_list(params.get("scope_networks"), "scope_networks", errors)
-    if not isinstance(raw_networks, list):
-        errors.append("scope_networks: %s must be a list of interface names or CIDRs" % _repr(raw_networks))
-        raw_networks = []
-    for index, value in enumerate(raw_networks):
+    for index, value in enumerate(params["scope_networks"]):
         network = check(parse_network, value, "scope_networks[%d]" % index)
         if network is not None and network not in networks:
             networks.append(network)
 
     if state == "present":
-        if mode == "enforce" and not dns_servers and not errors:
+        if mode == "enforce" and not dns_servers and not errors and not failed:
             errors.append("dns_servers: [] is empty; enforce mode needs at least one trusted resolver "
                           "(it is the only DNS destination the host may use)")
         names = [d for d in allow if d.kind == "name"]
-        if names and not dns_servers and mode != "enforce":
+        if names and not dns_servers and mode == "audit":
             errors.append("dns_servers: [] is empty but allow[%d].host %s is a name that must be resolved"
                           % (labels[names[0].name], _repr(names[0].host)))
         if scope == "users" and not users and not user_errors:
-            errors.append("users: %s is empty; scope=users needs the users whose egress is restricted" % _repr(params.get("users")))
-        if scope == "none" and not networks and not raw_networks:
-            errors.append("scope_networks: %s is empty; scope=none restricts no local process and needs the "
-                          "container networks to restrict" % _repr(params.get("scope_networks") or []))
-    if scope == "host" and params.get("users"):
-        errors.append("users: %s is only used with scope=users (scope is 'host', which restricts every user)"
-                      % _repr(params.get("users")))
-    if scope == "none" and params.get("users"):
-        errors.append("users: %s is only used with scope=users (scope is 'none', which restricts no local process)"
-                      % _repr(params.get("users")))
+            errors.append("users: %s is empty; scope=users needs the users whose egress is restricted" % _repr(params["users"]))
+        if scope == "none" and not params["scope_networks"]:
+            errors.append("scope_networks: [] is empty; scope=none restricts no local process and needs the "
+                          "container networks to restrict")
+    if scope in ("host", "none") and params["users"]:
+        errors.append("users: %s is only used with scope=users (scope is %s, which restricts %s)"
+                      % (_repr(params["users"]), _repr(scope), "every user" if scope == "host" else "no local process"))
 
-    dns_mode = check(_choice, params.get("dns_mode") or "pinned", DNS_MODES, "dns_mode")
-    dns_set_timeout = check(_int_in, params.get("dns_set_timeout", 300), MIN_SET_TIMEOUT, MAX_SET_TIMEOUT, "dns_set_timeout")
+    dns_mode = option("dns_mode")
+    dns_set_timeout = check(_int_in, option("dns_set_timeout"), MIN_SET_TIMEOUT, MAX_SET_TIMEOUT, "dns_set_timeout")
     if dns_mode == "pinned" and state == "present":
         wide = [d.name for d in allow if d.subdomains]
         if wide:
@@ -590,16 +586,16 @@ def build_policy(params, lookup_user):
     if dns_mode == "filtering" and state == "present":
         # No default: the distribution's dnsmasq user may run another dnsmasq (libvirt's, a DHCP
         # server) that forwards for anyone, and the rules let this user's DNS out.
-        if not params.get("dns_resolver_user"):
+        if not params["dns_resolver_user"]:
             errors.append("dns_resolver_user: %s is empty; dns_mode=filtering needs the user the local filtering "
-                          "resolver runs as (only its DNS may leave the host)" % _repr(params.get("dns_resolver_user")))
+                          "resolver runs as (only its DNS may leave the host)" % _repr(params["dns_resolver_user"]))
         else:
-            resolver_users, resolver_errors = parse_users([params.get("dns_resolver_user")], lookup_user,
+            resolver_users, resolver_errors = parse_users([params["dns_resolver_user"]], lookup_user,
                                                           where="dns_resolver_user")
             errors.extend(e.replace("dns_resolver_user[0]", "dns_resolver_user") for e in resolver_errors)
             resolver_user = resolver_users[0] if resolver_users else None
     resolvers = []
-    for index, server in enumerate(params.get("resolvers") or []):
+    for index, server in enumerate(params["resolvers"]):
         address = check(parse_address, server, "resolvers[%d]" % index)
         if address is not None and address not in resolvers:
             resolvers.append(address)
@@ -609,26 +605,18 @@ def build_policy(params, lookup_user):
     tls_gate, gate_user, gate_port, allow, listeners, ungated = _tls_gate(
         params, allow, labels, state, scope, users, resolver_user, lookup_user, errors)
 
-    dhcp = params.get("dhcp", True)
-    if not isinstance(dhcp, bool):
-        errors.append("dhcp: %s is not a boolean" % _repr(dhcp))
-
     # How the module asks the resolvers: validated like every other option.
-    check(_float_in, params.get("resolve_timeout", 3.0), MIN_RESOLVE_TIMEOUT, MAX_RESOLVE_TIMEOUT, "resolve_timeout")
-    check(_int_in, params.get("resolve_retries", 2), 0, MAX_RESOLVE_RETRIES, "resolve_retries")
+    check(_float_in, option("resolve_timeout"), MIN_RESOLVE_TIMEOUT, MAX_RESOLVE_TIMEOUT, "resolve_timeout")
+    check(_int_in, option("resolve_retries"), 0, MAX_RESOLVE_RETRIES, "resolve_retries")
 
-    learn = params.get("learn", False)
-    if not isinstance(learn, bool):
-        errors.append("learn: %s is not a boolean" % _repr(learn))
-        learn = False
-    learn_users, learn_user_errors = parse_users(params.get("learn_users") or [], lookup_user, where="learn_users")
+    learn_users, learn_user_errors = parse_users(params["learn_users"], lookup_user, where="learn_users")
     errors.extend(learn_user_errors)
-    learn_maxelem = check(_int_in, params.get("learn_maxelem", 65536), 1, MAX_LEARN_ELEMENTS, "learn_maxelem")
-    learn_timeout = check(_int_in, params.get("learn_timeout", 604800), 1, MAX_SET_TIMEOUT, "learn_timeout")
+    learn_maxelem = check(_int_in, option("learn_maxelem"), 1, MAX_LEARN_ELEMENTS, "learn_maxelem")
+    learn_timeout = check(_int_in, option("learn_timeout"), 1, MAX_SET_TIMEOUT, "learn_timeout")
 
     if errors:
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(dns_servers), log_prefix, log_limit, log_burst, deny_action,
                   mode, scope, tuple(users), families, state, dns_mode, resolver_user, dns_set_timeout, tuple(resolvers),
-                  tuple(networks), dhcp, tls_gate, gate_user, gate_port, listeners, ungated,
-                  learn, tuple(learn_users), learn_maxelem, learn_timeout)
+                  tuple(networks), params["dhcp"], tls_gate, gate_user, gate_port, listeners, ungated,
+                  params["learn"], tuple(learn_users), learn_maxelem, learn_timeout)

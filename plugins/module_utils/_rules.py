@@ -7,7 +7,7 @@
 
 Private to agentguard.hardening. egress_rules plans and then applies; egress_host_state plans in the same
 call as it reads the host when the role asks it to (an unchanged host then costs one module run). Both run
-this: the options (ARGUMENT_SPEC, documented in egress_rules), the policy, the resolution through the
+this: the options (ARGUMENT_SPEC, defined in _policy and documented in egress_rules), the policy, the resolution through the
 trusted resolvers, the live state and the plan, and what the plan leaves open (container networks,
 services), with every failure raised as RulesError carrying the message the module fails with.
 """
@@ -36,45 +36,6 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._services imp
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import ParseError
 from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import gate_result
 
-# The options of egress_rules (its DOCUMENTATION describes them).
-ARGUMENT_SPEC = dict(
-    allow=dict(type="list", elements="dict", default=[], options=dict(
-        name=dict(type="str", required=True),
-        host=dict(type="str", required=True),
-        ports=dict(type="list", elements="raw", default=[443]),
-        protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
-        subdomains=dict(type="bool", default=False),
-        users=dict(type="list", elements="str"),
-        tls=dict(type="bool"),
-    )),
-    dhcp=dict(type="bool", default=True),
-    dns_servers=dict(type="list", elements="str", default=[]),
-    log_prefix=dict(type="str", default="[EGRESS-DENIED] "),
-    log_limit=dict(type="str", default="10/minute"),
-    log_burst=dict(type="int", default=20),
-    deny_action=dict(type="str", choices=["drop", "reject"], default="drop"),
-    mode=dict(type="str", choices=["enforce", "audit"], default="enforce"),
-    scope=dict(type="str", choices=["host", "users", "none"], default="host"),
-    scope_networks=dict(type="list", elements="str", default=[]),
-    users=dict(type="list", elements="str", default=[]),
-    families=dict(type="list", elements="str", choices=["ipv4", "ipv6"], default=["ipv4", "ipv6"]),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    dns_mode=dict(type="str", choices=["pinned", "filtering"], default="pinned"),
-    dns_resolver_user=dict(type="str"),
-    dns_set_timeout=dict(type="int", default=300),
-    resolvers=dict(type="list", elements="str", default=[]),
-    resolve_timeout=dict(type="float", default=3.0),
-    resolve_retries=dict(type="int", default=2),
-    tls_gate=dict(type="str", choices=["off", "audit", "enforce"], default="off"),
-    tls_gate_user=dict(type="str"),
-    tls_gate_port=dict(type="int", default=10443),
-    learn=dict(type="bool", default=False),
-    learn_users=dict(type="list", elements="str", default=[]),
-    learn_maxelem=dict(type="int", default=65536),
-    learn_timeout=dict(type="int", default=604800),
-    state_dir=dict(type="path"),
-)
-
 
 class RulesError(Exception):
     """Why the rules cannot be planned; nothing was changed. extra: what the module's failure carries."""
@@ -91,8 +52,8 @@ def managed_families(host):
 
 
 def plan_rules(params, host, want_diff=False):
-    """(result, plan, netfilter): the plan of egress_rules for params (validated against ARGUMENT_SPEC) on host (a
-    HostIO of _hostio: its commands, users, files and processes; host.warn says what the plan leaves open), and the
+    """(result, plan, netfilter): the plan of egress_rules for params (validated against _policy.ARGUMENT_SPEC) on host
+    (a HostIO of _hostio: its commands, users, files and processes; host.warn says what the plan leaves open), and the
     module's result for it (what a check-mode run returns). Nothing is changed.
 
     Raises RulesError (missing_lib when dnspython is missing). scope_networks that reach the host's way out

@@ -379,7 +379,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._host import 
 )
 from ansible_collections.agentguard.hardening.plugins.module_utils import _firewalls, _netdev, _services
 from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import module_host
-from ansible_collections.agentguard.hardening.plugins.module_utils._rules import ARGUMENT_SPEC as RULES_SPEC, RulesError, plan_rules
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import ARGUMENT_SPEC as RULES_SPEC
+from ansible_collections.agentguard.hardening.plugins.module_utils._rules import RulesError, plan_rules
 
 ARGUMENT_SPEC = dict(
     packages=dict(type="list", elements="str", default=[]),

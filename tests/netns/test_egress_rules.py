@@ -198,6 +198,9 @@ def test_absent_returns_to_original_rules(lab, egress):
     (dict(POLICY, scope="users", users=["no-such-user-here"]), "users[0]: user 'no-such-user-here' does not exist"),
     (dict(POLICY, allow=[dict(name="x", host="nx.test")]), "cannot resolve nx.test (A) through 198.18.1.53, fd00:a9e:2::53"),
     (dict(POLICY, log_limit="ten per minute"), "log_limit: 'ten per minute' is not a rate"),
+    # Types and choices: AnsibleModule's, against the one ARGUMENT_SPEC; what it lets through, build_policy refuses.
+    (dict(POLICY, allow=[dict(name="x", host="api.test", protocol="icmp")]), "value of protocol must be one of: tcp, udp"),
+    (dict(POLICY, log_burst=True), "log_burst: True is not a whole number"),
 ])
 def test_bad_input_changes_nothing(lab, egress, params, fragment):
     add_foreign_rules(lab)

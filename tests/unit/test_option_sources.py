@@ -4,15 +4,15 @@ whether it is required must state the same.
 The places, for each option of agentguard.hardening.egress_rules (and the role variable that feeds it,
 as roles/egress/vars/main.yml maps them):
 - the module's DOCUMENTATION (what ansible-doc shows);
-- ARGUMENT_SPEC (module_utils/_rules.py: what the module and egress_host_state validate against);
-- build_policy (module_utils/_policy.py): its fallbacks (`params.get(name, DEFAULT)`,
-  `params.get(name) or DEFAULT`, and `entry.get(...)` for the entries of allow) and the choices its
-  messages name;
+- ARGUMENT_SPEC (module_utils/_policy.py: what the modules and the controller-side checks,
+  _options.check_options, validate against);
+- the choices the controller-side messages name (_options.validated_policy);
 - the role's meta/argument_specs.yml and defaults/main.yml (tests/unit/roles/test_readme.py keeps
-  these two equal to each other; here both are compared with the module);
-- the role variables the Kubernetes export reads with their defaults (_k8s.ROLE_VARIABLES).
+  these two equal to each other; here both are compared with the module).
 A place that does not state an attribute is not compared for it (the module has no default
-tls_gate_user; the role has one).
+tls_gate_user; the role has one). Places that stated them before and must not again: build_policy's
+fallbacks and the Kubernetes export's defaults (they take ARGUMENT_SPEC's); the role variable behind each
+option is stated once in Python (_options.ROLE_VARIABLES), tested equal to the role's mapping.
 """
 import ast
 import copy
@@ -23,7 +23,7 @@ import re
 import pytest
 import yaml
 
-from ansible_collections.agentguard.hardening.plugins.module_utils import _k8s, _policy, _rules
+from ansible_collections.agentguard.hardening.plugins.module_utils import _k8s, _options, _policy
 from ansible_collections.agentguard.hardening.plugins.modules import egress_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,7 +112,7 @@ def build_policy_fallbacks():
 
 
 def build_policy_choices(spec_places):
-    """{option path: {"choices": [...]}}: the choices build_policy names when it refuses a value."""
+    """{option path: {"choices": [...]}}: the choices the controller-side check names when it refuses a value."""
     found = {}
     base = {"allow": [{"name": "api", "host": "198.18.0.10"}], "dns_servers": ["198.18.0.53"]}
     for path, attrs in spec_places.items():
@@ -128,7 +128,7 @@ def build_policy_choices(spec_places):
         else:
             params[path], where = bogus, path
         with pytest.raises(_policy.PolicyError) as info:
-            _policy.build_policy(params, lambda name: 1000)
+            _options.validated_policy(params, lambda name: 1000)
         message = [e for e in info.value.errors if e.startswith(where + ": ")]
         assert message, (path, info.value.errors)
         match = re.search(r" is not one of (.*)$", message[0])
@@ -137,22 +137,16 @@ def build_policy_choices(spec_places):
     return found
 
 
-def k8s_defaults():
-    return dict((option, {"default": default}) for variable, option, default in _k8s.ROLE_VARIABLES)
-
-
 def all_places():
     argument_specs, role_defaults = role_places()
-    module_spec = spec_attributes(_rules.ARGUMENT_SPEC)
+    module_spec = spec_attributes(_policy.ARGUMENT_SPEC)
     documentation = spec_attributes(yaml.safe_load(egress_rules.DOCUMENTATION)["options"])
     return {
         "egress_rules DOCUMENTATION": documentation,
-        "_rules.ARGUMENT_SPEC": module_spec,
-        "build_policy fallbacks": build_policy_fallbacks(),
+        "_policy.ARGUMENT_SPEC": module_spec,
         "build_policy choices": build_policy_choices(module_spec),
         "role meta/argument_specs.yml": argument_specs,
         "role defaults/main.yml": role_defaults,
-        "_k8s.ROLE_VARIABLES": k8s_defaults(),
     }
 
 
@@ -176,7 +170,7 @@ def test_every_place_that_states_an_option_states_the_same():
 
 def test_the_documentation_and_the_spec_name_the_same_options():
     places = all_places()
-    assert sorted(places["egress_rules DOCUMENTATION"]) == sorted(places["_rules.ARGUMENT_SPEC"])
+    assert sorted(places["egress_rules DOCUMENTATION"]) == sorted(places["_policy.ARGUMENT_SPEC"])
 
 
 def test_each_place_is_really_read():
@@ -184,22 +178,17 @@ def test_each_place_is_really_read():
     cannot make the comparison pass."""
     places = all_places()
     assert {"mode", "scope", "allow.protocol", "families", "tls_gate"} <= set(places["build_policy choices"])
-    assert {"mode", "log_burst", "allow.ports", "allow.protocol", "tls_gate_port", "dns_mode"} <= set(
-        places["build_policy fallbacks"])
-    assert {"allow", "mode", "dns_mode", "families"} <= set(places["_k8s.ROLE_VARIABLES"])
     for place in ("role meta/argument_specs.yml", "role defaults/main.yml"):
         assert {"allow", "mode", "scope", "tls_gate", "tls_gate_port", "families"} <= set(places[place]), place
     assert "allow.protocol" in places["role meta/argument_specs.yml"]
 
 
 @pytest.mark.parametrize("place, path, attr, value", [
-    ("_rules.ARGUMENT_SPEC", "log_burst", "default", 30),
+    ("_policy.ARGUMENT_SPEC", "log_burst", "default", 30),
     ("egress_rules DOCUMENTATION", "scope", "choices", ["host", "users"]),
-    ("build_policy fallbacks", "allow.ports", "default", [80]),
     ("build_policy choices", "dns_mode", "choices", ["pinned"]),
     ("role meta/argument_specs.yml", "deny_action", "choices", ["drop"]),
     ("role defaults/main.yml", "tls_gate_port", "default", 10444),
-    ("_k8s.ROLE_VARIABLES", "families", "default", ["ipv4"]),
 ])
 def test_one_place_that_differs_fails_the_comparison(place, path, attr, value):
     places = all_places()
@@ -207,3 +196,23 @@ def test_one_place_that_differs_fails_the_comparison(place, path, attr, value):
     problems = disagreements(places)
     assert len(problems) == 1 and problems[0].startswith("%s %s: " % (path, attr)), problems
     assert "%s=%r" % (place, value) in problems[0]
+
+
+def test_build_policy_and_the_export_state_no_default_of_their_own():
+    """build_policy and the Kubernetes export take ARGUMENT_SPEC's defaults (check_options); a literal
+    fallback in _policy (params.get(name, X), params.get(name) or X, entry.get(...)) would be a second
+    place that states one."""
+    assert build_policy_fallbacks() == {}
+    assert not hasattr(_k8s, "ROLE_VARIABLES") or _k8s.ROLE_VARIABLES is _options.ROLE_VARIABLES
+
+
+def test_the_fallback_finder_finds_a_fallback(monkeypatch):
+    """The check above would pass with a finder that finds nothing: it finds one in a source that has it."""
+    monkeypatch.setattr(inspect, "getsource", lambda module: "x = params.get('log_burst', 20)\ny = entry.get('ports') or [443]")
+    assert build_policy_fallbacks() == {"log_burst": {"default": 20}, "allow.ports": {"default": [443]}}
+
+
+def test_the_role_variable_of_each_option_is_the_roles_mapping():
+    """_options.ROLE_VARIABLES (the names every controller-side message uses) is the role's own mapping,
+    roles/egress/vars/main.yml __egress_rules_args."""
+    assert _options.ROLE_VARIABLES == role_variable_of_option()

@@ -13,13 +13,12 @@ import yaml
 
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
 from ansible_collections.agentguard.hardening.plugins.module_utils import _k8s as K
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import ARGUMENT_SPEC, ROLE_VARIABLES
 from ansible_collections.agentguard.hardening.tests.unit.plugins.module_utils.k8s_cases import ALLOW, CASES, RESOLVED
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "k8s")
-ROLE_NAMES = {"allow": "egress_allow", "dns_servers": "egress_dns_servers", "mode": "egress_mode",
-              "dns_mode": "egress_dns_mode", "families": "egress_families"}
 BASE = {"egress_allow": ALLOW, "egress_dns_servers": ["198.18.0.53", "fd00:a9e:1::53"]}
 
 
@@ -58,11 +57,15 @@ def test_the_cases_cover_both_families_both_dns_modes_audit_and_enforce():
                     ("dns", "cluster"), ("dns", "servers")}
 
 
-def test_defaults_are_the_roles():
-    with open(os.path.join(ROOT, "roles", "egress", "defaults", "main.yml")) as handle:
-        defaults = yaml.safe_load(handle)
-    for variable, option, default in K.ROLE_VARIABLES:
-        assert defaults[variable] == default, variable
+def test_an_absent_variable_takes_the_options_default(monkeypatch):
+    """The export states no default of its own: ARGUMENT_SPEC's (which test_option_sources keeps equal to the
+    role's defaults/main.yml)."""
+    policy = K.validate_policy(BASE)
+    assert (policy.mode, policy.dns_mode, policy.families, policy.dhcp) == ("enforce", "pinned", ("ipv4", "ipv6"), True)
+    monkeypatch.setitem(ARGUMENT_SPEC["mode"], "default", "audit")
+    monkeypatch.setitem(ARGUMENT_SPEC["families"], "default", ["ipv6"])
+    policy = K.validate_policy(BASE)
+    assert (policy.mode, policy.families) == ("audit", ("ipv6",))
 
 
 def test_a_hosts_other_variables_are_not_read():
@@ -82,9 +85,9 @@ def test_a_hosts_other_variables_are_not_read():
 def test_a_policy_the_role_refuses_is_refused_with_the_roles_messages(options):
     variables = dict(BASE, **options)
     module_options = dict(state="present", scope="host")
-    for variable, option, default in K.ROLE_VARIABLES:
-        module_options[option] = variables.get(variable, default)
-    expected = egress_policy_errors(module_options, ROLE_NAMES)
+    for option in K.EXPORTED_OPTIONS:
+        module_options[option] = variables.get(ROLE_VARIABLES[option])
+    expected = egress_policy_errors(module_options, ROLE_VARIABLES)
     assert expected, "the case must be one the role refuses"
     with pytest.raises(K.ExportError) as caught:
         K.export_policies(variables, "agents", resolved=RESOLVED)

@@ -2,6 +2,7 @@
 the proposal (names over addresses, users attributed, flagged and withheld destinations)."""
 import pytest
 
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import validated_policy
 from ansible_collections.agentguard.hardening.plugins.filter.egress_learn_proposal import egress_learn_proposal
 from ansible_collections.agentguard.hardening.plugins.module_utils import _learn as L
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
@@ -18,7 +19,7 @@ def policy(**over):
     params = dict(allow=[dict(name="inference-api", host="198.18.0.20")], dns_servers=["198.18.0.53", "fd00:a9e:1::53"],
                   mode="audit", scope="users", users=["1000"], learn=True, learn_users=["100"], scope_networks=["docker0"])
     params.update(over)
-    return P.build_policy(params, None)
+    return validated_policy(params, None)
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
@@ -65,7 +66,7 @@ def test_sets_are_dynamic_and_bounded():
     assert not R.sets_equal(live["ag4-_learn"], R.desired_sets(policy(learn_maxelem=501, learn_timeout=60), RESOLVED)["ag4-_learn"])
 
 
-@pytest.mark.parametrize("field,value", [("learn_maxelem", 0), ("learn_timeout", 2147484), ("learn", "yes"),
+@pytest.mark.parametrize("field,value", [("learn_maxelem", 0), ("learn_timeout", 2147484), ("learn", "maybe"),
                                          ("learn_users", ["no such user!"])])
 def test_bad_learn_options_are_named(field, value):
     with pytest.raises(P.PolicyError) as exc:

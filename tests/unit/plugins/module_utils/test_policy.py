@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import validated_policy
 
 USERS = {"root": 0, "agent": 1000}
 
@@ -35,12 +36,15 @@ def bad_entries(field, problem, *values):
 # (params, expected fragment of the message)
 MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.example", "bad-.example", "exa mple.com",
                         "a" * 64 + ".com", ("a" * 60 + ".") * 5 + "com", "api.example.com/24") \
-    + bad_entries("host", "is not a host", "", None) \
+    + bad_entries("host", "is not a host", "") \
     + bad_entries("host", "is not a valid IP address or CIDR", "256.1.1.1", "1.2.3", "10.0.0.0/33", "fd00::1::2",
                   "fd00::1/129") \
     + bad_entries("host", "has host bits set; did you mean 10.0.0.0/8?", "10.0.0.1/8") \
     + bad_entries("host", "allows every address", "0.0.0.0/0", "::/0") \
-    + bad_entries("name", "is not a valid label", "", "has space", "-lead", "x" * 27, 'quo"te', None) + [
+    + bad_entries("name", "is not a valid label", "", "has space", "-lead", "x" * 27, 'quo"te') + [
+    # Types, choices and required keys: ARGUMENT_SPEC's, through core's validator (_options.check_options).
+    (base(allow=[dest(host=None)]), "allow[0].host: missing; it is required"),
+    (base(allow=[{"host": "api.example.com"}]), "allow[0].name: missing; it is required"),
     (base(allow=[dest(ports=[0])]), "allow[0].ports[0]: 0 is out of range; ports are 1 to 65535"),
     (base(allow=[dest(ports=[70000])]), "allow[0].ports[0]: 70000 is out of range; ports are 1 to 65535"),
     (base(allow=[dest(ports=[-1])]), "allow[0].ports[0]: -1 is out of range"),
@@ -56,17 +60,18 @@ MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.ex
     (base(allow=[dest(extra=1)]), "allow[0]: unknown key(s) extra"),
     (base(allow=["api.example.com"]), "allow[0]: 'api.example.com' is not a mapping"),
     (base(allow=[dest(name="a"), dest(name="a", host="b.example.com")]), "allow[1].name: 'a' is already used by allow[0]"),
-    (base(allow="api.example.com"), "allow: 'api.example.com' must be a list"),
+    (base(allow="api.example.com"), "allow: 'api.example.com' is a string, not a list; write a list: ['api.example.com']"),
+    (base(allow={"name": "x"}), "allow: {'name': 'x'} is not a list"),
     (base(dns_servers=[]), "dns_servers: [] is empty; enforce mode needs at least one trusted resolver"),
     (base(dns_servers=["dns.google"]), "dns_servers[0]: 'dns.google' is not an IP address"),
     (base(dns_servers=["1.1.1.0/24"]), "dns_servers[0]: '1.1.1.0/24' is not an IP address"),
-    (base(dns_servers=["1.1.1.1", 53]), "dns_servers[1]: 53 is not an IP address"),
+    (base(dns_servers=["1.1.1.1", 53]), "dns_servers[1]: '53' is not an IP address"),
     (base(mode="audit", dns_servers=[]), "dns_servers: [] is empty but allow[0].host 'api.openclaw.security' is a name"),
     (base(log_limit="ten per minute"), "log_limit: 'ten per minute' is not a rate"),
     (base(log_limit="10/fortnight"), "log_limit: '10/fortnight' is not a rate"),
     (base(log_limit="0/minute"), "log_limit: '0/minute' must allow at least one line"),
     (base(log_limit="20000/second"), "log_limit: '20000/second' is faster than the kernel's maximum"),
-    (base(log_limit=10), "log_limit: 10 is not a rate"),
+    (base(log_limit=10), "log_limit: '10' is not a rate"),
     (base(log_burst=0), "log_burst: 0 is out of range (1 to 10000)"),
     (base(log_burst=10001), "log_burst: 10001 is out of range (1 to 10000)"),
     (base(log_burst="lots"), "log_burst: 'lots' is not a whole number"),
@@ -88,8 +93,12 @@ MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.ex
     (base(scope="host", users=["agent"]), "users: ['agent'] is only used with scope=users"),
     (base(dns_mode="stub"), "dns_mode: 'stub' is not one of pinned, filtering"),
     (base(allow=[dest(subdomains=True)]), "allow: 'x' set subdomains: true, which only dns_mode=filtering can honour"),
-    (base(allow=[dest(subdomains="yes")], dns_mode="filtering", dns_resolver_user="agent"),
-     "allow[0].subdomains: 'yes' is not a boolean"),
+    (base(allow=[dest(subdomains="maybe")], dns_mode="filtering", dns_resolver_user="agent"),
+     "allow[0].subdomains: 'maybe' is not a boolean"),
+    (base(allow=[dest(tls="maybe")]), "allow[0].tls: 'maybe' is not a boolean"),
+    (base(allow=[dest(ports={"a": 1})]), "allow[0].ports: {'a': 1} is not a list"),
+    (base(learn="maybe"), "learn: 'maybe' is not a boolean"),
+    (base(tls_gate="on"), "tls_gate: 'on' is not one of off, audit, enforce"),
     (base(allow=[dest(host="198.18.0.10", subdomains=True)], dns_mode="filtering", dns_resolver_user="agent"),
      "allow[0].subdomains: true only applies to a DNS name, not '198.18.0.10'"),
     (base(dns_mode="filtering", dns_resolver_user="nosuchuser"), "dns_resolver_user: user 'nosuchuser' does not exist"),
@@ -98,8 +107,7 @@ MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.ex
     (base(dns_mode="filtering"), "dns_resolver_user: None is empty; dns_mode=filtering needs the user"),
     (base(dns_mode="filtering", dns_resolver_user=""), "dns_resolver_user: '' is empty"),
     (base(resolve_timeout="fast"), "resolve_timeout: 'fast' is not a number"),
-    (base(resolve_timeout=0), "resolve_timeout: 0 is out of range (0.1 to 30)"),
-    (base(resolve_timeout=True), "resolve_timeout: True is not a number"),
+    (base(resolve_timeout=0), "resolve_timeout: 0.0 is out of range (0.1 to 30)"),
     (base(resolve_retries=-1), "resolve_retries: -1 is out of range (0 to 10)"),
     (base(resolve_retries=11), "resolve_retries: 11 is out of range (0 to 10)"),
 ]
@@ -108,14 +116,14 @@ MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.ex
 @pytest.mark.parametrize("params,message", MALFORMED, ids=[m for p, m in MALFORMED])
 def test_malformed_input_names_field_and_value(params, message):
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(params, lookup)
+        validated_policy(params, lookup)
     assert any(message in error for error in info.value.errors), info.value.errors
 
 
 def test_all_errors_reported_at_once():
     params = base(allow=[dest(ports=[0], protocol="sctp")], log_burst=0, mode="x")
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(params, lookup)
+        validated_policy(params, lookup)
     text = str(info.value)
     for fragment in ("allow[0].ports[0]: 0", "allow[0].protocol: 'sctp'", "log_burst: 0", "mode: 'x'"):
         assert fragment in text
@@ -131,7 +139,7 @@ def test_valid_policy_is_normalised():
         dns_servers=["1.1.1.1", "1.1.1.1", "2606:4700:4700:0::1111"],
         log_limit="5/s", scope="users", users=["agent", "1000", "0"],
     )
-    policy = P.build_policy(params, lookup)
+    policy = validated_policy(params, lookup)
     assert policy.allow[0] == P.Destination("api", "api.openclaw.security", "name", ("443", "8000:8010"), "tcp", False)
     assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp", False)
     assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp", False)
@@ -142,7 +150,7 @@ def test_valid_policy_is_normalised():
 
 
 def test_absent_needs_no_resolver():
-    policy = P.build_policy(base(state="absent", dns_servers=[], allow=[]), lookup)
+    policy = validated_policy(base(state="absent", dns_servers=[], allow=[]), lookup)
     assert policy.state == "absent"
 
 
@@ -199,7 +207,7 @@ BASE = dict(dns_servers=["198.18.0.53"])
     ("198.19.0.7", P.Network("ipv4", "198.19.0.7/32")),
 ])
 def test_scope_networks_accepted(value, network):
-    assert P.build_policy(dict(BASE, scope_networks=[value]), lambda n: 0).networks == (network,)
+    assert validated_policy(dict(BASE, scope_networks=[value]), lambda n: 0).networks == (network,)
 
 
 @pytest.mark.parametrize("value,message", [
@@ -211,49 +219,51 @@ def test_scope_networks_accepted(value, network):
     ("198.19.0.1/24", "scope_networks[0]: '198.19.0.1/24' has host bits set; did you mean 198.19.0.0/24?"),
     ("0.0.0.0/0", "scope_networks[0]: '0.0.0.0/0' allows every address"),
     ("fd00::zz/64", "scope_networks[0]: 'fd00::zz/64' is not a valid IP address or CIDR"),
-    (7, "scope_networks[0]: 7 is not a network"),
+    (7, "scope_networks[0]: '7' is not a valid IP address or CIDR"),
     ("", "scope_networks[0]: '' is not a network"),
 ])
 def test_scope_networks_refused_naming_field_and_value(value, message):
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, scope_networks=[value]), lambda n: 0)
+        validated_policy(dict(BASE, scope_networks=[value]), lambda n: 0)
     assert any(error.startswith(message) for error in info.value.errors), info.value.errors
 
 
 def test_scope_none_needs_networks_and_takes_no_users():
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, scope="none"), lambda n: 0)
+        validated_policy(dict(BASE, scope="none"), lambda n: 0)
     assert info.value.errors == ["scope_networks: [] is empty; scope=none restricts no local process and needs the "
                                  "container networks to restrict"]
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, scope="none", scope_networks=["docker0"], users=["agent"]), lambda n: 0)
+        validated_policy(dict(BASE, scope="none", scope_networks=["docker0"], users=["agent"]), lambda n: 0)
     assert info.value.errors[0].startswith("users: ['agent'] is only used with scope=users (scope is 'none'")
-    policy = P.build_policy(dict(BASE, scope="none", scope_networks=["docker0", "docker0"]), lambda n: 0)
+    policy = validated_policy(dict(BASE, scope="none", scope_networks=["docker0", "docker0"]), lambda n: 0)
     assert policy.scope == "none" and policy.networks == (P.Network("iface", "docker0"),)
     # Removing needs nothing.
-    assert P.build_policy(dict(scope="none", state="absent"), lambda n: 0).state == "absent"
+    assert validated_policy(dict(scope="none", state="absent"), lambda n: 0).state == "absent"
 
 
 def test_entry_users_are_resolved_and_validated():
     lookup_ = {"_chrony": 105, "agent": 1000}.__getitem__
-    policy = P.build_policy(dict(BASE, allow=[dict(name="time", host="198.18.0.123", ports=[123], protocol="udp",
+    policy = validated_policy(dict(BASE, allow=[dict(name="time", host="198.18.0.123", ports=[123], protocol="udp",
                                                    users=["_chrony", "0", "_chrony"])]), lookup_)
     assert policy.allow[0].users == (P.User("0", 0), P.User("_chrony", 105))
-    assert P.build_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1")]), lookup_).allow[0].users == ()
+    assert validated_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1")]), lookup_).allow[0].users == ()
     for users, message in (([], "allow[0].users: [] must be a non-empty list of user names or uids"),
                            (["nosuch"], "allow[0].users[0]: user 'nosuch' does not exist on this host"),
                            (["bad name"], "allow[0].users[0]: 'bad name' is not a user name or uid"),
-                           ({"a": 1}, "allow[0].users: {'a': 1} must be a non-empty list")):
+                           ({"a": 1}, "allow[0].users: {'a': 1} is not a list")):
         with pytest.raises(P.PolicyError) as info:
-            P.build_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1", users=users)]), lookup_)
+            validated_policy(dict(BASE, allow=[dict(name="a", host="198.18.0.1", users=users)]), lookup_)
         assert any(error.startswith(message) for error in info.value.errors), info.value.errors
 
 
 def test_dhcp_must_be_a_boolean():
-    assert P.build_policy(BASE, lambda n: 0).dhcp is True
+    assert validated_policy(BASE, lambda n: 0).dhcp is True
+    # As AnsibleModule reads it on the host: "yes" is true, "maybe" is refused.
+    assert validated_policy(dict(BASE, dhcp="no"), lambda n: 0).dhcp is False
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(dict(BASE, dhcp="yes"), lambda n: 0)
-    assert info.value.errors == ["dhcp: 'yes' is not a boolean"]
+        validated_policy(dict(BASE, dhcp="maybe"), lambda n: 0)
+    assert info.value.errors == ["dhcp: 'maybe' is not a boolean"]
 
 
 @pytest.mark.parametrize("text,message", [
@@ -293,5 +303,5 @@ def test_a_string_for_a_list_is_one_error_naming_the_field(option, value, messag
     if option == "scope_networks":
         params["scope"] = "none"
     with pytest.raises(P.PolicyError) as exc:
-        P.build_policy(params, lambda name: 1000)
+        validated_policy(params, lambda name: 1000)
     assert exc.value.errors == [message]

@@ -2,6 +2,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import validated_policy
 from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P
 from ansible_collections.agentguard.hardening.plugins.module_utils import _render as R
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
@@ -176,7 +177,7 @@ def filtering(**over):
                   dns_servers=["198.18.0.53", "fd00:a9e:1::53"], dns_mode="filtering", dns_resolver_user="dnsmasq",
                   dns_set_timeout=120, resolvers=["127.0.0.1"])
     params.update(over)
-    return P.build_policy(params, lambda name: {"dnsmasq": 108, "agent": 1000}[name])
+    return validated_policy(params, lambda name: {"dnsmasq": 108, "agent": 1000}[name])
 
 
 def test_filtering_dns_only_from_the_resolver_user():
@@ -217,7 +218,7 @@ def test_dynamic_set_members_are_not_drift():
     (dict(dns_set_timeout=5), "dns_set_timeout: 5 is out of range (20 to 2147483)"),
     (dict(dns_mode="recursive"), "dns_mode: 'recursive' is not one of pinned, filtering"),
     (dict(resolvers=["localhost"]), "resolvers[0]: 'localhost' is not an IP address"),
-    (dict(allow=[dict(name="x", host="a.example", subdomains="yes")]), "allow[0].subdomains: 'yes' is not a boolean"),
+    (dict(allow=[dict(name="x", host="a.example", subdomains="maybe")]), "allow[0].subdomains: 'maybe' is not a boolean"),
     (dict(allow=[dict(name="x", host="10.0.0.0/8", subdomains=True)]), "allow[0].subdomains: true only applies to a DNS name"),
 ])
 def test_filtering_options_are_validated(over, fragment):

@@ -8,6 +8,7 @@ import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _rules as R
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import ARGUMENT_SPEC
 from ansible_collections.agentguard.hardening.plugins.module_utils._resolve import ResolveError
 
 from .conftest import RESOLVED, Runner, fake_host, fixture
@@ -18,7 +19,7 @@ READS = ("iptables-save", "ip6tables-save", "ipset save", "ip")
 def options(**over):
     params = dict(allow=[dict(name="inference-api", host="api.openclaw.security")], dns_servers=["198.18.0.53"])
     params.update(over)
-    validated = ArgumentSpecValidator(R.ARGUMENT_SPEC).validate(params)
+    validated = ArgumentSpecValidator(ARGUMENT_SPEC).validate(params)
     assert not validated.error_messages, validated.error_messages
     return validated.validated_parameters
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ansible_collections.agentguard.hardening.plugins.module_utils._options import validated_policy
 from ansible_collections.agentguard.hardening.plugins.module_utils import _apply
 from ansible_collections.agentguard.hardening.plugins.module_utils import _diff as D
 from ansible_collections.agentguard.hardening.plugins.module_utils import _plan as A
@@ -30,7 +31,7 @@ def errors(**params):
                 tls_gate_user="tlsgate")
     base.update(params)
     with pytest.raises(P.PolicyError) as info:
-        P.build_policy(base, lambda name: UIDS[name])
+        validated_policy(base, lambda name: UIDS[name])
     return info.value.errors
 
 
@@ -213,7 +214,7 @@ def test_gated_ports_by_the_tls_key():
     (dict(allow=[dict(name="a", host="198.18.0.1", tls=True)]),
      "allow[0].host: '198.18.0.1/32' is an address; an address has no server name to check; set tls: false"),
     (dict(allow=[dict(name="a", host="a.test", protocol="udp", tls=True)]), "allow[0].tls: true needs protocol tcp"),
-    (dict(allow=[dict(name="a", host="a.test", tls="yes")]), "allow[0].tls: 'yes' is not a boolean"),
+    (dict(allow=[dict(name="a", host="a.test", tls="maybe")]), "allow[0].tls: 'maybe' is not a boolean"),
     (dict(allow=[dict(name="a", host="a.test", ports=["8000-8010"], tls=True)]), "allow[0].ports: '8000-8010' is a range"),
     (dict(allow=[dict(name="a", host="a.test", users=["agent"], tls=True)]), "allow[0].tls: true cannot combine with users"),
     (dict(allow=[dict(name="a", host="a.test", tls=False)]), "tls_gate: 'enforce' but no allow entry is gated"),
