@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .render import UTC, host_result, kernel_line, run_report, tamper_line
+from .render import UTC, host_result, kernel_line, learned_result, run_report, tamper_line
 
 # Unreachable without any network traffic: ssh runs `false` as its proxy and the connection closes at once.
 UNREACHABLE = {"ansible_connection": "ssh", "ansible_host": "agent-gone.invalid", "ansible_user": "root",
@@ -112,13 +112,9 @@ def learn_run(tmp_path_factory):
     """A host that learns (egress_learn: true) and one that does not, with what egress_learned read on the first."""
     if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "ansible-playbook")):
         pytest.skip("no ansible-playbook next to %s" % sys.executable)
-    from ansible_collections.agentguard.hardening.plugins.module_utils import _learn as L
-
     now = datetime.datetime.now(UTC).replace(microsecond=0)
-    sets, entries = L.parse_recorder(LEARN_SAVE, int(now.timestamp()))
-    names = L.name_index({"dns": [("api.example.test", "198.18.77.10"), ("time.example.test", "198.18.77.12")]})
-    learned = {"changed": False, "now": now.isoformat(), "sets": sets, "entries": L.join(entries, names, {"100": "_chrony"}),
-               "unresolved": {}}
+    learned = learned_result(LEARN_SAVE, [("api.example.test", "198.18.77.10"), ("time.example.test", "198.18.77.12")],
+                             {100: "_chrony"}, now)
     results = dict((h, host_result([], 300, now - datetime.timedelta(hours=24), now)) for h in ("agent-1", "agent-2"))
     agents = {"agent-1": {"egress_learn": True, "egress_report_learned": learned, "egress_dns_servers": ["198.18.77.53"]},
               "agent-2": {}}
