@@ -55,7 +55,11 @@ NGINX_UNIT = "nginx.service"
 # egress_* names that are not inputs of the role and still belong to the collection: what the role sets
 # (egress_result, egress_warnings) and the variables of the collection's playbooks (harden_agent.yml's
 # egress_target and egress_serial, egress_report.yml's egress_report*, export_kubernetes.yml's egress_export*).
-OTHER_VARS = ("egress_result", "egress_warnings", "egress_target", "egress_serial")
+# The variables of the collection's playbooks: egress_learn.yml's inputs (an operator sets egress_learn_names in
+# group_vars) and what it registers on the agents (egress_learned_host), which a later play of the same run sees.
+LEARN_PLAYBOOK_VARS = ("egress_learn_target", "egress_learn_dir", "egress_learn_names", "egress_learn_accept",
+                       "egress_learn_accept_withheld", "egress_learned_host", "egress_learn_play_hosts")
+OTHER_VARS = ("egress_result", "egress_warnings", "egress_target", "egress_serial") + LEARN_PLAYBOOK_VARS
 OTHER_PREFIXES = ("egress_report", "egress_export")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
 RESOLVED_UNIT = "systemd-resolved.service"

@@ -220,6 +220,15 @@ def denial_lines(since, prefix, src, **match):
 
 
 # ------------------------------------------------------------------------------------- targets
+def applied_vars(name):
+    """The variables a scenario's side_effect applied over the inventory's, for host `name`: verify holds
+    the host to the policy it runs. molecule/learn applies the proposal it learnt in enforce mode and
+    writes them to <ephemeral directory>/applied-vars/<host>.yml; other scenarios write none."""
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    path = Path(ephemeral) / "applied-vars" / ("%s.yml" % name) if ephemeral else None
+    return yaml.safe_load(path.read_text()) or {} if path is not None and path.is_file() else {}
+
+
 class Target:
     """One test host: its testinfra host (podman://), addresses and effective policy."""
 
@@ -228,6 +237,7 @@ class Target:
         self.host = testinfra.get_host("podman://" + name)
         self.policy = dict(defaults)
         self.policy.update({k: v for k, v in hostvars.items() if k.startswith("egress_")})
+        self.policy.update(applied_vars(name))
         self.vars = hostvars
         nets = json.loads(subprocess.run(["podman", "inspect", "--format", "{{json .NetworkSettings.Networks}}", name],
                                          check=True, capture_output=True).stdout)

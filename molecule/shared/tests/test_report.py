@@ -173,3 +173,26 @@ def test_report_states_the_live_rate_limit_and_sets_the_canary_apart(target, rep
     with open(os.path.join(report_run.dir, "report.md")) as handle:
         md = handle.read()
     assert "at most %s per logging rule" % host["log_limit_text"] in md
+
+
+def test_report_shows_what_the_host_learnt(target, report_run):
+    """With egress_learn, report.html and report.md have the "Learned destinations" section: every entry the
+    recorder's proposal holds (by name, with its count) and every flagged address (molecule/learn)."""
+    if not target.policy.get("egress_learn"):
+        pytest.skip("egress_learn is off on this host")
+    report_run.host()
+    learn = report_run.report.get("learn")
+    assert learn and list(learn["sets"]) == [target.name] and not learn["unread"], learn and learn.get("unread")
+    proposal = learn["proposal"]
+    assert proposal["allow"] and proposal["flagged"], proposal
+    texts = {}
+    for name in ("report.md", "report.html"):
+        with open(os.path.join(report_run.dir, name)) as handle:
+            texts[name] = handle.read()
+    assert 'id="learned"' in texts["report.html"] and "## Learned destinations (egress_learn)" in texts["report.md"]
+    for entry in proposal["allow"]:
+        assert "<td><code>%s</code></td>" % entry["host"] in texts["report.html"], entry
+        assert "| `%s` | %s | %s |" % (entry["host"], entry.get("protocol", "tcp"), ", ".join(str(p) for p in entry["ports"])) \
+            in texts["report.md"], entry
+    for flagged in proposal["flagged"]:
+        assert '<td class="addr">%s</td>' % flagged["host"] in texts["report.html"], flagged

@@ -24,6 +24,10 @@ def test_denials_are_logged_with_uid_and_rate_limit(target, family):
     expected_log = '-A AGENTGUARD-DENY -m limit --limit %s --limit-burst %d -j LOG --log-prefix "%s" --log-uid' % (
         _limit_spec(target.policy["egress_log_limit"]), int(target.policy["egress_log_burst"]),
         target.policy["egress_log_prefix"])
+    if target.policy.get("egress_learn"):
+        # The recorder comes first: every denied packet is recorded, logged or not (molecule/learn).
+        assert deny and deny[0] == "-A AGENTGUARD-DENY -j AGENTGUARD-LEARN", deny
+        deny = deny[1:]
     assert deny and deny[0] == expected_log, deny
     if target.enforce:
         assert deny[-1] in ("-A AGENTGUARD-DENY -j DROP", "-A AGENTGUARD-DENY -j REJECT --reject-with "

@@ -7,6 +7,7 @@ import sys
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _denials as D
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
+from ansible_collections.agentguard.hardening.plugins.module_utils import _learn as L
 from ansible_collections.agentguard.hardening.plugins.module_utils import _log_sources as S
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -76,8 +77,17 @@ def host_result(lines, bucket_seconds, since, now, users=None, counters=None, ol
     return result
 
 
+def learned_result(save, answers, users, now):
+    """What egress_learned returns for the recorder's sets as `ipset save` prints them (save), the resolver's answers
+    [(name, address)] and the users recorded apart {uid: name}, read at `now`."""
+    sets, entries = L.parse_recorder(save, int(now.timestamp()))
+    return {"changed": False, "now": now.isoformat(), "sets": sets, "unresolved": {},
+            "entries": L.join(entries, L.name_index({"dns": answers}), dict((str(k), v) for k, v in users.items()))}
+
+
 def run_report(work, agents, results=None, since="24h", timeout=180):
-    """agents: inventory host name -> host variables; results: host name -> a registered egress_denials
+    """agents: inventory host name -> host variables (egress_learn: true with egress_report_learned, a registered
+    egress_learned result, for the learned destinations); results: host name -> a registered egress_denials
     result (the collecting play then matches no host: --limit localhost). Returns (process, out dir)."""
     localhost = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     hosts = {}

@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 
-from .render import ROOT, UTC, host_result, kernel_line, run_report, tamper_line
+from .render import ROOT, UTC, host_result, kernel_line, learned_result, run_report, tamper_line
 
 OUTPUT = os.path.join(ROOT, "tests", "output", "report-chromium")
 CHROMIUM_TIMEOUT = 90
@@ -55,7 +55,7 @@ MEASURE = r"""
     if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).display !== 'inline') out.clipped.push(el.tagName + ' ' + el.textContent.slice(0, 60));
   }
   out.wrapped = [];
-  for (const el of document.querySelectorAll('td.host, td.time, .addr')) {
+  for (const el of document.querySelectorAll('td.host, span.host, td.time, .addr')) {
     const range = document.createRange();
     range.selectNodeContents(el);
     const tops = new Set(Array.from(range.getClientRects()).map((q) => Math.round(q.top)));
@@ -147,14 +147,33 @@ def day_results():
     return {"agent-1": host_result(lines, 86400, NOW - datetime.timedelta(days=7), NOW, users={1000: "agent"})}
 
 
-CASES = {"burst-5s": (burst_results, "24h"), "week-1d": (day_results, "7d")}
+# A week of learning on agent-1: a long name, a system user's entry, a nameless address on many ports
+# (its port list must wrap inside its cell) and a withheld SMTP destination.
+LEARN_SAVE = "\n".join(
+    ["create ag4-_learn hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 604800 counters",
+     "add ag4-_learn 198.18.77.10,tcp:443 timeout 600000 packets 40 bytes 2400",
+     "add ag4-_learn 198.18.77.25,tcp:25 timeout 601000 packets 2 bytes 120"]
+    + ["add ag4-_learn 198.18.77.66,tcp:%d timeout 602000 packets 1 bytes 60" % port for port in range(8000, 8040)]
+    + ["create ag4-_learn-u100 hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 604800 counters",
+       "add ag4-_learn-u100 198.18.77.12,udp:123 timeout 604000 packets 900 bytes 68400"])
+
+
+def learn_vars():
+    learned = learned_result(LEARN_SAVE, [("inference.eu-west-1.api.very-long-provider-name.example.test", "198.18.77.10"),
+                                          ("time.example.test", "198.18.77.12")], {100: "_chrony"}, NOW)
+    return {"agent-1": {"egress_learn": True, "egress_report_learned": learned, "egress_dns_servers": ["198.18.77.53"]}}
+
+
+CASES = {"burst-5s": (burst_results, "24h", dict), "week-1d": (day_results, "7d", dict),
+         "week-1d-learn": (day_results, "7d", learn_vars)}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def rendered(request, tmp_path_factory):
-    make, since = CASES[request.param]
+    make, since, variables = CASES[request.param]
     chromium()
-    proc, out = run_report(tmp_path_factory.mktemp(request.param), dict((h, {}) for h in make()), make(), since=since)
+    agents = dict((h, variables().get(h, {})) for h in make())
+    proc, out = run_report(tmp_path_factory.mktemp(request.param), agents, make(), since=since)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     path = os.path.join(out, "report.html")
     screenshot(path, "%s.png" % request.param, 1280)

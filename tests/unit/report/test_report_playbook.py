@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .render import UTC, host_result, kernel_line, run_report, tamper_line
+from .render import UTC, host_result, kernel_line, learned_result, run_report, tamper_line
 
 # Unreachable without any network traffic: ssh runs `false` as its proxy and the connection closes at once.
 UNREACHABLE = {"ansible_connection": "ssh", "ansible_host": "agent-gone.invalid", "ansible_user": "root",
@@ -95,3 +95,57 @@ def test_the_report_gives_exact_totals_tamper_events_and_coverage(guard_run):
         assert "Guard: started 2026-12-01 08:00:00, 5 tamper event(s)" in text and "policy NOT in sync" in text
     md_row = [line for line in guard_run["md"].splitlines() if line.startswith("| agent-1 |")][0]
     assert md_row.split(" | ")[1:3] == ["45", "3"]  # exact denied packets, then the attempts in the log
+    assert "learn" not in report and "Learned destinations" not in guard_run["md"] + guard_run["html"]
+
+
+# The recorder's sets as `ipset save` prints them (counters, the timeout left of each entry).
+LEARN_SAVE = """create ag4-_learn hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 604800 counters
+add ag4-_learn 198.18.77.10,tcp:443 timeout 604000 packets 3 bytes 180
+add ag4-_learn 198.18.77.66,tcp:8443 timeout 604700 packets 2 bytes 120
+create ag4-_learn-u100 hash:ip,port family inet hashsize 1024 maxelem 65536 timeout 604800 counters
+add ag4-_learn-u100 198.18.77.12,udp:123 timeout 604790 packets 5 bytes 380
+"""
+
+
+@pytest.fixture(scope="module")
+def learn_run(tmp_path_factory):
+    """A host that learns (egress_learn: true) and one that does not, with what egress_learned read on the first."""
+    if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "ansible-playbook")):
+        pytest.skip("no ansible-playbook next to %s" % sys.executable)
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    learned = learned_result(LEARN_SAVE, [("api.example.test", "198.18.77.10"), ("time.example.test", "198.18.77.12")],
+                             {100: "_chrony"}, now)
+    results = dict((h, host_result([], 300, now - datetime.timedelta(hours=24), now)) for h in ("agent-1", "agent-2"))
+    agents = {"agent-1": {"egress_learn": True, "egress_report_learned": learned, "egress_dns_servers": ["198.18.77.53"]},
+              "agent-2": {}}
+    proc, out = run_report(tmp_path_factory.mktemp("learn"), agents, results)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    texts = {}
+    for kind in ("md", "html", "json"):
+        with open(os.path.join(out, "report." + kind)) as handle:
+            texts[kind] = handle.read()
+    return now, texts
+
+
+def test_the_report_shows_the_learned_proposal(learn_run):
+    now, texts = learn_run
+    learn = json.loads(texts["json"])["learn"]
+    assert sorted(learn["sets"]) == ["agent-1"] and learn["errors"] == []
+    proposed = dict((e["host"], e) for e in learn["proposal"]["allow"])
+    assert sorted(proposed) == ["api.example.test", "time.example.test"]
+    assert proposed["time.example.test"]["users"] == ["_chrony"] and proposed["time.example.test"]["seen"]["count"] == 5
+    assert [(f["host"], f["ports"]) for f in learn["proposal"]["flagged"]] == [("198.18.77.66", [8443])]
+    api_first = (now - datetime.timedelta(seconds=800)).strftime("%Y-%m-%d %H:%M:%S")
+    flagged_first = (now - datetime.timedelta(seconds=100)).strftime("%Y-%m-%d %H:%M:%S")
+    md, html = texts["md"], texts["html"]
+    assert "## Learned destinations (egress_learn)" in md and 'id="learned"' in html
+    for text in (md, html):
+        assert "1 host(s) record every would-be-denied destination (agent-1)" in text
+        assert "Last seen is not recorded" in text
+    assert "| api.example.test | `api.example.test` | tcp | 443 |  | 3 | %s | agent-1 |" % api_first in md
+    assert "| time.example.test | `time.example.test` | udp | 123 | _chrony | 5 |" in md
+    assert "| 198.18.77.66 | tcp | 8443 |  | 2 | %s | agent-1 |" % flagged_first in md
+    assert re.search(r'<strong id="learn-proposed">2</strong> entries proposed by name', html)
+    assert re.search(r'<strong id="learn-flagged">1</strong> nameless destination\(s\) flagged', html)
+    assert ('<tr><td class="addr">198.18.77.66</td><td>tcp</td><td class="wrap">8443</td><td></td>\n<td class="n">2</td>'
+            '<td class="time">%s</td>' % flagged_first) in html

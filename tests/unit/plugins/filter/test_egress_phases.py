@@ -707,3 +707,15 @@ def test_unknown_egress_variables_are_errors_with_the_closest_name():
     ]
     # Without the role's variable names (another caller), no such check.
     assert F["egress_input_errors"](options(), variables=variables) == []
+
+
+def test_the_learn_playbooks_variables_are_no_errors_and_its_misspellings_are():
+    """egress_learn.yml's inputs (egress_learn_names in group_vars) and what it registers on the agents
+    (egress_learned_host, seen by the role later in the same run: molecule/learn's side_effect) are not the
+    role's, and are no error; a misspelled learn option of the role still is."""
+    known = ["egress_learn", "egress_learn_users", "egress_learn_maxelem", "egress_learn_timeout"]
+    variables = known + ["egress_learn_names", "egress_learned_host", "egress_learn_play_hosts", "egress_learn_dir",
+                         "egress_learn_accept", "egress_learn_accept_withheld", "egress_learn_target", "egress_learn_user"]
+    errors = F["egress_input_errors"](options(), variables=variables, known=known)
+    assert [e.split(";")[0] for e in errors] == [
+        "egress_learn_user is not a variable of the role egress (did you mean egress_learn_users?)"]
