@@ -6,7 +6,7 @@
 """Validate and normalise the egress_rules options into a Policy.
 
 Private to agentguard.hardening: no compatibility promise outside the collection.
-The options' types, defaults and choices are _options.ARGUMENT_SPEC's, checked by core's validator
+The options' types, defaults and choices are ARGUMENT_SPEC's (below), checked by core's validator
 (_options.check_options); what is here checks their meaning. Every error names the option path and the
 offending value, and all errors are reported at once, before anything on the host is read or changed.
 """
