@@ -58,7 +58,8 @@ NGINX_UNIT = "nginx.service"
 # The variables of the collection's playbooks: egress_learn.yml's inputs (an operator sets egress_learn_names in
 # group_vars) and what it registers on the agents (egress_learned_host), which a later play of the same run sees.
 LEARN_PLAYBOOK_VARS = ("egress_learn_target", "egress_learn_dir", "egress_learn_names", "egress_learn_accept",
-                       "egress_learn_accept_withheld", "egress_learned_host", "egress_learn_play_hosts")
+                       "egress_learn_accept_withheld", "egress_learned_host", "egress_learn_play_hosts",
+                       "egress_learn_hosts", "egress_learn_input", "egress_learn_result")
 OTHER_VARS = ("egress_result", "egress_warnings", "egress_target", "egress_serial") + LEARN_PLAYBOOK_VARS
 OTHER_PREFIXES = ("egress_report", "egress_export")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.:-]+[.](service|socket|target|timer|path)$")
