@@ -188,7 +188,8 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=Non
     names the host's platform only in its answer), the units whose state the role needs, and the users: the
     restricted ones (scope users; also asked which runtime sockets they reach) and those of egress_allow
     entries (users:), which must exist too. tls (the role's __egress_tls): the TLS gate's files, its unit and
-    Debian's nginx.service (whether nginx is installed, and masked), and its user (whether it exists).
+    Debian's nginx.service (whether nginx is installed, and masked), its user (whether it exists) and the drop-ins
+    of its before_units.
     guard (the role's __egress_run.guard): the guard's unit and files (egress_guard_files' paths)."""
     platforms = _dict(platforms)
     rows = [_row(platforms, key) for key in platforms]
@@ -202,6 +203,9 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=Non
     tls = _dict(tls)
     gate_units = [tls["unit"], NGINX_UNIT] if tls.get("unit") else []
     paths.extend(_tls_paths(tls))
+    # The gate's drop-ins too: the fast path compares every file the gate's phase writes (egress_tls_gate_files).
+    if tls.get("unit"):
+        paths.extend("/etc/systemd/system/%s.d/%s" % (unit, tls["dropin"]) for unit in tls.get("before_units") or [])
     guard_units = []
     if guard is not None:
         guard = guard_settings(guard)

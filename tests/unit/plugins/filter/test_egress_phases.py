@@ -486,6 +486,24 @@ def test_the_host_is_asked_about_the_gate():
     assert query["users"] == ["agent", "agentguard-tlsgate"] and query["runtime_users"] == ["agent"]
 
 
+def test_every_file_the_fast_path_compares_is_one_the_host_is_asked_about():
+    """The fast path compares each file the role would write with the hash egress_host_state returned for it: a path
+    the host is not asked about has no hash, so the phase that writes it ran on every run (the gate's drop-ins of
+    egress_tls_gate_before_units did: the gate and the canary on every run of such a host)."""
+    tls = dict(TLS, before_units=["agent.service", "other.service"])
+    query = F["egress_host_query"](PLATFORMS, DROPIN, DNS_FILES, [DNS_UNIT], ["agent"], [], tls,
+                                   dict(wanted=True, before_units=["agent.service"]))
+    el9 = F["egress_platform"](dict(platform=facts("RedHat", "9")), PLATFORMS)
+    wanted = (F["egress_boot_files"](RESULT, DEBIAN, MARKER, DROPIN) + F["egress_boot_files"](RESULT, el9, MARKER, DROPIN)
+              + gate_files(before=tls["before_units"])
+              + F["egress_guard_files"](dict(before_units=["agent.service"]), MARKER, DEBIAN, True, "/m", ["agent.service"]))
+    assert [f["path"] for f in wanted if f["path"] not in query["paths"]] == []
+    # A gate host with drop-ins, converged, ends after the plan.
+    files = gate_files(before=tls["before_units"])
+    decided = tls_phases(current_gate(files), plan=dict(GATE_RESULT, changed=False), files=files)
+    assert decided["nothing_to_do"] and not decided["set_up_tls_gate"]
+
+
 def test_the_gate_user_is_the_roles_to_create_and_the_gate_needs_systemd():
     state = dict(platform=facts(), systemd=False, missing_users=["agentguard-tlsgate"])
     errors = F["egress_host_errors"](state, DEBIAN, "h1", [], [], TLS)
