@@ -5,9 +5,12 @@
 
 """What the role agentguard.hardening.egress writes, byte for byte, and whether the host has it already.
 
-Filters (egress_boot_files and egress_tls_gate_files, each documented in the .yml file of its name beside
-this one; tested in tests/unit/plugins/filter/test_egress_phases.py), and the helpers egress_phases decides with:
-whether the persisted files and the TLS gate's files are current on the host (from egress_host_state's hashes).
+Every file the role writes is rendered here, and written by one task file (roles/egress/tasks/write_files.yml).
+Filters, each documented in the .yml file of its name beside this one: egress_boot_files (the persisted rules),
+egress_tls_gate_files, egress_guard_files (tested in tests/unit/plugins/filter/test_egress_phases.py and
+test_egress_guard_files.py), egress_resolver_files and egress_unit_action (what write_files.yml does with the unit;
+tests/unit/plugins/filter/test_egress_resolver_files.py); and the helpers egress_phases decides with: whether the
+persisted files, the TLS gate's and the guard's are current on the host (from egress_host_state's hashes).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,10 +21,12 @@ import hashlib
 import os
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 # The TLS gate's modes that run it, and where the module resolves through the filtering resolver.
 GATE_MODES_ON = ("audit", "enforce")
 LOOPBACK_RESOLVERS = ["127.0.0.1"]
+RESOLVED_SERVICE = "systemd-resolved.service"
 
 RULES_COMMENT = "# Loaded at boot with plain iptables-restore; the live rules are applied by the module."
 SETS_COMMENT = "# Loaded at boot with ipset restore, before the rules that use these sets."
@@ -33,6 +38,10 @@ DROPIN_EXTRA = {"ipset.service": "Before=iptables.service ip6tables.service\n"}
 
 def _dict(value):
     return value if isinstance(value, dict) else {}
+
+
+def _bool(value):
+    return boolean(value, strict=False)
 
 
 def _sha256(text):
@@ -56,20 +65,47 @@ def egress_boot_files(result, platform, marker, dropin_name):
     files = platform["persist_files"]
     sets = (result.get("sets") or "").strip()
     boot = [dict(path=files["sets"], content=header + SETS_COMMENT + "\n" + (sets + "\n" if sets else ""),
-                 mode="0600", dropin=False)]
+                 mode="0600", kind="sets")]
     for family, text in rules.items():
         if (text or "").strip():
             boot.append(dict(path=files[family], content=header + RULES_COMMENT + "\n" + text.strip() + "\n",
-                             mode="0600", dropin=False))
+                             mode="0600", kind="rules"))
     for unit in platform.get("dropin_units") or []:
         boot.append(dict(path="/etc/systemd/system/%s.d/%s" % (unit, dropin_name),
                          content="# %s (role egress); do not edit.\n" % marker + DROPIN_BODY + DROPIN_EXTRA.get(unit, ""),
-                         mode="0644", dropin=True))
+                         mode="0644", kind="dropin"))
     return boot
 
 
-# The gate's unit. Hardening, each directive checked with `systemd-analyze security` (molecule tls-gate):
-# a high port needs no capability, and nginx started as a user never changes user; it writes only its
+# The sandbox of the units the role writes that run a program (the TLS gate's and the guard's), each directive
+# checked with `systemd-analyze security` (molecule tls-gate, guard); each unit adds what is its own.
+SANDBOX = """NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+DevicePolicy=closed
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RemoveIPC=yes
+KeyringMode=private
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+"""
+
+# The gate's unit: SANDBOX, and what is the gate's own: a high port needs no capability, and nginx started as a user never changes user; it writes only its
 # logs and pid file (LogsDirectory=, StateDirectory=, owned by its user); it needs IPv4, IPv6 and the
 # journal's socket only.
 TLS_UNIT = """# {marker} (role egress); do not edit: every run rewrites this file.
@@ -97,32 +133,8 @@ StateDirectoryMode=0750
 UMask=0027
 CapabilityBoundingSet=
 AmbientCapabilities=
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-DevicePolicy=closed
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-ProcSubset=pid
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-RemoveIPC=yes
-KeyringMode=private
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-SystemCallErrorNumber=EPERM
+{sandbox}SystemCallFilter=~@privileged @resources
 LimitNOFILE=16384
 
 [Install]
@@ -162,16 +174,221 @@ def egress_tls_gate_files(result, mode, user, dns_mode, dns_servers, tls, marker
     filtering = dns_mode == "filtering"
     after = " ".join(list(platform.get("boot_units") or []) + (["agentguard-dns.service"] if filtering else []))
     unit = TLS_UNIT.format(
-        marker=marker, user=user, binary=tls["binary"], conf=tls["conf"], after=after,
+        marker=marker, sandbox=SANDBOX, user=user, binary=tls["binary"], conf=tls["conf"], after=after,
         dns_comment=", and asks the filtering resolver" if filtering else "",
         wants="Wants=agentguard-dns.service\n" if filtering else "",
         log_name=log_dir.rsplit("/", 1)[1], state_name=state_dir.rsplit("/", 1)[1])
-    files = [dict(path=tls["conf"], content=config, mode="0644", kind="config"),
-             dict(path="/etc/systemd/system/%s" % tls["unit"], content=unit, mode="0644", kind="unit")]
+    # Tested as the gate's user: as root, `nginx -t` would create the log and pid files as root, which the gate could
+    # then not open. Ansible's temporary copy is root's only, so the test reads a copy in the state directory.
+    validate = ("/bin/sh -c 'cp \"$1\" \"$2\" && chmod 0644 \"$2\" && setpriv --reuid=\"$3\" --regid=\"$3\" --clear-groups "
+                "\"$4\" -t -q -c \"$2\"; rc=$?; rm -f \"$2\"; exit $rc' sh %%s %s/validate.conf %s %s" % (state_dir, user, tls["binary"]))
+    # A new configuration is reloaded (nginx keeps open connections); a new unit needs a restart.
+    files = [dict(path=tls["conf"], content=config, mode="0644", kind="config", then="reloaded", validate=validate),
+             dict(path="/etc/systemd/system/%s" % tls["unit"], content=unit, mode="0644", kind="unit", then="restarted")]
     for name in before_units or []:
         files.append(dict(path="/etc/systemd/system/%s.d/%s" % (name, tls["dropin"]), mode="0644", kind="dropin",
                           content=TLS_DROPIN.format(marker=marker, unit=tls["unit"])))
     return files
+
+
+# The filtering resolver (egress_dns_mode filtering): its dnsmasq configuration, its unit and the drop-ins of
+# egress_dns_before_units; then what points the host's name resolution at it (systemd-resolved's drop-in, or
+# /etc/resolv.conf with a kept copy and the path unit that puts it back).
+DNS_CONF_HEAD = """# {marker} (role egress); do not edit: every run rewrites this file.
+# The filtering resolver of egress_dns_mode=filtering: the host's only resolver. It answers the
+# names of egress_allow alone, forwards them to egress_dns_servers (the only DNS traffic the rules
+# let out, and only for its user {user}), and adds every answer's addresses to the
+# destination's allow sets, where they stay {timeout} s after the last answer.
+
+# Loopback, for the processes of this host{networks}.
+{listen}# Binds each address as it appears: container bridges come and go after the resolver starts.
+bind-dynamic
+port=53
+user={user}
+group={user}
+pid-file=
+# Upstreams come from this file alone: not from /etc/resolv.conf (which points here), and no
+# answers from /etc/hosts (glibc reads it itself).
+no-resolv
+no-poll
+no-hosts
+# Clients never keep an answer, and this cache never serves one, longer than half the sets'
+# timeout: an address is still in its set for at least half of it after any client learnt it.
+max-ttl={ttl}
+max-cache-ttl={ttl}
+# Every query and its fate goes to the journal (egress_denials reads the refused names).
+log-queries=extra
+log-async=50
+
+"""
+DNS_UNIT = """# {marker} (role egress); do not edit: every run rewrites this file.
+[Unit]
+Description=agentguard egress filtering resolver (dnsmasq, allowlisted names only)
+Documentation=man:dnsmasq(8)
+# The allow sets it fills are restored at boot before it starts; it answers before anything
+# that waits for name lookups (nss-lookup.target) starts.
+{after}After=network-pre.target
+Before=nss-lookup.target
+Wants=nss-lookup.target
+
+[Service]
+Type=simple
+ExecStartPre={binary} --test --conf-file={conf}
+ExecStart={binary} --keep-in-foreground --conf-file={conf}
+{resolv_guard}ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+DNS_DROPIN = """# {marker} (role egress); do not edit: every run rewrites this file.
+# This unit resolves names through the local filtering resolver: start it after that.
+[Unit]
+Wants={unit}
+After={unit}
+"""
+RESOLVED_CONF = """# {marker} (role egress); do not edit: every run rewrites this file.
+# systemd-resolved forwards every name to the local filtering resolver (agentguard-dns.service)
+# and to nothing else: no fallback servers, no multicast name resolution.
+# resolved.conf and its drop-ins add up: the empty DNS= and Domains= first drop the servers and
+# domains set before this file (resolved.conf's own), which resolved would otherwise ask first.
+[Resolve]
+DNS=
+DNS={listen}
+Domains=
+Domains=~.
+FallbackDNS=
+LLMNR=no
+MulticastDNS=no
+DNSOverTLS=no
+DNSSEC=no
+"""
+RESOLV_CONF = """# {marker} (role egress); do not edit: every run rewrites this file.
+# The local filtering resolver (agentguard-dns.service) is this host's only resolver; the rules let
+# no other process send DNS anywhere else.
+{nameservers}options edns0 trust-ad
+"""
+RESOLV_GUARD = """#!/bin/sh
+# {marker} (role egress); do not edit: every run rewrites this file.
+# Points /etc/resolv.conf back at the filtering resolver when something else rewrote it. Written
+# in place, as /etc/resolv.conf may be a bind mount (containers).
+grep -qF -- '{marker}' /etc/resolv.conf 2>/dev/null && exit 0
+cat {copy} > /etc/resolv.conf
+echo "agentguard: /etc/resolv.conf pointed at the filtering resolver again"
+"""
+RESOLV_GUARD_SERVICE = """# {marker} (role egress); do not edit: every run rewrites this file.
+[Unit]
+Description=agentguard: point /etc/resolv.conf at the filtering resolver again
+
+[Service]
+Type=oneshot
+ExecStart={guard}
+"""
+RESOLV_GUARD_PATH = """# {marker} (role egress); do not edit: every run rewrites this file.
+[Unit]
+Description=agentguard: keep /etc/resolv.conf pointed at the filtering resolver
+# No default dependencies: they order a path unit before paths.target, which basic.target and so
+# the resolver's unit come after; ordered after the resolver as well, that is a cycle, and systemd
+# breaks it at boot by dropping a job, sometimes the resolver's start (no DNS on the host).
+DefaultDependencies=no
+After={unit}
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Path]
+PathChanged=/etc/resolv.conf
+Unit={guard_unit}.service
+
+[Install]
+WantedBy={unit}
+"""
+
+
+def _dnsmasq_conf(options, dns, marker):
+    """The filtering resolver's dnsmasq configuration for egress_rules' options (the role's __egress_rules_args)."""
+    from ansible_collections.agentguard.hardening.plugins.filter.egress_dns_interfaces import egress_dns_interfaces
+    from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import egress_dns_names
+
+    audit = options.get("mode") == "audit"
+    servers = list(options.get("dns_servers") or [])
+    interfaces = egress_dns_interfaces(options.get("scope_networks") or [])
+    text = DNS_CONF_HEAD.format(
+        marker=marker, user=dns["user"], timeout=options.get("dns_set_timeout"),
+        networks=", and the container networks of egress_scope_networks, whose DNS the rules redirect here" if interfaces else "",
+        listen="".join("listen-address=%s\n" % address for address in dns["listen"])
+        + "".join("interface=%s\n" % interface for interface in interfaces),
+        ttl=max(_int(options.get("dns_set_timeout")) // 2, 1))
+    if audit:
+        text += ("# Audit mode: every name is forwarded, nothing is refused; the rules log (and accept) what\n"
+                 "# enforce mode would deny.\n" + "".join("server=%s\n" % server for server in servers))
+    else:
+        text += "# Every name not allowed below: NXDOMAIN, answered here, never asked upstream.\naddress=/#/\n"
+    for name in egress_dns_names(options.get("allow"), options.get("families")):
+        text += "\n# %s: %s%s\n" % (name["label"], name["host"],
+                                    " and its subdomains" if name["subdomains"] else " (this exact name only)")
+        text += "".join("server=/%s/%s\n" % (name["host"], server) for server in servers)
+        if not name["subdomains"] and not audit:
+            text += "address=/*.%s/\n" % name["host"]
+        if name["sets"]:
+            text += "ipset=/%s/%s\n" % (name["host"], ",".join(name["sets"]))
+    return text
+
+
+def _int(value, fallback=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return fallback
+
+
+def egress_resolver_files(options, dns, marker, platform=None, before_units=None, use_resolved=False):
+    """The filtering resolver's files, in two sets the role writes in turn (tasks/run_resolver.yml, each through
+    tasks/write_files.yml): resolver (its dnsmasq configuration, validated with dnsmasq --test, its unit and a drop-in
+    per unit of egress_dns_before_units, with the drop-ins of other units pruned; a change restarts it) and host (what
+    points the host's name resolution at it: systemd-resolved's drop-in, which restarts systemd-resolved, when
+    use_resolved; else a copy of the role's /etc/resolv.conf, the script, service and path unit that put it back, and
+    /etc/resolv.conf itself, written in place). Each set is {files, unit, prune}; each file {path, content, mode, kind,
+    then} as egress_unit_action reads them.
+
+    options: egress_rules' options (the role's __egress_rules_args: allow, dns_servers, mode, families, dns_set_timeout,
+    scope_networks). dns: the role's __egress_dns (user, unit, conf, binary, resolv_copy, resolv_guard, guard_unit,
+    resolved_dropin, dropin, listen).
+    """
+    options, dns, platform = _dict(options), _dict(dns), _dict(platform)
+    unit_path = "/etc/systemd/system/%s" % dns["unit"]
+    resolver = [
+        dict(path=dns["conf"], content=_dnsmasq_conf(options, dns, marker), mode="0644", kind="config", then="restarted",
+             validate="%s --test --conf-file=%%s" % dns["binary"]),
+        dict(path=unit_path, mode="0644", kind="unit", then="restarted", content=DNS_UNIT.format(
+            marker=marker, binary=dns["binary"], conf=dns["conf"],
+            after="".join("After=%s\n" % unit for unit in platform.get("boot_units") or []),
+            resolv_guard="" if use_resolved else (
+                "# Whatever rewrote /etc/resolv.conf at boot (a DHCP client, a container runtime) is overruled.\n"
+                "ExecStartPost=-%s\n" % dns["resolv_guard"]))),
+    ]
+    for name in before_units or []:
+        resolver.append(dict(path="/etc/systemd/system/%s.d/%s" % (name, dns["dropin"]), mode="0644", kind="dropin",
+                             content=DNS_DROPIN.format(marker=marker, unit=dns["unit"])))
+    if use_resolved:
+        host = dict(unit=dict(name=RESOLVED_SERVICE), files=[dict(
+            path=dns["resolved_dropin"], mode="0644", kind="config", then="restarted",
+            content=RESOLVED_CONF.format(marker=marker, listen=" ".join(dns["listen"])))])
+    else:
+        resolv = RESOLV_CONF.format(marker=marker, nameservers="".join("nameserver %s\n" % a for a in dns["listen"]))
+        guard_unit = "/etc/systemd/system/%s" % dns["guard_unit"]
+        host = dict(unit=dict(name=dns["guard_unit"] + ".path", enabled=True), files=[
+            dict(path=dns["resolv_copy"], content=resolv, mode="0644", kind="config"),
+            dict(path=dns["resolv_guard"], mode="0755", kind="config",
+                 content=RESOLV_GUARD.format(marker=marker, copy=dns["resolv_copy"])),
+            dict(path=guard_unit + ".service", mode="0644", kind="unit",
+                 content=RESOLV_GUARD_SERVICE.format(marker=marker, guard=dns["resolv_guard"])),
+            dict(path=guard_unit + ".path", mode="0644", kind="unit",
+                 content=RESOLV_GUARD_PATH.format(marker=marker, unit=dns["unit"], guard_unit=dns["guard_unit"])),
+            # In a container /etc/resolv.conf is a bind mount, which cannot be replaced by a rename: written in place.
+            dict(path="/etc/resolv.conf", content=resolv, mode="0644", kind="config", in_place=True),
+        ])
+    return dict(resolver=dict(files=resolver, unit=dict(name=dns["unit"], enabled=True), prune=dns["dropin"]), host=host)
 
 
 def _files_current(files, host):
@@ -229,35 +446,12 @@ UMask=0077
 # Root for netfilter, with only the capabilities iptables, ip6tables and ipset need.
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
 AmbientCapabilities=
-NoNewPrivileges=yes
 # No network of its own: netlink (nf_tables events, ipset, nft), the legacy backend's raw socket calls
 # (AF_INET/AF_INET6, setsockopt only) and the journal; no IP packet may be sent or received.
 RestrictAddressFamilies=AF_NETLINK AF_UNIX AF_INET AF_INET6
 IPAddressDeny=any
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
 PrivateMounts=yes
-DevicePolicy=closed
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-ProcSubset=pid
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RemoveIPC=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallErrorNumber=EPERM
-MemoryMax=128M
+{sandbox}MemoryMax=128M
 TasksMax=16
 
 [Install]
@@ -292,17 +486,18 @@ def egress_guard_files(guard, marker, platform=None, metrics=False, metrics_dir=
     files = []
     for name in GUARD_FILES:
         with open(os.path.join(root, "plugins", "module_utils", name)) as handle:
-            files.append(dict(path="%s/%s" % (code_dir, name), content=handle.read(), mode="0644", kind="code"))
+            files.append(dict(path="%s/%s" % (code_dir, name), content=handle.read(), mode="0644", kind="code",
+                              then="restarted"))
     with open(os.path.join(root, "roles", "egress", "files", "agentguard-guard")) as handle:
-        files.append(dict(path=guard["entry"], content=handle.read(), mode="0644", kind="entry"))
+        files.append(dict(path=guard["entry"], content=handle.read(), mode="0644", kind="entry", then="restarted"))
     after = list(platform.get("boot_units") or []) + list(GUARD_AFTER)
     unit = GUARD_UNIT.format(
-        marker=marker, lib=guard["lib"], entry=guard["entry"], state_dir=guard["state_dir"],
+        marker=marker, sandbox=SANDBOX, lib=guard["lib"], entry=guard["entry"], state_dir=guard["state_dir"],
         guard_dir=guard["guard_dir"], guard_name=guard["guard_dir"][len("/var/lib/"):],
         after=" ".join(after), before=" ".join(_unique_list(before_units)),
         metrics=" --metrics-dir %s" % metrics_dir if metrics and metrics_dir else "",
         metrics_path=" -%s" % metrics_dir if metrics and metrics_dir else "")
-    files.append(dict(path="/etc/systemd/system/%s" % guard["unit"], content=unit, mode="0644", kind="unit"))
+    files.append(dict(path="/etc/systemd/system/%s" % guard["unit"], content=unit, mode="0644", kind="unit", then="restarted"))
     return files
 
 
@@ -326,10 +521,40 @@ def guard_files_current(files, host, unit):
             and _dict(host.get("active")).get(unit) == "active")
 
 
+# What a changed file needs of its unit (its `then`), strongest first; a unit or drop-in needs systemd to reload.
+THEN = ("restarted", "reloaded")
+SYSTEMD_KINDS = ("unit", "dropin")
+
+
+def egress_unit_action(written, pruned=None, unit=None, systemd=True, check_mode=False):
+    """What tasks/write_files.yml does after it wrote a set of files (written: the registered loop of the copy, each
+    result's item a file as the role's file filters return them; pruned: the registered removal of stale drop-ins;
+    unit: the set's {name, enabled}, none for a set without one, such as the persisted rules).
+
+    {state, daemon_reload, run}: the unit restarted or reloaded as the strongest `then` of a changed file says, else
+    started; systemd reloads its units when a unit or drop-in changed or a drop-in was pruned; run: whether the
+    systemd task runs at all (for the unit, but not in check mode once its unit file changed: a unit still to be
+    written cannot be queried; without a unit, to reload systemd's units on a systemd host).
+    """
+    changed = [_dict(_dict(result).get("item")) for result in _dict(written).get("results") or []
+               if _dict(result).get("changed")]
+    thens = set(item.get("then") for item in changed)
+    state = next((then for then in THEN if then in thens), "started")
+    daemon_reload = any(item.get("kind") in SYSTEMD_KINDS for item in changed) or bool(_dict(pruned).get("changed"))
+    unit_written = any(item.get("kind") == "unit" for item in changed)
+    if unit:
+        run = not (_bool(check_mode) and unit_written)
+    else:
+        run = daemon_reload and _bool(systemd)
+    return dict(state=state if unit else None, daemon_reload=daemon_reload, run=run)
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "egress_boot_files": egress_boot_files,
             "egress_tls_gate_files": egress_tls_gate_files,
             "egress_guard_files": egress_guard_files,
+            "egress_resolver_files": egress_resolver_files,
+            "egress_unit_action": egress_unit_action,
         }

@@ -16,8 +16,9 @@ explicit arguments and returns plain data: the role's tasks only run what these 
   the role's __egress_decision), the packages to install and the resolvers the module uses; egress_decide: the same from the
   registered results and the platform table, with the platform row and the files it computed on the way.
 - egress_dns_names, egress_dns_conflicts, egress_resolved_in_charge: the filtering resolver's setup.
-- egress_failure_message: what a failed apply or canary says, with what became of the rules.
-(egress_boot_files and egress_tls_gate_files, what the role writes byte for byte, are in egress_boot_files.py.)
+- egress_failure_message: what a failed apply, TLS gate setup or canary says, with what became of the rules.
+(egress_boot_files, egress_tls_gate_files, egress_guard_files and egress_resolver_files, what the role writes byte
+for byte, are in egress_boot_files.py.)
 """
 
 from __future__ import absolute_import, division, print_function
@@ -178,7 +179,8 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=Non
     names the host's platform only in its answer), the units whose state the role needs, and the users: the
     restricted ones (scope users; also asked which runtime sockets they reach) and those of egress_allow
     entries (users:), which must exist too. tls (the role's __egress_tls): the TLS gate's files, its unit and
-    Debian's nginx.service (whether nginx is installed, and masked), and its user (whether it exists).
+    Debian's nginx.service (whether nginx is installed, and masked), its user (whether it exists) and the drop-ins
+    of its before_units.
     guard (the role's __egress_run.guard): the guard's unit and files (egress_guard_files' paths)."""
     platforms = _dict(platforms)
     rows = [_row(platforms, key) for key in platforms]
@@ -192,6 +194,9 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=Non
     tls = _dict(tls)
     gate_units = [tls["unit"], NGINX_UNIT] if tls.get("unit") else []
     paths.extend(_tls_paths(tls))
+    # The gate's drop-ins too: the fast path compares every file the gate's phase writes (egress_tls_gate_files).
+    if tls.get("unit"):
+        paths.extend("/etc/systemd/system/%s.d/%s" % (unit, tls["dropin"]) for unit in tls.get("before_units") or [])
     guard_units = []
     if guard is not None:
         guard = guard_settings(guard)
@@ -271,8 +276,8 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     The TLS gate (run.tls: the role's __egress_tls with mode and user; tls_files: egress_tls_gate_files of the
     plan; tls_user: the registered creation of its user): tls_gate_on, create_tls_gate_user (before the plan),
     mask_nginx (mask Debian's nginx.service before nginx is installed: it is not installed yet, so nothing of
-    the host's own is masked), set_up_tls_gate (write and (re)start the gate outside an apply: its files or unit
-    differ while the rules do not; an apply always sets the gate up) and remove_tls_gate (the gate is off and
+    the host's own is masked), set_up_tls_gate (write and (re)start the gate: after an apply, from its result, or
+    when its files or unit differ) and remove_tls_gate (the gate is off and
     left its unit or configuration).
 
     The guard (run.guard: wanted (egress_guard), metrics, metrics_dir, before_units; guard_files: egress_guard_files):
@@ -331,8 +336,8 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     apply = bool(plan.get("changed")) and not plan.get("skipped") and not check_mode
     canary_possible = (_bool(run.get("canary", True)) and run.get("mode") == "enforce" and present and not check_mode)
     tls_files = tls_files or []
-    tls_gate = (tls_on and bool(tls_files) and not apply and not plan.get("skipped")
-                and not _tls_files_current(tls_files, host, tls.get("unit")))
+    tls_gate = (tls_on and bool(tls_files) and not plan.get("skipped")
+                and (apply or not _tls_files_current(tls_files, host, tls.get("unit"))))
     canary = canary_possible and (apply or tls_gate or _bool(run.get("canary_every_run", False)))
     boot_files = boot_files or []
     persist_now = present and persist and bool(boot_files) and not _boot_files_current(boot_files, host, platform)
@@ -449,7 +454,8 @@ def egress_resolved_in_charge(host, resolv_conf_stat):
 
 
 def egress_failure_message(failed_result, restore, step="apply", failed_task="?"):
-    """What the host fails with when the apply (step apply) or the canary (step canary) failed: the reason,
+    """What the host fails with when the apply (step apply), the TLS gate's setup (tls_gate) or the canary (step
+    canary) failed: the reason,
     then what the immediate restore (its registered result; skipped when this run took no snapshot) did."""
     failed, restore = _dict(failed_result), _dict(restore)
     if restore.get("skipped") or not restore:
@@ -459,13 +465,16 @@ def egress_failure_message(failed_result, restore, step="apply", failed_task="?"
     else:
         outcome = "failed"
     error = (restore.get("stderr") or restore.get("msg") or "").strip()
-    if step == "canary":
+    if step in ("canary", "tls_gate"):
         clause = {
             "skipped": "This run did not change the rules, so nothing was rolled back.",
             "restored": "The rules were rolled back to the snapshot taken before this run's apply and were not persisted.",
             "failed": "Restoring the snapshot taken before this run's apply FAILED (%s): inspect the host; nothing "
                       "was persisted." % error,
         }[outcome]
+        if step == "tls_gate":
+            reason = (failed.get("stderr") or "").strip() or failed.get("msg") or failed_result
+            return 'The TLS gate could not be set up at "%s": %s. %s' % (failed_task, reason, clause)
         return "%s %s" % (failed.get("msg") or failed_result, clause)
     reason = (failed.get("stderr") or "").strip() or failed.get("msg") or failed_result
     clause = {

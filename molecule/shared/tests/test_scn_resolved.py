@@ -26,7 +26,7 @@ from conftest import (CA_IN_HOST, DGRAM_TIMEOUT, TCP_TIMEOUT, denial_lines, dmes
 API = "api.openclaw.security"
 STUB = "127.0.0.53"
 RESOLVED_USER = "systemd-resolve"
-# The role's drop-in (roles/egress/vars/main.yml, __egress_dns_resolved_dropin) and listen addresses.
+# The role's drop-in (roles/egress/vars/main.yml, __egress_dns.resolved_dropin) and listen addresses.
 DROPIN = "/etc/systemd/resolved.conf.d/10-agentguard-egress.conf"
 LISTEN = ["127.0.0.1", "::1"]
 

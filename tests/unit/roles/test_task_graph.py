@@ -130,9 +130,17 @@ def test_vars_hold_constants_and_the_platform_table():
 
 
 def test_the_gate_configuration_test_runs_on_nginx_1_18():
-    """The role tests the gate's configuration with `nginx -t` before writing it: without -e, which nginx 1.18
-    (Debian 11) does not have."""
-    with open(os.path.join(TASKS, "tls_gate.yml")) as handle:
-        tasks = yaml.safe_load(handle)
-    checks = [task["ansible.builtin.copy"]["validate"] for task in tasks if "validate" in task.get("ansible.builtin.copy", {})]
+    """The role tests the gate's configuration with `nginx -t` before writing it (egress_tls_gate_files' validate,
+    which tasks/write_files.yml passes to the copy): without -e, which nginx 1.18 (Debian 11) does not have."""
+    from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files import egress_tls_gate_files
+    tls = dict(unit="agentguard-tlsgate.service", conf="/etc/agentguard/tls-gate/nginx.conf", binary="/usr/sbin/nginx",
+               log_dir="/var/log/agentguard-tlsgate", state_dir="/var/lib/agentguard-tlsgate", dropin="10-agentguard-tlsgate.conf")
+    result = dict(tls_gate=dict(mode="enforce", user="gate", uid=998, listeners=[dict(port=443, listen=10443)], ungated=[],
+                                names=[dict(name="api.example.com", subdomains=False, ports=[443], addresses=["198.18.0.10"])]))
+    checks = [f["validate"] for f in egress_tls_gate_files(result, "enforce", "gate", "pinned", ["198.18.0.53"], tls, "m")
+              if f.get("validate")]
     assert checks and not [check for check in checks if " -e " in check], checks
+    assert checks[0].endswith("sh %s /var/lib/agentguard-tlsgate/validate.conf gate /usr/sbin/nginx")
+    with open(os.path.join(TASKS, "write_files.yml")) as handle:
+        copy = [task for task in yaml.safe_load(handle) if "ansible.builtin.copy" in task][0]["ansible.builtin.copy"]
+    assert copy["validate"] == "{{ item.validate | default(omit) }}"

@@ -155,10 +155,10 @@ HEADER = ("# Managed by agentguard.hardening (role egress); do not edit: every r
 def test_boot_files_are_byte_for_byte_the_modules_result_under_the_header():
     debian = F["egress_platform"](dict(platform=facts()), PLATFORMS)
     assert F["egress_boot_files"](RESULT, debian, MARKER, DROPIN) == [
-        dict(path="/etc/iptables/ipsets", mode="0600", dropin=False, content=HEADER
+        dict(path="/etc/iptables/ipsets", mode="0600", kind="sets", content=HEADER
              + "# Loaded at boot with ipset restore, before the rules that use these sets.\ncreate ag4-api hash:net\n"),
         # No file for a family without rules (a kernel without IPv6).
-        dict(path="/etc/iptables/rules.v4", mode="0600", dropin=False, content=HEADER
+        dict(path="/etc/iptables/rules.v4", mode="0600", kind="rules", content=HEADER
              + "# Loaded at boot with plain iptables-restore; the live rules are applied by the module.\n"
                "*filter\n-A X\nCOMMIT\n"),
     ]
@@ -172,7 +172,7 @@ def test_boot_files_on_el_order_the_units_before_the_network():
     assert [f["path"] for f in files] == [
         "/etc/sysconfig/ipset", "/etc/sysconfig/iptables", "/etc/systemd/system/iptables.service.d/" + DROPIN,
         "/etc/systemd/system/ip6tables.service.d/" + DROPIN, "/etc/systemd/system/ipset.service.d/" + DROPIN]
-    dropins = [f for f in files if f["dropin"]]
+    dropins = [f for f in files if f["kind"] == "dropin"]
     assert all(f["mode"] == "0644" for f in dropins)
     assert dropins[0]["content"] == ("# Managed by agentguard.hardening (role egress); do not edit.\n"
                                      "# Load the egress rules before any network interface comes up.\n"
@@ -486,6 +486,24 @@ def test_the_host_is_asked_about_the_gate():
     assert query["users"] == ["agent", "agentguard-tlsgate"] and query["runtime_users"] == ["agent"]
 
 
+def test_every_file_the_fast_path_compares_is_one_the_host_is_asked_about():
+    """The fast path compares each file the role would write with the hash egress_host_state returned for it: a path
+    the host is not asked about has no hash, so the phase that writes it ran on every run (the gate's drop-ins of
+    egress_tls_gate_before_units did: the gate and the canary on every run of such a host)."""
+    tls = dict(TLS, before_units=["agent.service", "other.service"])
+    query = F["egress_host_query"](PLATFORMS, DROPIN, DNS_FILES, [DNS_UNIT], ["agent"], [], tls,
+                                   dict(wanted=True, before_units=["agent.service"]))
+    el9 = F["egress_platform"](dict(platform=facts("RedHat", "9")), PLATFORMS)
+    wanted = (F["egress_boot_files"](RESULT, DEBIAN, MARKER, DROPIN) + F["egress_boot_files"](RESULT, el9, MARKER, DROPIN)
+              + gate_files(before=tls["before_units"])
+              + F["egress_guard_files"](dict(before_units=["agent.service"]), MARKER, DEBIAN, True, "/m", ["agent.service"]))
+    assert [f["path"] for f in wanted if f["path"] not in query["paths"]] == []
+    # A gate host with drop-ins, converged, ends after the plan.
+    files = gate_files(before=tls["before_units"])
+    decided = tls_phases(current_gate(files), plan=dict(GATE_RESULT, changed=False), files=files)
+    assert decided["nothing_to_do"] and not decided["set_up_tls_gate"]
+
+
 def test_the_gate_user_is_the_roles_to_create_and_the_gate_needs_systemd():
     state = dict(platform=facts(), systemd=False, missing_users=["agentguard-tlsgate"])
     errors = F["egress_host_errors"](state, DEBIAN, "h1", [], [], TLS)
@@ -571,8 +589,19 @@ def test_turning_the_gate_on_installs_nginx_after_masking_its_service_and_create
     decided = tls_phases(state, plan=dict(GATE_RESULT, changed=True), files=[])
     assert decided["install_packages"] and decided["missing_packages"] == ["nginx-light", "libnginx-mod-stream"]
     assert decided["mask_nginx"] and decided["create_tls_gate_user"] and decided["apply_rules"] and decided["run_canary"]
-    # An apply sets the gate up itself.
+    # The gate's files come from the module's result: none before the plan, so nothing to set up yet.
     assert not decided["set_up_tls_gate"]
+
+
+def test_the_gate_is_set_up_after_every_apply_even_with_its_files_current():
+    """tasks/tls_gate.yml runs after the apply (its phase, from the applied result): it writes what changed (nothing
+    here), makes sure the gate runs and listens, and a failure there restores the apply's snapshot."""
+    decided = tls_phases(current_gate(gate_files()), plan=dict(GATE_RESULT, changed=True))
+    assert decided["apply_rules"] and decided["set_up_tls_gate"]
+    # Not in check mode (no apply), nor for a plan that could not run.
+    assert not tls_phases(current_gate(gate_files()), asked=run(check_mode=True, tls=TLS),
+                          plan=dict(GATE_RESULT, changed=True))["set_up_tls_gate"]
+    assert not tls_phases(current_gate(gate_files()), plan=dict(GATE_RESULT, changed=True, skipped=True))["set_up_tls_gate"]
 
 
 def test_a_web_server_already_installed_is_not_masked():
