@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
+import re
 from collections import namedtuple
 
 CHAIN_PREFIX = "AGENTGUARD-"
@@ -85,6 +86,18 @@ class ParseError(Exception):
     pass
 
 
+# Protocols the module names that iptables-save prints by number where /etc/protocols lacks them (Debian 13's
+# images without netbase print "-p 2" for the "-p igmp" the module loads): read back as the module writes them.
+PROTOCOL_NAMES = {"2": "igmp"}
+_PROTOCOL_NUMBER = re.compile(r"(^| )-p (\d+)(?= |$)")
+
+
+def _protocol_by_name(spec):
+    if "-p " not in spec:
+        return spec
+    return _PROTOCOL_NUMBER.sub(lambda m: "%s-p %s" % (m.group(1), PROTOCOL_NAMES.get(m.group(2), m.group(2))), spec)
+
+
 def parse_save(text, counters=None):
     """Parse iptables-save output into {table name: Table}. Counters and comments are dropped, but
     with a list `counters`, each rule that has them (`iptables-save -c`) appends (table, chain, spec,
@@ -116,7 +129,7 @@ def parse_save(text, counters=None):
             parts = line.split(None, 2)
             if len(parts) < 2:
                 raise ParseError("line %d: bad rule line %r" % (number, raw))
-            current.rules.append((parts[1], parts[2] if len(parts) > 2 else ""))
+            current.rules.append((parts[1], _protocol_by_name(parts[2]) if len(parts) > 2 else ""))
             if counted is not None and counters is not None:
                 try:
                     packets, size = (int(n) for n in counted.split(":"))
