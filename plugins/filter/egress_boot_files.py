@@ -140,12 +140,14 @@ LimitNOFILE=16384
 [Install]
 WantedBy=multi-user.target
 """
-TLS_DROPIN = """# {marker} (role egress); do not edit: every run rewrites this file.
-# This unit's TLS connections go through the TLS gate: start it after the gate.
+# The drop-in that orders a unit after one of ours (the TLS gate, the filtering resolver), with why in one line.
+ORDER_DROPIN = """# {marker} (role egress); do not edit: every run rewrites this file.
+# {why}
 [Unit]
 Wants={unit}
 After={unit}
 """
+TLS_DROPIN_WHY = "This unit's TLS connections go through the TLS gate: start it after the gate."
 
 
 def egress_tls_gate_files(result, mode, user, dns_mode, dns_servers, tls, marker, before_units=None, platform=None):
@@ -187,7 +189,7 @@ def egress_tls_gate_files(result, mode, user, dns_mode, dns_servers, tls, marker
              dict(path="/etc/systemd/system/%s" % tls["unit"], content=unit, mode="0644", kind="unit", then="restarted")]
     for name in before_units or []:
         files.append(dict(path="/etc/systemd/system/%s.d/%s" % (name, tls["dropin"]), mode="0644", kind="dropin",
-                          content=TLS_DROPIN.format(marker=marker, unit=tls["unit"])))
+                          content=ORDER_DROPIN.format(marker=marker, why=TLS_DROPIN_WHY, unit=tls["unit"])))
     return files
 
 
@@ -242,12 +244,7 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 """
-DNS_DROPIN = """# {marker} (role egress); do not edit: every run rewrites this file.
-# This unit resolves names through the local filtering resolver: start it after that.
-[Unit]
-Wants={unit}
-After={unit}
-"""
+DNS_DROPIN_WHY = "This unit resolves names through the local filtering resolver: start it after that."
 RESOLVED_CONF = """# {marker} (role egress); do not edit: every run rewrites this file.
 # systemd-resolved forwards every name to the local filtering resolver (agentguard-dns.service)
 # and to nothing else: no fallback servers, no multicast name resolution.
@@ -369,7 +366,7 @@ def egress_resolver_files(options, dns, marker, platform=None, before_units=None
     ]
     for name in before_units or []:
         resolver.append(dict(path="/etc/systemd/system/%s.d/%s" % (name, dns["dropin"]), mode="0644", kind="dropin",
-                             content=DNS_DROPIN.format(marker=marker, unit=dns["unit"])))
+                             content=ORDER_DROPIN.format(marker=marker, why=DNS_DROPIN_WHY, unit=dns["unit"])))
     if use_resolved:
         host = dict(unit=dict(name=RESOLVED_SERVICE), files=[dict(
             path=dns["resolved_dropin"], mode="0644", kind="config", then="restarted",
