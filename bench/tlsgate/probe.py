@@ -8,7 +8,8 @@
                                       sends with its outer name), then as raw
   probe.py silent ADDR WAIT           connect, send nothing: did the peer close, and after how long
 
-Every socket has a timeout; nothing loops without a bound.
+Every socket has a timeout; nothing loops without a bound. tests/netns/test_tls_gate.py's clients use the same
+connect, client_hello and request.
 """
 import json
 import os
@@ -57,6 +58,18 @@ def client_hello(sni, ech=False):
     return b"\x16\x03\x01" + struct.pack(">H", len(handshake)) + handshake
 
 
+def request(conn, host):
+    """One HTTP/1.0 GET for host over a connected socket (a TLS one): the answer's body, read to its end."""
+    conn.sendall(b"GET / HTTP/1.0\r\nHost: %s\r\n\r\n" % host.encode())
+    data = b""
+    for _chunk in range(64):
+        piece = conn.recv(4096)
+        if not piece:
+            break
+        data += piece
+    return data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+
+
 def probe_tls(addr, sni, cafile):
     ctx = ssl.create_default_context(cafile=cafile)
     if sni == "-":
@@ -68,14 +81,7 @@ def probe_tls(addr, sni, cafile):
         with connect(addr, 5) as raw:
             with ctx.wrap_socket(raw, server_hostname=sni) as tls:
                 res["handshake"] = True
-                tls.sendall(b"GET / HTTP/1.0\r\nHost: %s\r\n\r\n" % (sni or addr).encode())
-                data = b""
-                for _chunk in range(64):
-                    piece = tls.recv(4096)
-                    if not piece:
-                        break
-                    data += piece
-                res["body"] = data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+                res["body"] = request(tls, sni or addr)
                 res["outcome"] = "answered"
     except (OSError, ssl.SSLError) as exc:
         res["outcome"] = "%s: %s" % (type(exc).__name__, exc)

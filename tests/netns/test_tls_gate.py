@@ -21,13 +21,14 @@ import pytest
 
 from ansible_collections.agentguard.hardening.plugins.module_utils import _tlsgate as G
 
-from .conftest import PYTHON, V4, V6, Arrivals, sh
+from .conftest import PYTHON, ROOT, V4, V6, Arrivals, sh
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 GATE_USER = "nobody"
 GATE_UID = 65534
 AGENT_UID = 4242  # the local client: any uid, restricted like every process with scope host
 GATE_PORT = 10443
+PROBE_DIR = os.path.join(ROOT, "bench", "tlsgate")
 
 POLICY = dict(
     allow=[dict(name="inference-api", host="api.test", ports=[443])],
@@ -80,44 +81,21 @@ while True:
     threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
 '''
 
-# The clients: each case in its own thread, every socket with a timeout; one JSON object out.
+# The clients: each case in its own thread, every socket with a timeout; one JSON object out. The TLS client and
+# the hand-made ClientHello (Python's ssl never sends an IP literal as the server name) are the TLS gate bench's:
+# bench/tlsgate/probe.py, standard library only.
 CLIENT = r'''
-import json, os, socket, ssl, struct, sys, threading
-cafile, cases = sys.argv[1], json.loads(sys.argv[2])
-def connect(addr, timeout):
-    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect((addr, 443))
-    return sock
-def hello(sni):
-    """A TLS 1.3 ClientHello carrying `sni` as it is (Python's ssl never sends an IP literal)."""
-    name = sni.encode()
-    entry = b"\x00" + struct.pack(">H", len(name)) + name
-    names = struct.pack(">H", len(entry)) + entry
-    exts = struct.pack(">HH", 0, len(names)) + names
-    exts += struct.pack(">HHHHH", 10, 6, 4, 0x001D, 0x0017)
-    exts += struct.pack(">HHHHHH", 13, 8, 6, 0x0403, 0x0804, 0x0401)
-    exts += struct.pack(">HHB", 43, 5, 4) + struct.pack(">HH", 0x0304, 0x0303)
-    share = struct.pack(">HH", 0x001D, 32) + os.urandom(32)
-    exts += struct.pack(">HH", 51, len(share) + 2) + struct.pack(">H", len(share)) + share
-    body = (b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + struct.pack(">HHHH", 6, 0x1301, 0x1302, 0xC02B)
-            + b"\x01\x00" + struct.pack(">H", len(exts)) + exts)
-    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + struct.pack(">H", len(handshake)) + handshake
+import json, socket, ssl, sys, threading
+sys.path.insert(0, sys.argv[1])
+from probe import client_hello, connect, request
+cafile, cases = sys.argv[2], json.loads(sys.argv[3])
 def tls(addr, sni, timeout):
     ctx = ssl.create_default_context(cafile=cafile)
     if sni is None:
         ctx.check_hostname = False
     with connect(addr, timeout) as raw:
         with ctx.wrap_socket(raw, server_hostname=sni) as conn:
-            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            for _ in range(16):
-                piece = conn.recv(4096)
-                if not piece:
-                    break
-                data += piece
-    return "answered: " + data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()
+            return "answered: " + request(conn, sni or addr)
 def raw(addr, payload, timeout):
     with connect(addr, timeout) as sock:
         sock.sendall(payload)
@@ -132,7 +110,7 @@ def run(key, case):
         if kind == "tls":
             results[key] = tls(addr, case[2], case[3])
         elif kind == "hello":
-            results[key] = raw(addr, hello(case[2]), case[3])
+            results[key] = raw(addr, client_hello(case[2]), case[3])
         else:
             results[key] = raw(addr, b"GET / HTTP/1.0\r\nHost: api.test\r\n\r\n", case[2])
     except socket.timeout:
@@ -232,7 +210,7 @@ class Gate(object):
         argv = ["ip", "netns", "exec", ns or self.lab.host]
         if uid is not None:
             argv += ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
-        argv += ["/usr/bin/python3", "-c", CLIENT, os.path.join(self.work, "ca.pem"), json.dumps(cases)]
+        argv += ["/usr/bin/python3", "-c", CLIENT, PROBE_DIR, os.path.join(self.work, "ca.pem"), json.dumps(cases)]
         return json.loads(sh(*argv, timeout=60).stdout)
 
     def server_events(self):

@@ -6,11 +6,10 @@ import importlib.util
 import os
 import re
 
-import yaml
 from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import egress_decide
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
+from .role_tasks import ROOT, TASKS, every_task, load, walk
+
 _SPEC = importlib.util.spec_from_file_location("role_readme", os.path.join(ROOT, "scripts", "role_readme.py"))
 role_readme = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(role_readme)
@@ -18,18 +17,6 @@ included = role_readme.included  # the README's phases table reads the graph wit
 PHASES = ["validate_inputs.yml", "read_host.yml", "prepare_host.yml", "run_resolver.yml",
           "plan.yml", "apply.yml", "tls_gate.yml", "canary.yml", "persist.yml", "guard.yml", "remove_guard.yml", "remove_role_files.yml",
           "remove_resolver.yml", "remove_tls_gate.yml"]
-
-
-def load(name):
-    with open(os.path.join(TASKS, name)) as handle:
-        return yaml.safe_load(handle) or []
-
-
-def walk(tasks):
-    for task in tasks:
-        yield task
-        for key in ("block", "rescue", "always"):
-            yield from walk(task.get(key) or [])
 
 
 def depth(name, seen=()):
@@ -105,17 +92,15 @@ def test_no_include_is_deeper_than_two():
 
 def test_every_task_file_is_included_and_named_for_what_it_does():
     reached = set(["main.yml"])
-    for name in sorted(glob.glob(os.path.join(TASKS, "*.yml"))):
-        reached.update(included(task) for task in walk(load(os.path.basename(name))) if included(task))
+    reached.update(included(task) for name, task in every_task() if included(task))
     files = set(os.path.basename(name) for name in glob.glob(os.path.join(TASKS, "*.yml")))
     assert files == reached
     assert not files & {"after_plan.yml", "setup.yml", "prepare.yml"}
 
 
 def test_every_task_has_a_name():
-    for name in glob.glob(os.path.join(TASKS, "*.yml")):
-        for task in walk(load(os.path.basename(name))):
-            assert task.get("name"), (name, task)
+    for name, task in every_task():
+        assert task.get("name"), (name, task)
 
 
 def test_vars_hold_constants_and_the_platform_table():
@@ -141,6 +126,5 @@ def test_the_gate_configuration_test_runs_on_nginx_1_18():
               if f.get("validate")]
     assert checks and not [check for check in checks if " -e " in check], checks
     assert checks[0].endswith("sh %s /var/lib/agentguard-tlsgate/validate.conf gate /usr/sbin/nginx")
-    with open(os.path.join(TASKS, "write_files.yml")) as handle:
-        copy = [task for task in yaml.safe_load(handle) if "ansible.builtin.copy" in task][0]["ansible.builtin.copy"]
+    copy = [task for task in load("write_files.yml") if "ansible.builtin.copy" in task][0]["ansible.builtin.copy"]
     assert copy["validate"] == "{{ item.validate | default(omit) }}"

@@ -12,11 +12,11 @@ import yaml
 
 from ansible_collections.agentguard.hardening.plugins.filter import egress_boot_files as B
 
+from ...roles.role_tasks import every_task
 from .test_egress_phases import MARKER, ROLE_VARS, ROOT
 
 DNS = ROLE_VARS["__egress_dns"]
 FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "resolver_files")
-TASKS = os.path.join(ROOT, "roles", "egress", "tasks")
 # The template each fixture was rendered from, and where the role writes it.
 WRITTEN_TO = {
     "agentguard-dnsmasq.conf": DNS["conf"],
@@ -147,29 +147,16 @@ def test_a_set_without_a_unit_only_reloads_systemd_and_only_where_it_runs():
 
 
 # ------------------------------------------------------------------------------------- one way to write
-def load(name):
-    with open(os.path.join(TASKS, name)) as handle:
-        return yaml.safe_load(handle) or []
-
-
-def tasks(items):
-    for task in items:
-        yield task
-        for key in ("block", "rescue", "always"):
-            yield from tasks(task.get(key) or [])
-
-
 def test_the_role_writes_its_files_in_one_task_file():
     """Every file the role renders is written by the copy of tasks/write_files.yml; no task file templates one. The
     exceptions, each a copy of the host's own data, not a rendered file: the original /etc/resolv.conf and its link's
     target, kept for egress_dns_mode pinned or egress_state absent (run_resolver.yml), and what remove_resolver.yml
     puts back. Still a template: the snapshot and rollback helper (apply.yml, egress-rollback.sh.j2)."""
     writers = []
-    for path in sorted(glob.glob(os.path.join(TASKS, "*.yml"))):
-        for task in tasks(load(os.path.basename(path))):
-            for action in ("ansible.builtin.copy", "ansible.builtin.template"):
-                if action in task:
-                    writers.append((os.path.basename(path), action, task[action].get("dest")))
+    for name, task in every_task():
+        for action in ("ansible.builtin.copy", "ansible.builtin.template"):
+            if action in task:
+                writers.append((name, action, task[action].get("dest")))
     assert [w for w in writers if w[1] == "ansible.builtin.template"] == [
         ("apply.yml", "ansible.builtin.template", "{{ __egress_helper }}")]
     copies = [(name, dest) for name, action, dest in writers if action == "ansible.builtin.copy"]
@@ -181,9 +168,7 @@ def test_the_role_writes_its_files_in_one_task_file():
 
 
 def test_drop_ins_are_pruned_in_one_place():
-    finds = [(os.path.basename(path), task["ansible.builtin.find"]["patterns"])
-             for path in sorted(glob.glob(os.path.join(TASKS, "*.yml")))
-             for task in tasks(load(os.path.basename(path))) if "ansible.builtin.find" in task]
+    finds = [(name, task["ansible.builtin.find"]["patterns"]) for name, task in every_task() if "ansible.builtin.find" in task]
     assert finds == [("write_files.yml", "{{ __egress_write.prune }}")]
 
 
