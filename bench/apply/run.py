@@ -9,7 +9,10 @@ three runs each: first apply (fresh namespace), idempotent re-run, check-mode ru
 figures are medians of the task time (the JSON callback's task durations, so ansible-playbook's
 start-up cost is excluded) and their ratio. Beside them, the Ansible floor: an ansible.builtin.ping task
 in the same namespace right before or after our idempotent run (the order alternating by repetition),
-and the ratio of our idempotent run to it.
+and the ratio of our idempotent run to it; and the argument floor: a module that does nothing but take
+the same arguments and return the result our idempotent run returned (library/argument_floor.py), run
+right after the ping. What it costs above ping is Ansible's for carrying N entries in and the result out;
+what ours costs above it is ours.
 
 Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE] [--resume]
        .venv/bin/python bench/apply/run.py --report --out FILE
@@ -28,6 +31,7 @@ import datetime
 import ipaddress
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,6 +97,13 @@ def ping_play():
         "name": "The Ansible floor (ansible.builtin.ping)", "ansible.builtin.ping": {}}]}]
 
 
+def argument_floor_play(n, result_file):
+    """The argument floor: our arguments, our result, no work (library/argument_floor.py)."""
+    args = dict(ours_play(n)[0]["tasks"][0]["agentguard.hardening.egress_rules"], result_file=result_file)
+    return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "The argument floor (same arguments and result, no work)", "argument_floor": args}]}]
+
+
 def loop_play(n):
     return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
         "name": "Egress allowlist (ansible.builtin.iptables loop)",
@@ -113,10 +124,12 @@ def task_seconds(output):
     return total
 
 
-def run_play(playfile, netns, check=False):
+def run_play(playfile, netns, check=False, result=None):
+    """(task seconds, changed) of playfile in netns; with a list `result`, the first task's result is appended."""
     env = dict(os.environ, AGENTGUARD_NETNS=netns, AGENTGUARD_NETNS_PYTHON=PY,
                ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
-               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_LIBRARY=os.path.join(os.path.dirname(os.path.abspath(__file__)), "library"))
     env["PATH"] = os.path.dirname(PY) + os.pathsep + env["PATH"]
     argv = [os.path.join(os.path.dirname(PY), "ansible-playbook"), "-i", "localhost,", "-c", "local",
             "-e", "ansible_python_interpreter=" + NETNS_PYTHON, playfile] + (["--check"] if check else [])
@@ -126,6 +139,8 @@ def run_play(playfile, netns, check=False):
     stats = output["stats"]["localhost"]
     if stats.get("failures") or stats.get("unreachable"):
         raise RuntimeError("play failed: %s" % proc.stdout[-2000:])
+    if result is not None:
+        result.append(output["plays"][0]["tasks"][0]["hosts"]["localhost"])
     return task_seconds(output), stats.get("changed", 0)
 
 
@@ -136,17 +151,20 @@ def netns(name, action):
 
 
 def measure(side, playfile, n, rep, ping=None):
-    """The three runs of one side in a fresh namespace; with ping (ours), the floor beside the idempotent run."""
+    """The three runs of one side in a fresh namespace; with ping (ours), the floors beside the idempotent run."""
     name = "agbench-%s-%d-%d" % (side, n, rep)
     netns(name, "add")
-    floor = None
+    floor = argument_floor = None
     try:
         first, changed_first = run_play(playfile, name)
         if ping and rep % 2:
             floor = run_play(ping, name)[0]
-        idem, changed_idem = run_play(playfile, name)
+        returned = []
+        idem, changed_idem = run_play(playfile, name, result=returned)
         if ping and not rep % 2:
             floor = run_play(ping, name)[0]
+        if ping:
+            argument_floor = measure_argument_floor(n, name, returned[0])
         check, changed_check = run_play(playfile, name, check=True)
         save = subprocess.run(["ip", "netns", "exec", name, "iptables-save", "-t", "filter"], stdout=subprocess.PIPE,
                               universal_newlines=True, check=True).stdout
@@ -157,7 +175,24 @@ def measure(side, playfile, n, rep, ping=None):
     result = {"first": first, "idempotent": idem, "check": check, "rules_v4": rules}
     if floor is not None:
         result["ping"] = floor
+    if argument_floor is not None:
+        result["argument_floor"] = argument_floor
     return result
+
+
+def measure_argument_floor(n, netns_name, returned):
+    """The argument floor's task time, given what our idempotent run returned."""
+    workdir = tempfile.mkdtemp(prefix="agbench-floor-")
+    try:
+        result_file = os.path.join(workdir, "result.json")
+        with open(result_file, "w") as handle:
+            json.dump(dict((k, v) for k, v in returned.items() if not k.startswith("_ansible") and k != "action"), handle)
+        play = os.path.join(workdir, "floor.yml")
+        with open(play, "w") as handle:
+            json.dump(argument_floor_play(n, result_file), handle)
+        return run_play(play, netns_name)[0]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main():
@@ -237,7 +272,15 @@ def summarise(runs):
         # The ratio of each repetition (its idempotent run over the ping beside it), then their median.
         summary["floor"] = {"ping_s": round(statistics.median(r["ping"] for r in pings), 3),
                             "idempotent_vs_ping": round(statistics.median(r["idempotent"] / r["ping"] for r in pings), 2),
+                            "idempotent_vs_ping_range": [round(min(r["idempotent"] / r["ping"] for r in pings), 2),
+                                                         round(max(r["idempotent"] / r["ping"] for r in pings), 2)],
                             "reps": len(pings)}
+        floors = [r for r in pings if "argument_floor" in r]
+        if floors:
+            summary["floor"].update(
+                argument_floor_s=round(statistics.median(r["argument_floor"] for r in floors), 3),
+                argument_floor_vs_ping=round(statistics.median(r["argument_floor"] / r["ping"] for r in floors), 2),
+                idempotent_vs_argument_floor=round(statistics.median(r["idempotent"] / r["argument_floor"] for r in floors), 2))
     summary["rules_v4"] = {"ours": runs["ours"][0]["rules_v4"], "loop": runs["loop"][0]["rules_v4"] if runs["loop"] else None}
     summary["reps"] = {"ours": len(runs["ours"]), "loop": len(runs["loop"])}
     return summary
@@ -295,11 +338,18 @@ def table(results):
     for n, data in results["sizes"].items():
         floor = data.get("summary", {}).get("floor")
         if floor:
-            floors.append("| %s | %.2f | %.2f | %.2fx | %d |" % (
-                n, data["summary"]["idempotent"]["ours_s"], floor["ping_s"], floor["idempotent_vs_ping"], floor["reps"]))
+            spread = floor.get("idempotent_vs_ping_range")
+            floors.append("| %s | %.2f | %.2f | %.2fx%s | %s | %s | %s | %d |" % (
+                n, data["summary"]["idempotent"]["ours_s"], floor["ping_s"], floor["idempotent_vs_ping"],
+                " (%.2f-%.2f)" % tuple(spread) if spread else "",
+                "%.2f" % floor["argument_floor_s"] if "argument_floor_s" in floor else "-",
+                "%.2fx" % floor["argument_floor_vs_ping"] if "argument_floor_vs_ping" in floor else "-",
+                "%.2fx" % floor["idempotent_vs_argument_floor"] if "idempotent_vs_argument_floor" in floor else "-",
+                floor["reps"]))
     if floors:
         lines += ["", "| N (per family) | egress_rules idempotent (s) | ansible.builtin.ping (s) | idempotent / ping "
-                  "(median of each repetition's ratio) | reps |", "|---|---|---|---|---|"] + floors
+                  "(median of each repetition's ratio, range) | argument floor (s) | argument floor / ping | "
+                  "idempotent / argument floor | reps |", "|---|---|---|---|---|---|---|---|"] + floors
     loads = ["N=%s: loadavg %s at start, %s at end" % (n, d.get("loadavg_start"), d.get("loadavg_end", "(not finished)"))
              for n, d in results["sizes"].items()]
     return "\n".join(lines + [""] + loads + [""] + rep_table(results))

@@ -13,9 +13,11 @@ The hosts share the machine's CPUs with the controller, so the lab charges every
 host to the same cores the controller needs: a real fleet's hosts bring their own.
 
 With --baseline REV, the role and playbook as of git revision REV (a git worktree, its own collections
-path) run the idempotent hardening on the same hosts in every round too, the three sides in rotating
-order: the change and what it is compared against, side by side in one run. Both must leave the hosts
-unchanged (changed=0), which holds when REV renders the same rules and files.
+path, its own lab variables) harden M more hosts of their own, first run included, and then run the
+idempotent hardening there in every round too, the three sides in rotating order: the change and what
+it is compared against, side by side in one run. Their own hosts, because a revision that renders other
+rules or files (any change to module_utils changes the guard's code on the host) would change the
+other's hosts on every run. The ping floor runs on the change's hosts.
 
 Usage (root): .venv/bin/python bench/fleet/run.py [--hosts 20] [--reps 5] [--profile] [--baseline REV]
               [--ssh-keepalive 0] [--rollback-timeout 60] [--first-only] [--keep] [-v...]
@@ -64,21 +66,22 @@ def env(collections=None):
 
 
 def baseline_checkout(rev, workdir):
-    """A git worktree of rev and a collections path holding it as agentguard.hardening: (playbook, path)."""
+    """A git worktree of rev and a collections path holding it as agentguard.hardening: (tree, playbook, path)."""
     tree = os.path.join(workdir, "baseline")
     sh("git", "-C", ROOT, "worktree", "add", "--detach", tree, rev)
     coll = os.path.join(workdir, "baseline-collections")
     os.makedirs(os.path.join(coll, "ansible_collections", "agentguard"))
     os.symlink(tree, os.path.join(coll, "ansible_collections", "agentguard", "hardening"))
     # The collections the role uses beside its own (ansible.posix, community.general) come from ours.
-    return os.path.join(tree, "playbooks", "harden-agent.yml"), coll + os.pathsep + os.path.join(ROOT, ".cache", "collections")
+    return tree, os.path.join(tree, "playbooks", "harden-agent.yml"), \
+        coll + os.pathsep + os.path.join(ROOT, ".cache", "collections")
 
 
-def start_hosts(count, keep=False):
+def start_hosts(count, keep=False, prefix="ag-fleet-"):
     """Fresh lab hosts; when one does not start, says which and why (lab.sh's output) and stops."""
     lab = os.path.join(ROOT, "lab", "lab.sh")
     sh("bash", lab, "up")
-    names = ["ag-fleet-%02d" % i for i in range(count)]
+    names = ["%s%02d" % (prefix, i) for i in range(count)]
     for index, name in enumerate(names):
         sh("bash", lab, "agent-rm", name, check=False)
         try:
@@ -97,7 +100,7 @@ def start_hosts(count, keep=False):
     return addresses
 
 
-def inventory(addresses, workdir, keepalive):
+def inventory(addresses, workdir, keepalive, group_vars=None):
     key = os.path.join(ROOT, "lab", ".state", "ssh", "id_ed25519")
     ssh_args = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
     if keepalive:
@@ -110,11 +113,12 @@ def inventory(addresses, workdir, keepalive):
         "ansible_user": "root", "ansible_ssh_private_key_file": key,
         "ansible_ssh_common_args": ssh_args,
     }}}}}
+    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "hosts.yml")
     with open(path, "w") as handle:
         json.dump(inv, handle)
-    # The lab policy (inventories/lab/group_vars) applies to the fleet too.
-    os.symlink(os.path.join(ROOT, "inventories", "lab", "group_vars"), os.path.join(workdir, "group_vars"))
+    # The lab policy (inventories/lab/group_vars, the baseline's own for its hosts) applies to the fleet too.
+    os.symlink(group_vars or os.path.join(ROOT, "inventories", "lab", "group_vars"), os.path.join(workdir, "group_vars"))
     return path
 
 
@@ -176,6 +180,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="agfleet-")
     addresses = start_hosts(args.hosts, keep=args.keep)
     inv = inventory(addresses, workdir, args.ssh_keepalive)
+    base_addresses = {}
     # One batch (serial is a play keyword: extra vars only): this measures the work, not the rollout's pacing.
     extra = json.dumps({"egress_serial": ["100%"], "egress_rollback_timeout": args.rollback_timeout})
     verbose = ["-" + "v" * args.verbose] if args.verbose else []
@@ -185,9 +190,13 @@ def main():
     runs = {"idempotent": [], "ping": []}
     sides = ["idempotent", "ping"]
     base_play, base_coll = None, None
+    base_first = None
     if args.baseline:
-        playbook, base_coll = baseline_checkout(args.baseline, workdir)
-        base_play = play[:-1] + [playbook]
+        tree, playbook, base_coll = baseline_checkout(args.baseline, workdir)
+        base_addresses = start_hosts(args.hosts, keep=args.keep, prefix="ag-fleet-b")
+        base_inv = inventory(base_addresses, os.path.join(workdir, "baseline-inventory"), args.ssh_keepalive,
+                             os.path.join(tree, "inventories", "lab", "group_vars"))
+        base_play = [play[0], "-i", base_inv] + play[3:-1] + [playbook]
         runs["baseline"] = []
         sides = ["idempotent", "baseline", "ping"]
     try:
@@ -196,6 +205,11 @@ def main():
         first, output = timed(play, "first")
         print("first run %.1f s (loadavg %s -> %s)" % (first, load_first, loadavg()), file=sys.stderr, flush=True)
         assert recap_changed(output) > 0
+        if base_play:
+            timed([ping[0], "-i", base_inv] + ping[3:], "warmup-ping-baseline")
+            base_first, output = timed(base_play, "first-baseline", base_coll)
+            print("baseline first run %.1f s" % base_first, file=sys.stderr, flush=True)
+            assert recap_changed(output) > 0
         if args.first_only:
             return
         for rep in range(args.reps):
@@ -213,7 +227,7 @@ def main():
             sh("git", "-C", ROOT, "worktree", "remove", "--force", os.path.join(workdir, "baseline"), check=False)
         shutil.rmtree(workdir, ignore_errors=True)
         if not args.keep:
-            for name in addresses:
+            for name in list(addresses) + list(base_addresses):
                 sh("bash", os.path.join(ROOT, "lab", "lab.sh"), "agent-rm", name, check=False)
     med = dict((k, statistics.median(v)) for k, v in runs.items())
     result = {"hosts": args.hosts, "first_run_s": round(first, 1), "median_s": med, "runs": runs, "started": started,
@@ -231,6 +245,7 @@ def main():
     print("| %d | %.1f | %.1f | %.1f | %.2fx |" % (args.hosts, first, med["idempotent"], med["ping"], ratio))
     if args.baseline:
         result["ratio_baseline_vs_ping"] = round(med["baseline"] / med["ping"], 2)
+        result["baseline_first_run_s"] = round(base_first, 1)
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=1)
         print("baseline %s: idempotent %.1f s, %.2fx the ping floor (runs %s)"

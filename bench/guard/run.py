@@ -5,7 +5,7 @@ restoration, and what the guard costs while nothing happens (CPU, memory).
 One network namespace (agtgd-PID; nothing else is touched). The rules are what egress_rules renders for an
 empty host (_policy.build_policy, _plan.make_plan: scope host, enforce, two literal destinations and a
 12-address destination held in an ipset), applied as the module applies them (_apply.apply_plan), and the
-desired state written as the module writes it (_guard.sync_desired). The guard runs in the namespace from its
+desired state written as the module writes it (_desired.sync_desired). The guard runs in the namespace from its
 files laid out as the role installs them, with the system's python3.
 
 Idle: after its first check, the guard's CPU time (its own and its finished children's: iptables-save,
@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, ".cache", "collections"))
 
-from ansible_collections.agentguard.hardening.plugins.module_utils import _apply, _guard, _plan  # noqa: E402
+from ansible_collections.agentguard.hardening.plugins.module_utils import _apply, _desired, _guard, _plan  # noqa: E402
 from ansible_collections.agentguard.hardening.plugins.module_utils import _netfilter, _policy  # noqa: E402
 
 NS = "agtgd-%d" % os.getpid()
@@ -81,7 +81,7 @@ def apply_policy(run, state_dir):
     live, live_sets = _plan.read_live(nf, ["ipv4", "ipv6"])
     plan = _plan.make_plan(policy, RESOLVED, ["ipv4", "ipv6"], live, live_sets)
     _apply.apply_plan(nf, plan)
-    _guard.sync_desired(state_dir, plan, time.time())
+    _desired.sync_desired(state_dir, plan, time.time())
 
 
 def _rules_defaults():
@@ -157,7 +157,7 @@ def main():
 
         def status():
             try:
-                return _guard.read_json(status_file) or {}
+                return _desired.read_json(status_file) or {}
             except ValueError:
                 return {}
         deadline = time.time() + 20

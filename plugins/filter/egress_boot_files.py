@@ -455,7 +455,7 @@ TasksMax=16
 WantedBy=multi-user.target
 """
 GUARD_AFTER = ("nftables.service", "firewalld.service", "ufw.service")
-# Where the guard lives on a host (its desired state and status: _guard.STATE_DIR, _guard.GUARD_DIR).
+# Where the guard lives on a host (its desired state and status: _desired.STATE_DIR, _guard.GUARD_DIR).
 GUARD = dict(unit="agentguard-guard.service", lib="/usr/lib/agentguard/guard", entry="/usr/lib/agentguard/agentguard-guard",
              state_dir="/var/lib/agentguard/egress", guard_dir="/var/lib/agentguard/guard")
 

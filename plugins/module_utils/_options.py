@@ -23,6 +23,7 @@ __metaclass__ = type
 import copy
 import re
 import zlib
+from collections.abc import Mapping
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import ArgumentValueError
@@ -121,6 +122,20 @@ def _check_list(option, value, where, errors, failed):
     return checked
 
 
+def plain(value):
+    """value as plain dicts, lists, str, int, float, bool and None. What a filter receives from Ansible's
+    templating is lazy (each container holds the templar and the variables it came from): core's validator
+    deep-copies its parameters, which for those copies the whole variable context, about a second per host."""
+    if isinstance(value, Mapping):
+        return dict((plain(key), plain(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    for kind in (bool, str, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
 def _given(params, spec, prefix):
     """params without the options set to None (theirs is the default), also in the entries of a list of
     suboptions; options not in spec are dropped at the top."""
@@ -145,7 +160,7 @@ def check_options(params, spec=None, prefix=""):
     refused in a list's entries. At the top, a string where a list is expected is refused (as_list).
     """
     spec = ARGUMENT_SPEC if spec is None else spec
-    given = _given(params, spec, prefix)
+    given = _given(plain(params) if not prefix else params, spec, prefix)
     errors, failed = [], set()
     if not prefix:
         for name in [n for n in spec if spec[n].get("type") == "list" and isinstance(given.get(n), str)]:

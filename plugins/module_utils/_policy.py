@@ -20,6 +20,8 @@ import ipaddress
 import re
 from collections import namedtuple
 
+from ansible_collections.agentguard.hardening.plugins.module_utils._state import remember
+
 # The options of egress_rules, each stated once: its DOCUMENTATION, the role's defaults and meta/argument_specs.yml are
 # tested equal to it (tests/unit/test_option_sources.py); AnsibleModule, or _options.check_options on the controller,
 # validates against it before build_policy.
@@ -240,7 +242,7 @@ def parse_host(value, where):
             raise ValueError("%s: %s is not a valid IP address or CIDR" % (where, _repr(value)))
         if net.prefixlen == 0:
             raise ValueError("%s: %s allows every address, which defeats the allowlist" % (where, _repr(value)))
-        return ("ipv%d" % net.version, str(net))
+        return ("ipv%d" % net.version, remember(text, net))
     if "/" in text or not is_hostname(text):
         raise ValueError("%s: %s is not a valid DNS name, IP address or CIDR" % (where, _repr(value)))
     return ("name", text.rstrip(".").lower())

@@ -13,8 +13,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ipaddress
-
 from ansible_collections.agentguard.hardening.plugins.module_utils._state import (
     BUILTIN_FILTER_CHAINS,
     EMPTY_HOOK,
@@ -24,6 +22,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._state import
     HookState,
     IpSet,
     ManagedState,
+    canonical,
+    network_of,
     sort_networks,
 )
 
@@ -87,9 +87,11 @@ def _comment(label):
     return '-m comment --comment "%s"' % (COMMENT % label)
 
 
-def _addr(network, family):
-    net = ipaddress.ip_network(network, strict=False)
-    return "%s/%d" % (net.network_address, net.prefixlen if net.prefixlen else HOST_BITS[family])
+def _addr(text, family):
+    net = network_of(text)
+    if net.prefixlen:
+        return canonical(text)
+    return "%s/%d" % (net.network_address, HOST_BITS[family])
 
 
 def _dport(protocol, port):
@@ -101,7 +103,7 @@ def set_name(family, label):
 
 
 def _family_of(text):
-    return "ipv%d" % ipaddress.ip_network(text, strict=False).version
+    return "ipv%d" % network_of(text).version
 
 
 def is_dynamic(policy, dest):

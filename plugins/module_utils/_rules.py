@@ -16,7 +16,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._guard import desired_document, desired_hash_of
+from ansible_collections.agentguard.hardening.plugins.module_utils._desired import desired_document, desired_hash_of
 from ansible_collections.agentguard.hardening.plugins.module_utils._netdev import (
     coverage,
     docker_firewall_backend,

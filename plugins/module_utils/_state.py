@@ -229,8 +229,48 @@ def uses_tracking(spec):
     return any(words[i] == "-m" and words[i + 1] in TRACKING_MATCHES for i in range(len(words) - 1))
 
 
+# Parsed networks and their canonical text, by the text they were parsed from: one run meets each
+# address of the policy several times (validation, resolution, sorting, rendering, the live rules), and
+# ipaddress is most of the plan's cost at thousands of addresses (docs/benchmarks.md, apply cost).
+# Bounded: the guard runs for months while set members come and go.
+_NETWORKS = {}
+_CANONICAL = {}
+_CACHE_MAX = 1 << 16
+
+
+def remember(text, net):
+    """Keep net (an ip_network parsed from text, strictly or not) for network_of() and canonical();
+    returns its canonical text."""
+    if len(_NETWORKS) >= _CACHE_MAX:
+        _NETWORKS.clear()
+        _CANONICAL.clear()
+    canonical_text = _CANONICAL.get(text) or str(net)
+    for key in (text, canonical_text):
+        _NETWORKS[key] = net
+        _CANONICAL[key] = canonical_text
+    return canonical_text
+
+
+def network_of(text):
+    """ipaddress.ip_network(text, strict=False), parsed once per text; ValueError as ipaddress raises it."""
+    net = _NETWORKS.get(text)
+    if net is None:
+        net = ipaddress.ip_network(text, strict=False)
+        remember(text, net)
+    return net
+
+
+def canonical(text):
+    """str(network_of(text)): the canonical "address/prefix" text, computed once per text."""
+    canonical_text = _CANONICAL.get(text)
+    if canonical_text is None:
+        network_of(text)
+        canonical_text = _CANONICAL[text]
+    return canonical_text
+
+
 def canonical_member(text):
-    return str(ipaddress.ip_network(text.strip(), strict=False))
+    return canonical(text.strip())
 
 
 def parse_ipset_save(text, prefixes=tuple(SET_PREFIXES.values()) + TEMP_SET_PREFIXES):
@@ -281,5 +321,10 @@ def parse_ipset_save(text, prefixes=tuple(SET_PREFIXES.values()) + TEMP_SET_PREF
 
 
 def sort_networks(networks):
-    parsed = set(ipaddress.ip_network(n, strict=False) for n in networks)
-    return [str(n) for n in sorted(parsed, key=lambda n: (n.version, n.network_address, n.prefixlen))]
+    """The canonical texts of networks, deduplicated, by family, then address, then prefix length."""
+    unique = dict((canonical(n), None) for n in networks)
+    return sorted(unique, key=lambda text: _sort_key(network_of(text)))
+
+
+def _sort_key(net):
+    return (net.version, net.network_address, net.prefixlen)

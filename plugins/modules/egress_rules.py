@@ -546,7 +546,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
-from ansible_collections.agentguard.hardening.plugins.module_utils._guard import ApplyLock, GuardError, sync_desired
+from ansible_collections.agentguard.hardening.plugins.module_utils._desired import ApplyLock, GuardError, sync_desired
 from ansible_collections.agentguard.hardening.plugins.module_utils._hostio import module_host
 from ansible_collections.agentguard.hardening.plugins.module_utils._policy import ARGUMENT_SPEC
 from ansible_collections.agentguard.hardening.plugins.module_utils._rules import RulesError, plan_rules

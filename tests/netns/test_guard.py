@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from ansible_collections.agentguard.hardening.plugins.module_utils import _desired as D
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
 
 from .conftest import CDN4, ROOT, V4, V6, ModuleRunner
@@ -115,7 +116,7 @@ class Guard(object):
 
     def status(self):
         try:
-            return G.read_json(os.path.join(self.dir, G.STATUS_FILE)) or {}
+            return D.read_json(os.path.join(self.dir, G.STATUS_FILE)) or {}
         except ValueError:
             return {}
 
@@ -263,7 +264,7 @@ def test_legacy_backend_by_the_periodic_check(lab, tmp_path, backend_path):
 
 def test_the_guard_waits_for_the_lock(guarded):
     lab, guard = guarded
-    fd = os.open(os.path.join(guard.state, G.LOCK_FILE), os.O_RDWR)
+    fd = os.open(os.path.join(guard.state, D.LOCK_FILE), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         count = guard.status()["tamper_events_total"]
@@ -282,7 +283,7 @@ def test_the_guard_waits_for_the_lock(guarded):
 
 def test_the_guard_waits_while_the_apply_marker_is_fresh(guarded):
     lab, guard = guarded
-    marker = os.path.join(guard.state, G.MARKER_FILE)
+    marker = os.path.join(guard.state, D.MARKER_FILE)
     open(marker, "w").close()
     count = guard.status()["tamper_events_total"]
     lab.run("iptables", "-F", "AGENTGUARD-ALLOW")
@@ -303,7 +304,7 @@ def test_after_the_rollback_the_guard_keeps_the_snapshot(guarded, tmp_path):
     policy_b = dict(POLICY, allow=POLICY["allow"] + [dict(name="forbidden", host="forbidden.test", ports=[443])])
     result = ModuleRunner(lab)(dict(policy_b, state_dir=guard.state))
     assert result["changed"]
-    status = guard.wait(lambda s: s.get("policy_hash") == G.desired_hash_of(guard.state) and s["in_sync"], 10, "B held")
+    status = guard.wait(lambda s: s.get("policy_hash") == D.desired_hash_of(guard.state) and s["in_sync"], 10, "B held")
     hash_b, count = status["policy_hash"], status["tamper_events_total"]
     assert lab.probe(FORBIDDEN[:1])[FORBIDDEN[0]] == "ok"
     lab.run("/bin/sh", script, "restore", "force")

@@ -9,13 +9,14 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._guard import
 from .test_egress_phases import DEBIAN, F, MARKER, PLATFORMS, ROLE_VARS, ROOT, host, persisted, run
 
 from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files import GUARD
+from ansible_collections.agentguard.hardening.plugins.module_utils import _desired as D
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
 
 UNIT = GUARD["unit"]
 
 
 def test_the_guards_places_are_the_roles_and_the_guards():
-    assert GUARD["state_dir"] == ROLE_VARS["__egress_state_dir"] == G.STATE_DIR
+    assert GUARD["state_dir"] == ROLE_VARS["__egress_state_dir"] == D.STATE_DIR
     assert GUARD["guard_dir"] == G.GUARD_DIR
 
 

@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from ansible_collections.agentguard.hardening.plugins.module_utils import _desired as D
 from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
 from ansible_collections.agentguard.hardening.plugins.module_utils import _plan
 from ansible_collections.agentguard.hardening.plugins.module_utils import _state as S
@@ -32,7 +33,7 @@ def desired_from(backend):
     live, live_sets = _plan.read_live(nf(Runner(saves("managed", backend), ipset=ipsets(backend))), ["ipv4", "ipv6"])
     managed = dict((f, live[f].managed) for f in live)
     hooks = dict((f, dict((h, lh.managed) for h, lh in live[f].hooks.items())) for f in live)
-    return G.Desired(("ipv4", "ipv6"), managed, hooks, live_sets, "h", 1.0)
+    return D.Desired(("ipv4", "ipv6"), managed, hooks, live_sets, "h", 1.0)
 
 
 def live_of(kind, backend, ipset=None):
@@ -44,35 +45,35 @@ def live_of(kind, backend, ipset=None):
 
 def test_desired_document_round_trips_the_plan():
     plan = plan_for(Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")}))
-    doc = G.desired_document(plan, 1234.5)
+    doc = D.desired_document(plan, 1234.5)
     doc = json.loads(json.dumps(doc))  # as read back from the file
-    desired = G.load_desired(doc)
+    desired = D.load_desired(doc)
     assert desired.managed == plan.desired
     assert desired.hooks == plan.desired_hooks
     assert desired.sets == plan.desired_sets
     assert desired.applied == 1234.5
     # The hash says the policy, not when it was applied.
-    assert G.desired_document(plan, 99.0)["hash"] == doc["hash"]
+    assert D.desired_document(plan, 99.0)["hash"] == doc["hash"]
     assert len(doc["hash"]) == 64
 
 
 def test_desired_document_differs_when_the_policy_does():
     runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
-    one = G.desired_document(plan_for(runner), 0)
-    two = G.desired_document(plan_for(runner, deny_action="reject"), 0)
+    one = D.desired_document(plan_for(runner), 0)
+    two = D.desired_document(plan_for(runner, deny_action="reject"), 0)
     assert one["hash"] != two["hash"]
 
 
 def test_absent_has_no_desired_state():
     plan = plan_for(Runner({"ipv4": fixture("managed-nft.v4"), "ipv6": fixture("managed-nft.v6")}), state="absent")
-    assert G.desired_document(plan, 0) is None
+    assert D.desired_document(plan, 0) is None
 
 
 def test_a_document_of_another_version_is_refused():
-    with pytest.raises(G.GuardError, match="version"):
-        G.load_desired({"version": 99})
-    with pytest.raises(G.GuardError, match="unreadable"):
-        G.load_desired({"version": 1, "families": {"ipv4": {}}})
+    with pytest.raises(D.GuardError, match="version"):
+        D.load_desired({"version": 99})
+    with pytest.raises(D.GuardError, match="unreadable"):
+        D.load_desired({"version": 1, "families": {"ipv4": {}}})
 
 
 # Comparison and restore plan, both backends ----------------------------------------------------------
@@ -177,7 +178,7 @@ class Journal(list):
 
 def write_desired(state_dir, backend="nft"):
     plan = plan_for(Runner({"ipv4": fixture("foreign-%s.v4" % backend), "ipv6": fixture("foreign-%s.v6" % backend)}))
-    G.write_json(os.path.join(state_dir, G.DESIRED_FILE), G.desired_document(plan, 10.0))
+    D.write_json(os.path.join(state_dir, D.DESIRED_FILE), D.desired_document(plan, 10.0))
     return plan
 
 
@@ -218,7 +219,7 @@ def test_a_change_is_restored_counted_and_journaled(tmp_path):
     assert restores(runner)[3][1] == plan.transactions["ipv4"]
     status = guard.status
     assert status["tamper_events_total"] == 1
-    assert status["in_sync"] is True and status["policy_hash"] == G.desired_document(plan, 0)["hash"]
+    assert status["in_sync"] is True and status["policy_hash"] == D.desired_document(plan, 0)["hash"]
     assert status["applied_timestamp"] == 10.0 and status["last_restore_timestamp"] == 1000.0
     assert {(e["kind"], e["family"], e["table"]) for e in status["tamper_events"]} >= {
         ("output-jump", "ipv4", "filter"), ("output-policy", "ipv6", "filter"), ("chain", "ipv4", "filter")}
@@ -250,7 +251,7 @@ def test_the_guard_waits_while_an_apply_holds_the_lock(tmp_path):
     runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
     guard, journal, state = make_guard(tmp_path, runner)
     write_desired(state)
-    fd = os.open(os.path.join(state, G.LOCK_FILE), os.O_RDWR | os.O_CREAT)
+    fd = os.open(os.path.join(state, D.LOCK_FILE), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         assert guard.check_once() == []
@@ -266,13 +267,13 @@ def test_the_guard_waits_while_the_apply_marker_is_fresh(tmp_path):
     runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
     guard, journal, state = make_guard(tmp_path, runner, clock=lambda: now[0])
     write_desired(state)
-    marker = os.path.join(state, G.MARKER_FILE)
+    marker = os.path.join(state, D.MARKER_FILE)
     open(marker, "w").close()
     os.utime(marker, (now[0] - 10, now[0] - 10))
     assert guard.check_once() == [] and runner.calls == []
     assert "apply in progress" in guard.status["paused"]
     # The marker of an apply that died: stale after MARKER_MAX_AGE (the armed rollback has run).
-    now[0] += G.MARKER_MAX_AGE
+    now[0] += D.MARKER_MAX_AGE
     assert guard.check_once()
 
 
@@ -319,12 +320,12 @@ def test_backoff_only_when_something_fights_the_guard(tmp_path):
 
 def test_apply_lock_marks_and_excludes(tmp_path):
     state = str(tmp_path / "egress")
-    with G.ApplyLock(state):
-        assert os.path.exists(os.path.join(state, G.MARKER_FILE))
-        with pytest.raises(G.GuardError, match="held"):
-            with G.ApplyLock(state, timeout=0.2):
+    with D.ApplyLock(state):
+        assert os.path.exists(os.path.join(state, D.MARKER_FILE))
+        with pytest.raises(D.GuardError, match="held"):
+            with D.ApplyLock(state, timeout=0.2):
                 pass
-    assert not os.path.exists(os.path.join(state, G.MARKER_FILE))
+    assert not os.path.exists(os.path.join(state, D.MARKER_FILE))
     assert oct(os.stat(state).st_mode & 0o777) == "0o700"
 
 
@@ -332,18 +333,18 @@ def test_sync_desired_writes_keeps_and_removes(tmp_path):
     state = str(tmp_path / "egress")
     runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
     plan = plan_for(runner)
-    assert G.sync_desired(state, plan, 1.0) is True
-    assert G.desired_hash_of(state) == G.desired_document(plan, 0)["hash"]
-    assert G.sync_desired(state, plan, 2.0) is False  # same policy: the file and its time stay
-    assert G.read_json(os.path.join(state, G.DESIRED_FILE))["applied"] == 1.0
-    assert oct(os.stat(os.path.join(state, G.DESIRED_FILE)).st_mode & 0o777) == "0o600"
+    assert D.sync_desired(state, plan, 1.0) is True
+    assert D.desired_hash_of(state) == D.desired_document(plan, 0)["hash"]
+    assert D.sync_desired(state, plan, 2.0) is False  # same policy: the file and its time stay
+    assert D.read_json(os.path.join(state, D.DESIRED_FILE))["applied"] == 1.0
+    assert oct(os.stat(os.path.join(state, D.DESIRED_FILE)).st_mode & 0o777) == "0o600"
     other = plan_for(runner, deny_action="reject")
-    assert G.sync_desired(state, other, 4.0) is True  # another policy: rewritten
-    assert G.desired_hash_of(state) == G.desired_document(other, 0)["hash"]
+    assert D.sync_desired(state, other, 4.0) is True  # another policy: rewritten
+    assert D.desired_hash_of(state) == D.desired_document(other, 0)["hash"]
     absent = plan_for(runner, state="absent")
-    assert G.sync_desired(state, absent, 3.0) is True
-    assert G.desired_hash_of(state) is None
-    assert G.sync_desired(state, absent, 3.0) is False
+    assert D.sync_desired(state, absent, 3.0) is True
+    assert D.desired_hash_of(state) is None
+    assert D.sync_desired(state, absent, 3.0) is False
 
 
 # Journal and helpers -----------------------------------------------------------------------------

@@ -152,3 +152,32 @@ def test_one_copy_in_the_plugins(what, text, where):
     found = [path for path, source in _python_sources() if text in source]
     assert found == ["module_utils/" + where], (what, found)
     assert egress_phases.ROLE_VARIABLES is O.ROLE_VARIABLES
+
+
+class _Lazy(dict):
+    """Like Ansible's lazy containers: a deep copy would take the whole variable context with it."""
+
+    def __deepcopy__(self, memo):
+        raise AssertionError("a lazy mapping was deep-copied")
+
+
+class _LazyList(list):
+    def __deepcopy__(self, memo):
+        raise AssertionError("a lazy list was deep-copied")
+
+
+class _TaggedStr(str):
+    pass
+
+
+def test_templated_inputs_are_made_plain_before_core_deep_copies_them():
+    """What a filter gets from Ansible's templating is lazy; core's validator deep-copies its input, which copied
+    every variable of the host (about a second per host and task in the fleet bench)."""
+    params = _Lazy(allow=_LazyList([_Lazy(name=_TaggedStr("api"), host=_TaggedStr("api.example.org"), ports=_LazyList([443]))]),
+                   dns_servers=_LazyList([_TaggedStr("10.0.0.2")]), log_burst=_TaggedStr("20"))
+    validated, errors, failed = O.check_options(params)
+    assert errors == [] and not failed
+    assert validated["allow"][0]["host"] == "api.example.org" and type(validated["allow"][0]["host"]) is str
+    assert validated["log_burst"] == 20 and validated["dns_servers"] == ["10.0.0.2"]
+    assert O.plain(params) == {"allow": [{"name": "api", "host": "api.example.org", "ports": [443]}],
+                               "dns_servers": ["10.0.0.2"], "log_burst": "20"}

@@ -80,18 +80,18 @@ def test_a_fresh_host_plans_every_rule_and_only_reads():
 
 def test_a_host_whose_guard_file_differs_is_changed(tmp_path):
     """The fast path must not skip a host whose desired-state file (what the guard holds) is missing or stale."""
-    from ansible_collections.agentguard.hardening.plugins.module_utils import _guard as G
+    from ansible_collections.agentguard.hardening.plugins.module_utils import _desired as D
     state = str(tmp_path)
     runner = Runner({"ipv4": fixture("foreign-nft.v4"), "ipv6": fixture("foreign-nft.v6")})
     result, planned, nf = plan(options(state_dir=state), runner)
     assert result["desired_state_changed"] is True
     # The rules applied, the file written: nothing left.
-    G.sync_desired(state, planned, 1.0)
+    D.sync_desired(state, planned, 1.0)
     applied = Runner(planned.rules, ipset=planned.sets_payload)
     result, planned, nf = plan(options(state_dir=state), applied)
     assert result["desired_state_changed"] is False and result["changed"] is False
     # Only the file differs (another policy wrote it, or none): changed.
-    G.write_json(state + "/desired.json", dict(G.read_json(state + "/desired.json"), hash="other"))
+    D.write_json(state + "/desired.json", dict(D.read_json(state + "/desired.json"), hash="other"))
     result, planned, nf = plan(options(state_dir=state), applied)
     assert result["desired_state_changed"] is True and result["changed"] is True and not planned.changed
 

@@ -1,5 +1,7 @@
 """Parsing real iptables-save / ip6tables-save / ipset save output (fixtures captured by capture.sh)."""
 
+import ipaddress
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -154,3 +156,27 @@ def test_a_protocol_saved_by_number_reads_back_as_the_module_writes_it(backend):
     assert S._protocol_by_name("-p 2 -j ACCEPT") == "-p igmp -j ACCEPT"
     assert S._protocol_by_name("-d 198.18.0.2/32 -p 22 -j ACCEPT") == "-d 198.18.0.2/32 -p 22 -j ACCEPT"
     assert S._protocol_by_name("-p tcp -m tcp --dport 2 -j ACCEPT") == "-p tcp -m tcp --dport 2 -j ACCEPT"
+
+
+def test_networks_are_parsed_once_per_text(monkeypatch):
+    monkeypatch.setattr(S, "_NETWORKS", {})
+    monkeypatch.setattr(S, "_CANONICAL", {})
+    first = S.network_of("10.0.0.1/8")
+    assert S.network_of("10.0.0.1/8") is first and S.canonical("10.0.0.1/8") == "10.0.0.0/8"
+    # What a strict parse (the policy's validation) remembered is not parsed again, under either text.
+    assert S.remember("2001:db8::1", ipaddress.ip_network("2001:db8::1")) == "2001:db8::1/128"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("parsed again")
+    monkeypatch.setattr(S.ipaddress, "ip_network", refuse)
+    assert S.canonical("2001:db8::1") == S.canonical("2001:db8::1/128") == "2001:db8::1/128"
+    assert S.sort_networks(["10.0.0.1/8", "2001:db8::1", "10.0.0.0/8"]) == ["10.0.0.0/8", "2001:db8::1/128"]
+
+
+def test_the_network_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(S, "_NETWORKS", {})
+    monkeypatch.setattr(S, "_CANONICAL", {})
+    monkeypatch.setattr(S, "_CACHE_MAX", 8)
+    for i in range(50):
+        assert S.canonical("198.18.%d.1" % i) == "198.18.%d.1/32" % i
+        assert len(S._NETWORKS) <= 8 + 2
