@@ -24,7 +24,7 @@ test: bootstrap
 	@bash scripts/test.sh
 
 unit: bootstrap
-	$(PYTEST) -q tests/unit
+	$(PYTEST) -q -n auto tests/unit
 
 netns: bootstrap
 	$(PYTEST) -q tests/netns

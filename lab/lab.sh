@@ -10,7 +10,7 @@
 #   lab/lab.sh agent-rm NAME      remove a test host
 #   lab/lab.sh selftest [SUITE]   throwaway agent: offline apt install, iptables nft/legacy,
 #                                 ip6tables, ipset, a LOG line in dmesg, persistence over a restart
-#   lab/lab.sh dns-reload         re-read lab/.state/dns/trusted.hosts (edit it to move a name)
+#   lab/lab.sh dns-reload         re-read lab/.state/dns/trusted.hosts and dns/hosts.d/* (a test's own names)
 #   lab/lab.sh logs NAME          the service's connection and DNS query logs
 # Every wait is bounded. All traffic stays on the --internal network agentguard-lab.
 set -euo pipefail
@@ -104,7 +104,7 @@ ensure_pki() {
 # ---------------------------------------------------------------- DNS data of the trusted resolver
 DNS_HOSTS=$LAB_STATE/dns/trusted.hosts
 ensure_dns_hosts() {
-  mkdir -p "$LAB_STATE/dns"
+  mkdir -p "$LAB_STATE/dns/hosts.d"
   local want
   want=$(printf '%s\n' "# Trusted lab resolver data (written by lab/lab.sh up; lab.sh dns-reload re-reads it)." \
     "$LAB_API4 api.openclaw.security" "$LAB_API6 api.openclaw.security" \

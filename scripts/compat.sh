@@ -15,6 +15,7 @@ if [ ! -x "$CVENV/bin/ansible-playbook" ]; then
   "$CVENV/bin/pip" install -q --upgrade pip
   "$CVENV/bin/pip" install -q "ansible-core>=2.19,<2.20" pytest hypothesis
 fi
+"$CVENV/bin/python" -c 'import xdist' 2>/dev/null || "$CVENV/bin/pip" install -q pytest-xdist
 # dnspython as Debian 12 ships it on the hosts: before 2.4 it picks its optional transports by trying
 # their imports (the module hides them while it loads), from 2.4 by package metadata (the main venv's).
 DNSPYTHON=2.3.0
@@ -22,4 +23,6 @@ if [ "$("$CVENV/bin/python" -c 'import dns.version; print(dns.version.version)' 
   "$CVENV/bin/pip" install -q "dnspython==$DNSPYTHON"
 fi
 echo "compat: $("$CVENV/bin/ansible" --version | head -1) on $("$CVENV/bin/python" --version), dnspython $DNSPYTHON"
-exec "$CVENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit tests/netns "$@"
+# The unit tests on every core, the namespace tests one at a time (scripts/test.sh says why).
+"$CVENV/bin/python" -m pytest -q -p no:cacheprovider -n auto tests/unit "$@"
+exec "$CVENV/bin/python" -m pytest -q -p no:cacheprovider tests/netns "$@"

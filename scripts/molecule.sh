@@ -40,12 +40,10 @@ ALL=(default users-scope audit-mode backends platforms persistence rollback filt
 declare -A EXPECTED=([filtering-dns]=500 [containers]=430 [resolved]=400 [rollback]=230 [platforms]=240
   [backends]=205 [default]=165 [persistence]=150 [users-scope]=135 [audit-mode]=110 [host-services]=300
   [tls-gate]=300 [guard]=300 [learn]=330)
-# Shared lab state: what a scenario must not run beside ("*": anything else).
-#  filtering-dns  its rotation test points api.openclaw.security, a name every scenario resolves (converge,
-#                 canary, verify), at the forbidden host in the lab resolver (up to about a minute); it also
-#                 edits the resolver's data, lab/.state/dns/trusted.hosts, as persistence does
-#  persistence    edits lab/.state/dns/trusted.hosts (prepare adds pool.agentguard.lab, cleanup removes it)
-declare -A EXCLUSIVE=([filtering-dns]="*" [persistence]="filtering-dns")
+# Shared lab state: what a scenario must not run beside ("*": anything else). None today: the scenarios
+# that give the lab resolver names of their own (filtering-dns's rotating name, persistence's pool) each
+# write their own file in lab/.state/dns/hosts.d, and no scenario moves a name another one resolves.
+declare -A EXCLUSIVE=()
 SUITES=(bookworm bullseye trixie)   # images the scenarios use (lab/images.sh caches them)
 SCENARIO_TIMEOUT=${SCENARIO_TIMEOUT:-900}
 FAIL_FAST=${FAIL_FAST:-0}

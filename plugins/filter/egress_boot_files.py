@@ -519,6 +519,25 @@ def guard_files_current(files, host, unit):
 
 
 # What a changed file needs of its unit (its `then`), strongest first; a unit or drop-in needs systemd to reload.
+def egress_rollback_helper(marker, state_dir, unit, tls):
+    """The snapshot and rollback helper (roles/egress/files/egress-rollback.sh) with the run's settings: its
+    state directory, its timer's unit, the TLS gate's unit and configuration (tls: the role's __egress_tls)."""
+    tls = _dict(tls)
+    given = dict(state_dir=state_dir, unit=unit, tls_unit=tls.get("unit"), tls_conf=tls.get("conf"))
+    for name, value in sorted(given.items()):
+        # Each becomes a single-quoted shell word: a quote, a line break or no value would change the script.
+        if not isinstance(value, str) or not value or "'" in value or "\n" in value:
+            raise AnsibleFilterError("egress_rollback_helper: %s=%r is not a usable setting" % (name, value))
+    if not isinstance(marker, str) or "\n" in marker:
+        raise AnsibleFilterError("egress_rollback_helper: the marker %r is not one line" % (marker,))
+    settings = (("DIR", state_dir), ("UNIT", unit), ("GATE_UNIT", tls["unit"]),
+                ("GATE_FILES", "%s /etc/systemd/system/%s" % (tls["conf"], tls["unit"])))
+    lines = ["%s='%s'\n" % setting for setting in settings]
+    with open(os.path.join(_collection_root(), "roles", "egress", "files", "egress-rollback.sh")) as handle:
+        script = handle.read()
+    return script.replace("@MARKER@", marker, 1).replace("@SETTINGS@\n", "".join(lines), 1)
+
+
 THEN = ("restarted", "reloaded")
 SYSTEMD_KINDS = ("unit", "dropin")
 
@@ -554,4 +573,5 @@ class FilterModule(object):
             "egress_guard_files": egress_guard_files,
             "egress_resolver_files": egress_resolver_files,
             "egress_unit_action": egress_unit_action,
+            "egress_rollback_helper": egress_rollback_helper,
         }

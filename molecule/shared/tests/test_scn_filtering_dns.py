@@ -5,9 +5,10 @@
 Proved with real queries and connections from the test host (as the agent's user) against the
 lab's trusted resolver, whose own query log (lab/.state/logs/ag-resolver/dnsmasq.log) shows what
 reached the upstream:
-- rotation: the lab resolver moves api.openclaw.security to another address; with no Ansible run
-  the agent's next lookup makes the new address reachable, and the old one stops being reachable
-  once its set entry times out;
+- rotation: the lab resolver moves rotate.agentguard.lab (this scenario's own name, so the others can
+  run beside it) to the forbidden host; with no Ansible run the agent's next lookup makes the new
+  address reachable, the old one leaves the name's sets once its entry times out, and moved back, the
+  forbidden host is unreachable again by itself;
 - tunnelling: random labels under a zone outside the allowlist, over every path (local resolver
   UDP/TCP and several query types, the upstream directly over UDP/TCP, DNS-over-TLS), get no
   answer that carries data, and the upstream never sees a query for the zone;
@@ -29,6 +30,7 @@ from conftest import (DGRAM_TIMEOUT, REPO, TCP_TIMEOUT, denial_lines, dmesg_mark
                       service_log_since, service_log_sizes, wait_for_log_budget)
 
 API = "api.openclaw.security"
+ROTATING = "rotate.agentguard.lab"  # this scenario's own name (prepare.yml): it starts at the API server
 RATES = "openexchangerates.org"
 LOCAL = {4: "127.0.0.1", 6: "::1"}
 UNIT = "agentguard-dns.service"
@@ -170,16 +172,13 @@ def test_resolver_upstream_traffic_works(target, family):
 
 # ------------------------------------------------------------------------------ rotation
 def _hosts_file():
-    """The trusted lab resolver's data, made to be edited by tests (lab/README.md)."""
-    return Path(lab_env().get("LAB_STATE", str(REPO / "lab" / ".state"))) / "dns" / "trusted.hosts"
+    """This scenario's file of the trusted lab resolver's data (lab/README.md; prepare.yml writes it)."""
+    return Path(lab_env().get("LAB_STATE", str(REPO / "lab" / ".state"))) / "dns" / "hosts.d" / "molecule-filtering-dns.hosts"
 
 
-def _point_api_at(role):
-    """Make the trusted lab resolver answer api.openclaw.security with the addresses of `role`."""
-    path = _hosts_file()
-    lines = [line for line in path.read_text().splitlines() if not line.endswith(" " + API)]
-    lines += ["%s %s" % (lab_addr(role, family), API) for family in (4, 6)]
-    path.write_text("\n".join(lines) + "\n")
+def _point_rotating_at(role):
+    """Make the trusted lab resolver answer rotate.agentguard.lab with the addresses of `role`."""
+    _hosts_file().write_text("".join("%s %s\n" % (lab_addr(role, family), ROTATING) for family in (4, 6)))
     subprocess.run([str(REPO / "lab" / "lab.sh"), "dns-reload"], check=True, capture_output=True)
 
 
@@ -195,11 +194,11 @@ def _lookup_until(target, role, seconds):
     want = {4: [lab_addr(role, 4)], 6: [lab_addr(role, 6)]}
     deadline = time.monotonic() + seconds
     while True:
-        _uid, res = target.probe([{"id": str(f), "kind": "resolve", "family": f, "host": API} for f in (4, 6)])
+        _uid, res = target.probe([{"id": str(f), "kind": "resolve", "family": f, "host": ROTATING} for f in (4, 6)])
         got = {f: res[str(f)]["detail"] for f in (4, 6)}
         if got == want:
             return
-        assert time.monotonic() < deadline, "the host still resolves %s to %s" % (API, got)
+        assert time.monotonic() < deadline, "the host still resolves %s to %s" % (ROTATING, got)
         time.sleep(1)
 
 
@@ -213,6 +212,24 @@ def _until_blocked(target, role, seconds):
         time.sleep(2)
 
 
+def _until_left_the_set(target, role, seconds):
+    """Wait until neither of `role`'s addresses is a member of the rotating entry's sets any more (the api
+    server stays reachable through inference-api, so the set, not a connection, says it left)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        members = set()
+        for family in (4, 6):
+            out = target.run("ipset list %s", "ag%d-rotating" % family)
+            assert out.rc == 0, out.stderr
+            listed = out.stdout.split("Members:\n", 1)[1]  # "ADDRESS timeout SECONDS" per line
+            members.update(line.split()[0] for line in listed.splitlines() if line.strip())
+        left = [lab_addr(role, f) for f in (4, 6) if lab_addr(role, f) in members]
+        if not left:
+            return
+        assert time.monotonic() < deadline, "%s still in the rotating sets after %d s" % (left, seconds)
+        time.sleep(2)
+
+
 def test_rotation_follows_dns_without_ansible(target):
     timeout = _timeout(target)
     cache = max(timeout // 2, 1)  # the resolver's max-cache-ttl
@@ -220,13 +237,13 @@ def test_rotation_follows_dns_without_ansible(target):
     bound = cache + timeout + 10
     assert _connects(target, "forbidden") == {4: False, 6: False}, "the forbidden host is reachable before rotation"
     try:
-        _point_api_at("forbidden")
+        _point_rotating_at("forbidden")
         _lookup_until(target, "forbidden", cache + 10)
         # The lookup itself put the new addresses into the sets: reachable at once.
         assert _connects(target, "forbidden") == {4: True, 6: True}, "the rotated address is not reachable"
-        _until_blocked(target, "api", bound)
+        _until_left_the_set(target, "api", bound)
     finally:
-        _point_api_at("api")
+        _point_rotating_at("api")
     _lookup_until(target, "api", cache + 10)
     assert _connects(target, "api") == {4: True, 6: True}
     # The rotated-away address leaves the allowlist again by itself.

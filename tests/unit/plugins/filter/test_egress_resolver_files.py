@@ -151,20 +151,19 @@ def test_the_role_writes_its_files_in_one_task_file():
     """Every file the role renders is written by the copy of tasks/write_files.yml; no task file templates one. The
     exceptions, each a copy of the host's own data, not a rendered file: the original /etc/resolv.conf and its link's
     target, kept for egress_dns_mode pinned or egress_state absent (run_resolver.yml), and what remove_resolver.yml
-    puts back. Still a template: the snapshot and rollback helper (apply.yml, egress-rollback.sh.j2)."""
+    puts back. No template is left: the role has no templates directory."""
     writers = []
     for name, task in every_task():
         for action in ("ansible.builtin.copy", "ansible.builtin.template"):
             if action in task:
                 writers.append((name, action, task[action].get("dest")))
-    assert [w for w in writers if w[1] == "ansible.builtin.template"] == [
-        ("apply.yml", "ansible.builtin.template", "{{ __egress_helper }}")]
+    assert [w for w in writers if w[1] == "ansible.builtin.template"] == []
     copies = [(name, dest) for name, action, dest in writers if action == "ansible.builtin.copy"]
     assert copies == [("remove_resolver.yml", "/etc/resolv.conf"),
                       ("run_resolver.yml", "{{ __egress_dns.state_dir }}/resolv.conf.link"),
                       ("run_resolver.yml", "{{ __egress_dns.state_dir }}/resolv.conf.orig"),
                       ("write_files.yml", "{{ item.path }}")]
-    assert sorted(os.listdir(os.path.join(ROOT, "roles", "egress", "templates"))) == ["egress-rollback.sh.j2"]
+    assert not os.path.exists(os.path.join(ROOT, "roles", "egress", "templates"))
 
 
 def test_drop_ins_are_pruned_in_one_place():
