@@ -1,8 +1,10 @@
 # -*- coding: utf-8 -*-
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The snapshot and rollback helper, rendered in Python like every other file the role writes. The fixtures in
-tests/unit/fixtures/rollback_helper/ are what the role's Jinja template (egress-rollback.sh.j2, removed) rendered
-for the same settings: the helper is byte for byte what it was."""
+"""The snapshot and rollback helper, rendered in Python like every other file the role writes.
+tests/unit/fixtures/rollback_helper.json holds the sha256 of what the role's Jinja template (egress-rollback.sh.j2,
+removed in the commit that added this test) rendered for the same settings: the helper is byte for byte what it was."""
+import hashlib
+import json
 import os
 import subprocess
 
@@ -11,8 +13,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.agentguard.hardening.plugins.filter import egress_boot_files as B
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures",
-                        "rollback_helper")
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures",
+                       "rollback_helper.json")
 ROLE_TLS = {"unit": "agentguard-tlsgate.service", "conf": "/etc/agentguard/tls-gate/nginx.conf", "binary": "/usr/sbin/nginx"}
 CASES = {
     "role-defaults": ("Managed by agentguard.hardening", "/var/lib/agentguard/egress", "agentguard-egress-rollback", ROLE_TLS),
@@ -22,8 +24,9 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_helper_is_byte_for_byte_what_the_template_rendered(case):
-    with open(os.path.join(FIXTURES, case + ".sh")) as handle:
-        assert B.egress_rollback_helper(*CASES[case]) == handle.read()
+    with open(FIXTURE) as handle:
+        rendered_by_the_template = json.load(handle)[case]
+    assert hashlib.sha256(B.egress_rollback_helper(*CASES[case]).encode()).hexdigest() == rendered_by_the_template
 
 
 def test_the_helper_is_valid_shell_and_holds_no_placeholder():
