@@ -1,4 +1,5 @@
-"""The role's on-host rollback (roles/egress/templates/egress-rollback.sh.j2), run for real in a network
+"""The role's on-host rollback (roles/egress/files/egress-rollback.sh as the filter egress_rollback_helper
+renders it, the way the role installs it), run for real in a network
 namespace: `save`, then other rules of ours, then `restore force` must give back the snapshot's state of
 the tables it owns, mangle and nat included (the container networks' forward path, the redirects), with
 our jumps where they were among the rules of others, which stay; sets made after the snapshot go."""
@@ -8,20 +9,17 @@ import subprocess
 
 import pytest
 
-from .conftest import ROOT, require_root, sh
+from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files import egress_rollback_helper
 
-TEMPLATE = os.path.join(ROOT, "roles", "egress", "templates", "egress-rollback.sh.j2")
+from .conftest import require_root, sh
+
 NS = "agit-rollback-%d" % os.getpid()
 SET = "ag4-rbtest%d" % (os.getpid() % 10000)
 
 
 def render(state_dir):
-    text = open(TEMPLATE).read()
-    values = {"__egress_marker": "test", "__egress_state_dir": state_dir, "__egress_rollback_unit": "agentguard-rb-test",
-              "__egress_tls.unit": "agentguard-tlsgate-test.service", "__egress_tls.conf": os.path.join(state_dir, "gate.conf")}
-    for name, value in values.items():
-        text = text.replace("{{ %s }}" % name, value)
-    assert "{{" not in text and "{%" not in text, "the test renders every variable of the template"
+    text = egress_rollback_helper("test", state_dir, "agentguard-rb-test",
+                                  {"unit": "agentguard-tlsgate-test.service", "conf": os.path.join(state_dir, "gate.conf")})
     path = os.path.join(state_dir, "egress-rollback.sh")
     with open(path, "w") as handle:
         handle.write(text)
