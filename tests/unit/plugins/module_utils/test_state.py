@@ -127,7 +127,8 @@ def test_ipset_bad_member_raises():
 
 
 CHAIN = st.from_regex(r"[A-Z][A-Z0-9_-]{0,20}", fullmatch=True)
-SPEC = st.from_regex(r"-[a-z] [a-z0-9./:]{1,12}( -m [a-z]{2,8} --[a-z-]{2,10} [0-9]{1,5}){0,3} -j [A-Z]{4,8}", fullmatch=True)
+# Not -p: a protocol saved by number reads back by name, on purpose (the test after this one).
+SPEC = st.from_regex(r"-[a-oq-z] [a-z0-9./:]{1,12}( -m [a-z]{2,8} --[a-z-]{2,10} [0-9]{1,5}){0,3} -j [A-Z]{4,8}", fullmatch=True)
 
 
 @st.composite
