@@ -471,11 +471,11 @@ def _collection_root():
 
 def egress_guard_files(guard, marker, platform=None, metrics=False, metrics_dir=None, before_units=None):
     """The guard's files (agentguard-guard.service, _guard.py), in write order: the module_utils it runs
-    (_guard.GUARD_FILES, read from this collection's plugins/module_utils, a checkout's or an installed
+    (_desired.GUARD_FILES, read from this collection's plugins/module_utils, a checkout's or an installed
     collection's), its entry point (roles/egress/files/agentguard-guard) and its unit. Each is {path,
     content, mode, kind} (kind code, entry or unit). guard: GUARD's keys (lib, entry, unit, state_dir,
     guard_dir) override GUARD."""
-    from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
+    from ansible_collections.agentguard.hardening.plugins.module_utils._desired import GUARD_FILES
 
     guard, platform = guard_settings(guard), _dict(platform)
     root = _collection_root()

@@ -18,9 +18,9 @@ __metaclass__ = type
 import re
 from collections import OrderedDict
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host, parse_port
-from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import parse_gate_log
 from ansible_collections.agentguard.hardening.plugins.plugin_utils._filters import parse_each
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 # host:port, IPv6 as [address]:port. The port part is checked by parse_port, the host by parse_host.
 _BRACKETED = re.compile(r"^\[([^\[\]]*)\]:([^:\[\]]*)$")
@@ -43,6 +43,8 @@ def canary_target(entry, where):
     checks as egress_allow's (parse_host, parse_port), so an entry the firewall cannot be what blocks it
     ("[fd00:19::20]:99999" would fail on the port and count as blocked) is refused before anything runs.
     """
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import parse_host, parse_port
+
     if not isinstance(entry, str):
         raise ValueError("%s: %r is not a string written host:port or [IPv6 address]:port" % (where, entry))
     text = entry.strip()
@@ -107,13 +109,15 @@ def _name(host):
     return str(host or "").lower().rstrip(".")
 
 
-def egress_canary_checks(allow, resolved, families=FAMILIES, gate=None):
+def egress_canary_checks(allow, resolved, families=("ipv4", "ipv6"), gate=None):
     """One check per allowed TCP destination, port and opened family: the first address the module resolved.
     Entries with users (open to those users only) get no check.
 
     A range is probed at its lower bound; a network (a CIDR wider than one address) is not probed. A gated
     name and port (gate: the module's tls_gate result) is probed with a TLS handshake for the name (sni).
     """
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_port
+
     gated = _gated(gate)
     checks = []
     for dest in allow or []:
@@ -137,7 +141,7 @@ def egress_canary_checks(allow, resolved, families=FAMILIES, gate=None):
     return checks
 
 
-def egress_canary_gate_checks(allow, resolved, families=FAMILIES, gate=None):
+def egress_canary_gate_checks(allow, resolved, families=("ipv4", "ipv6"), gate=None):
     """With the TLS gate enforcing: per gated name and port, to the first address per family the module resolved
     for it, a TLS handshake with a server name that is not allowlisted (FOREIGN_SNI), which the gate must refuse.
     [] in audit mode (it passes such a name) or when the gate is off."""
@@ -210,6 +214,8 @@ def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=Non
         if result.get("rc") == 0:
             item = result.get("item")
             failures.append("forbidden %s accepted a connection" % (item.get("entry") if isinstance(item, dict) else item))
+    from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import parse_gate_log
+
     records = parse_gate_log(gate_log or [])
     for result in gate_refused:
         item = result.get("item") or {}

@@ -86,7 +86,8 @@ _value:
 
 
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible_collections.agentguard.hardening.plugins.module_utils._firewalls import firewall_warnings
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks", firewalls=None,
@@ -96,6 +97,8 @@ def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="eg
     egress_host_state), each naming what is open and the variable that would close it; the other firewall
     managers that change the rules (firewalls of egress_host_state) and what the guard (guard: egress_guard) does,
     or why it cannot run (guard_skipped)."""
+    from ansible_collections.agentguard.hardening.plugins.module_utils._firewalls import firewall_warnings
+
     # A guard that cannot run holds nothing between runs: said every run, in check mode too.
     warnings = [guard_skipped] if guard_skipped else []
     warnings.extend(firewall_warnings(firewalls, boolean(guard, strict=False) and not guard_skipped))

@@ -42,11 +42,14 @@ _value:
   elements: str
 """
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import parse_network
 from ansible_collections.agentguard.hardening.plugins.plugin_utils._filters import parse_each
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 def egress_dns_interfaces(networks):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import parse_network
+
     result = []
     for network in parse_each("egress_dns_interfaces", "egress_scope_networks", networks, parse_network):
         if network.kind != "iface":

@@ -185,8 +185,8 @@ import yaml
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.agentguard.hardening.plugins.module_utils._k8s import DEFAULT_BACKENDS, ExportError, export_policies
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import rename_option
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 class _ManifestDumper(yaml.SafeDumper):
@@ -228,8 +228,12 @@ def _render(export):
 
 
 def egress_k8s_policies(variables, namespace, pod_selector=None, resolved=None, resolved_through=None,
-                        backends=DEFAULT_BACKENDS, dns="cluster", cluster_dns=None, tls_gate="off",
+                        backends=None, dns="cluster", cluster_dns=None, tls_gate="off",
                         name="agentguard-egress", priority=100, names=None, include_user_entries=False):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._k8s import DEFAULT_BACKENDS, ExportError, export_policies
+    from ansible_collections.agentguard.hardening.plugins.module_utils._options import rename_option
+
+    backends = DEFAULT_BACKENDS if backends is None else backends
     try:
         exports = export_policies(variables, namespace, pod_selector=pod_selector, resolved=resolved,
                                   backends=backends, dns=dns, tls_gate=tls_gate, name=name, priority=priority,

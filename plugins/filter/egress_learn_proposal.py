@@ -71,19 +71,22 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES
-from ansible_collections.agentguard.hardening.plugins.module_utils._learn import (
-    diff_host,
-    merged_allow,
-    propose,
-    render_markdown,
-    render_yaml,
-)
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 CATEGORIES = ("dns", "smtp", "metadata", "link-local", "protocol")
 
 
 def egress_learn_proposal(hosts, accept=None, accept_withheld=None, system_uid_max=999, generated=""):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._learn import (
+        diff_host,
+        merged_allow,
+        propose,
+        render_markdown,
+        render_yaml,
+    )
+    from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES
+
     if not isinstance(hosts, dict):
         raise AnsibleFilterError("egress_learn_proposal expects a dictionary of hosts, got %s" % type(hosts).__name__)
     accept_withheld = list(accept_withheld or [])

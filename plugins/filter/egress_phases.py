@@ -44,10 +44,10 @@ from ansible_collections.agentguard.hardening.plugins.filter.egress_boot_files i
 )
 from ansible_collections.agentguard.hardening.plugins.filter.egress_canary_checks import canary_scope_error, canary_target
 from ansible_collections.agentguard.hardening.plugins.filter.egress_policy_errors import egress_policy_errors
-from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES, filtering_upstream_error
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, as_list, parse_host
-from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
+
+# The collection's module_utils are imported where a filter needs them, not here: to find any one filter,
+# Ansible loads every filter file of the collection in each worker, and its collection loader compiles a
+# module_utils from source on every import (no bytecode cache). tests/unit/plugins/filter/test_filter_imports.py.
 
 # A user the role creates (the TLS gate's): a plain system user name.
 USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -115,6 +115,9 @@ def egress_input_errors(options, dns_before_units=None, rollback_timeout=0, cana
     options are the module's (the role's __egress_rules_args): the module's own validation runs on them
     (egress_policy_errors), with the role's variable names. Then what only the role needs.
     """
+    from ansible_collections.agentguard.hardening.plugins.module_utils._options import ROLE_VARIABLES, filtering_upstream_error
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import as_list
+
     if not isinstance(options, dict):
         raise AnsibleFilterError("egress_input_errors expects the dictionary of egress_rules options, got %s"
                                  % type(options).__name__)
@@ -199,6 +202,8 @@ def egress_host_query(platforms, dropin_name, dns_files, units, users, allow=Non
         paths.extend("/etc/systemd/system/%s.d/%s" % (unit, tls["dropin"]) for unit in tls.get("before_units") or [])
     guard_units = []
     if guard is not None:
+        from ansible_collections.agentguard.hardening.plugins.module_utils._desired import GUARD_FILES
+
         guard = guard_settings(guard)
         guard_units = [guard["unit"]]
         paths.extend(guard_paths(guard))
@@ -423,9 +428,12 @@ def egress_decide(run, host_state, platforms, result=None, plan=None, dns_user_l
     return decided
 
 
-def egress_dns_names(allow, families=FAMILIES):
+def egress_dns_names(allow, families=("ipv4", "ipv6")):
     """The DNS names of egress_allow (not addresses or networks) for the filtering resolver: each with its
     label, the name, whether its subdomains resolve too, and the sets (one per opened family) its answers fill."""
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
+    from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
+
     names = []
     for dest in allow or []:
         try:

@@ -57,15 +57,14 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.agentguard.hardening.plugins.module_utils._options import (
-    placeholder_uid,
-    rename_option,
-    validated_policy,
-)
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import PolicyError
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 def egress_policy_errors(options, names=None):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._options import placeholder_uid, rename_option, validated_policy
+    from ansible_collections.agentguard.hardening.plugins.module_utils._policy import PolicyError
+
     if not isinstance(options, dict):
         raise AnsibleFilterError("egress_policy_errors expects a dictionary of egress_rules options, got %s"
                                  % type(options).__name__)

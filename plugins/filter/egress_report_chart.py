@@ -52,10 +52,13 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.agentguard.hardening.plugins.module_utils._timeline import chart
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 def egress_report_chart(hosts, width=900, height=200):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._timeline import chart
+
     if not isinstance(hosts, dict):
         raise AnsibleFilterError("egress_report_chart expects the report's hosts (a dict), got %s" % type(hosts).__name__)
     results = [r for r in hosts.values() if isinstance(r, dict) and not r.get("failed") and not r.get("unreachable")]

@@ -51,10 +51,13 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.agentguard.hardening.plugins.module_utils._report import summarise
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 def egress_report_summary(hosts):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._report import summarise
+
     if not isinstance(hosts, dict):
         raise AnsibleFilterError("egress_report_summary expects the report's hosts (a dict), got %s"
                                  % type(hosts).__name__)

@@ -8,10 +8,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import render_nginx
+
+# module_utils are imported in the filters that use them (why: plugin_utils/_filters.py).
 
 
 def egress_tls_gate_config(rules_result, dns_mode, resolvers, log_path, pid_path, error_log_path):
+    from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import render_nginx
+
     gate = (rules_result or {}).get("tls_gate") if isinstance(rules_result, dict) else None
     if not gate:
         raise AnsibleFilterError("egress_tls_gate_config expects the result of egress_rules with tls_gate, got %r"

@@ -7,7 +7,7 @@
 
 Private to agentguard.hardening. Apart from the guard's daemon (_guard) so that egress_rules and
 egress_host_state import only this (the guard's watch loop, metrics and journal code are not theirs to
-load on every run). Stdlib only, like everything in _guard.GUARD_FILES.
+load on every run). Stdlib only, like everything in GUARD_FILES.
 
 The document (desired_document; DESIRED_FILE in the module's state directory): per family our part of
 every table as the module computes it (_plan.make_plan) and our ipsets with their static members, with
@@ -36,6 +36,10 @@ MARKER_FILE = "applying"
 LOCK_FILE = "lock"
 # A marker older than this (seconds) is stale: its apply died, and the armed rollback has run by then.
 MARKER_MAX_AGE = 900
+# The module_utils the guard (_guard) needs on the host (the role installs them; all import only the stdlib).
+# Here, not in _guard: the role's filters read it without loading the guard's code.
+GUARD_FILES = ("_guard.py", "_desired.py", "_apply.py", "_netfilter.py", "_plan.py", "_diff.py", "_render.py", "_state.py",
+               "_metrics.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py", "_hostio.py")
 
 Desired = namedtuple("Desired", ["families", "managed", "hooks", "sets", "hash", "applied"])
 """managed: {family: ManagedState}; hooks: {family: {hook: HookState}}; sets: {name: IpSet}."""

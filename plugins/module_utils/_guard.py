@@ -95,6 +95,7 @@ from collections import namedtuple
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
 from ansible_collections.agentguard.hardening.plugins.module_utils._desired import (
     DESIRED_FILE,
+    GUARD_FILES,
     LOCK_FILE,
     MARKER_FILE,
     MARKER_MAX_AGE,
@@ -139,9 +140,6 @@ FIGHT_WINDOW = 1.0
 BACKOFF_AFTER = 10
 BACKOFF_WINDOW = 60.0
 BACKOFF_DELAY = 10.0
-# The module_utils the guard needs on the host (the role installs them; all import only the stdlib).
-GUARD_FILES = ("_guard.py", "_desired.py", "_apply.py", "_netfilter.py", "_plan.py", "_diff.py", "_render.py", "_state.py",
-               "_metrics.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py", "_hostio.py")
 # Linux netlink constants (linux/netlink.h, linux/netfilter/nfnetlink.h).
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270

@@ -5,7 +5,7 @@
 
 """The host as the planners and readers see it: one object for every question they ask it.
 
-Private to agentguard.hardening. Stdlib only (the guard runs it on hosts without Ansible, _guard.GUARD_FILES).
+Private to agentguard.hardening. Stdlib only (the guard runs it on hosts without Ansible, _desired.GUARD_FILES).
 Every planner and reader (_rules.plan_rules, _netdev.read_host, _firewalls.read_firewalls, _log_sources,
 _metrics) takes a HostIO and asks it, never the host itself, so that unit tests drive them with a fake host
 (HostIO(run, which, warn, exists=..., ...) or a subclass) without root, runtimes or a journal.

@@ -56,7 +56,7 @@ TAMPER_KINDS = ("output-policy", "output-jump", "chain", "hook-jump", "ipset", "
 TAMPER_TABLES = ("filter", "mangle", "nat", "ipset", "other")
 TLS_REASONS = tuple(REFUSALS) + ("other",)
 FILE_NAME = "agentguard.prom"
-# What this module imports, for the guard's copy on the host (_guard.GUARD_FILES).
+# What this module imports, for the guard's copy on the host (_desired.GUARD_FILES).
 METRICS_FILES = ("_metrics.py", "_state.py", "_dnslog.py", "_logtime.py", "_tlsgate.py", "_policy.py")
 DNS_UNIT = "agentguard-dns.service"
 TLS_LOG = "/var/log/agentguard-tlsgate/access.log"

@@ -4,7 +4,7 @@ import os
 
 import yaml
 
-from ansible_collections.agentguard.hardening.plugins.module_utils._guard import GUARD_FILES
+from ansible_collections.agentguard.hardening.plugins.module_utils._desired import GUARD_FILES
 
 from .test_egress_phases import DEBIAN, F, MARKER, PLATFORMS, ROLE_VARS, ROOT, host, persisted, run
 
