@@ -56,6 +56,9 @@ def env(collections=None):
     e = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_PIPELINING="true",
              ANSIBLE_FORKS="25", CONTAINERS_CONF=os.path.join(ROOT, "lab", "containers.conf"),
              ANSIBLE_HOST_KEY_CHECKING="false")
+    # As on an operator's controller: Python may write the bytecode of the filter files it loads (a harness that
+    # sets PYTHONDONTWRITEBYTECODE would make every worker compile them, a cost no user pays).
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
     if PROFILE:
         e["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
         e["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "all"
