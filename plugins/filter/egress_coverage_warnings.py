@@ -54,12 +54,12 @@ options:
     description: Whether the guard (C(agentguard-guard.service), the role's C(egress_guard)) holds the rules.
     type: bool
     default: true
-  guard_skipped:
+  host:
     description:
-      - Why the guard, although wanted, cannot run on this host (the role's decision C(guard_skipped)); empty when it
-        runs. A non-empty reason is the first warning, and the firewall managers' warnings then say that nothing
-        restores the rules.
-    type: str
+      - The result of M(agentguard.hardening.egress_host_state). When O(guard) is on and systemd is not PID 1 there,
+        the guard cannot run: the reason (the role's decision C(guard_skipped), the same text) is the first warning,
+        and the firewall managers' warnings then say that nothing restores the rules.
+    type: dict
     default: ''
 """
 
@@ -91,17 +91,20 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 
 def egress_coverage_warnings(result, runtime_access=None, scope_networks_var="egress_scope_networks", firewalls=None,
-                             guard=True, guard_skipped=""):
+                             guard=True, host=None):
     """Warnings for the playbook summary: container/VM networks the policy leaves open (from the
     module's networks.uncovered) and restricted users who can start containers (runtime_access of
     egress_host_state), each naming what is open and the variable that would close it; the other firewall
     managers that change the rules (firewalls of egress_host_state) and what the guard (guard: egress_guard) does,
-    or why it cannot run (guard_skipped)."""
+    or why it cannot run on host (egress_phases.guard_skipped_reason, as the role's decision says it)."""
+    from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import guard_skipped_reason
     from ansible_collections.agentguard.hardening.plugins.module_utils._firewalls import firewall_warnings
 
+    guard = boolean(guard, strict=False)
+    guard_skipped = guard_skipped_reason(guard, host)
     # A guard that cannot run holds nothing between runs: said every run, in check mode too.
     warnings = [guard_skipped] if guard_skipped else []
-    warnings.extend(firewall_warnings(firewalls, boolean(guard, strict=False) and not guard_skipped))
+    warnings.extend(firewall_warnings(firewalls, guard and not guard_skipped))
     networks = (result or {}).get("networks") or {}
     for entry in networks.get("uncovered") or []:
         families = entry.get("families") or []

@@ -84,6 +84,15 @@ def _dict(value):
     return value if isinstance(value, dict) else {}
 
 
+def guard_skipped_reason(asked, host):
+    """Why the guard, asked for (egress_guard, egress_state present), is not installed on host (egress_host_state's
+    answer): systemd is not PID 1 there. '' when it can run, or when nothing is known of the host yet."""
+    if not (asked and host) or _dict(host).get("systemd"):
+        return ""
+    return ("egress_guard: systemd is not PID 1 on this host, so the guard (agentguard-guard.service) is not "
+            "installed: nothing restores the rules if they are changed between runs")
+
+
 def _unique(items):
     seen = []
     for item in items:
@@ -355,9 +364,7 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     guard_wanted = guard_asked and bool(host.get("systemd"))
     guard_leftovers = [path for path in guard_paths(guard_cfg) if path in paths]
     remove_guard = not guard_wanted and bool(guard_leftovers)
-    guard_skipped = ("egress_guard: systemd is not PID 1 on this host, so the guard (agentguard-guard.service) is "
-                     "not installed: nothing restores the rules if they are changed between runs"
-                     if guard_asked and host and not host.get("systemd") else "")
+    guard_skipped = guard_skipped_reason(guard_asked, host)
     # Where it cannot run, the phase only says so (every run: never silent).
     guard = bool(guard_skipped) or (guard_wanted and bool(guard_files) and not plan.get("skipped") and not plan_blocked
                                     and not guard_files_current(guard_files, host, guard_cfg.get("unit")))

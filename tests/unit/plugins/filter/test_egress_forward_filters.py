@@ -4,6 +4,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.agentguard.hardening.plugins.filter.egress_coverage_warnings import FilterModule as Warnings
 from ansible_collections.agentguard.hardening.plugins.filter.egress_dns_interfaces import FilterModule as Interfaces
+from ansible_collections.agentguard.hardening.plugins.filter.egress_phases import guard_skipped_reason
 
 interfaces = Interfaces().filters()["egress_dns_interfaces"]
 warnings = Warnings().filters()["egress_coverage_warnings"]
@@ -86,7 +87,11 @@ def test_firewall_managers_are_named_with_what_the_guard_does(guard, says):
 def test_a_guard_that_cannot_run_is_the_first_warning_and_restores_nothing():
     """Never silent: egress_guard true on a host without systemd is said in the plan's and the apply's warnings."""
     reason = "egress_guard: systemd is not PID 1 on this host, so the guard (agentguard-guard.service) is not installed"
-    found = warnings({}, [], firewalls=[NFT], guard=True, guard_skipped=reason)
-    assert found[0] == reason
+    found = warnings({}, [], firewalls=[NFT], guard=True, host={"systemd": False})
+    assert found[0].startswith(reason)
     assert len(found) == 2 and "nothing restores" in found[1] and "agentguard-guard.service (egress_guard) restores" not in found[1]
-    assert warnings({}, [], guard=True, guard_skipped="") == []
+    # The same text as the role's decision says (egress_phases), from one function.
+    assert found[0] == guard_skipped_reason(True, {"systemd": False})
+    assert warnings({}, [], guard=True, host={"systemd": True}) == []
+    assert warnings({}, [], guard=False, host={"systemd": False}) == []  # not asked for (egress_guard false, or absent)
+    assert warnings({}, [], guard=True) == []  # nothing known of the host yet
