@@ -57,10 +57,9 @@ options:
   host:
     description:
       - The result of M(agentguard.hardening.egress_host_state). When O(guard) is on and systemd is not PID 1 there,
-        the guard cannot run: the reason (the role's decision C(guard_skipped), the same text) is the first warning,
-        and the firewall managers' warnings then say that nothing restores the rules.
+        the guard cannot run. Why (the same text as the role's decision C(guard_skipped)) is then the first warning,
+        and the firewall managers' warnings say that nothing restores the rules.
     type: dict
-    default: ''
 """
 
 EXAMPLES = r"""

@@ -6,7 +6,7 @@
 """The on-host guard: hold the host to the rules the last successful apply installed.
 
 Private to agentguard.hardening. Runs on the target host as agentguard-guard.service, without Ansible:
-the role copies this file and the module_utils it imports (GUARD_FILES, all stdlib-only) under
+the role copies this file and the module_utils it imports (_desired.GUARD_FILES, all stdlib-only) under
 /usr/lib/agentguard/guard and starts it through roles/egress/files/agentguard-guard.
 
 What it holds (the desired-state file, _desired.DESIRED_FILE, written by egress_rules under the apply
@@ -95,7 +95,6 @@ from collections import namedtuple
 from ansible_collections.agentguard.hardening.plugins.module_utils._apply import ApplyError, apply_plan
 from ansible_collections.agentguard.hardening.plugins.module_utils._desired import (
     DESIRED_FILE,
-    GUARD_FILES,
     LOCK_FILE,
     MARKER_FILE,
     MARKER_MAX_AGE,

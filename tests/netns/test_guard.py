@@ -97,7 +97,7 @@ class Guard(object):
         # The role's layout: /usr/lib/agentguard/guard/ansible_collections/agentguard/hardening/plugins/module_utils/
         dest = os.path.join(lib, "ansible_collections", "agentguard", "hardening", "plugins", "module_utils")
         os.makedirs(dest)
-        for name in G.GUARD_FILES:
+        for name in D.GUARD_FILES:
             shutil.copy(os.path.join(ROOT, "plugins", "module_utils", name), dest)
         self.journal = Journal(os.path.join(tmp, "journal.sock"))
         env = dict(os.environ, AGENTGUARD_GUARD_LIB=lib)

@@ -393,15 +393,15 @@ def test_guard_files_import_only_the_stdlib_and_each_other():
     import sys
     here = os.path.dirname(G.__file__)
     stdlib = getattr(sys, "stdlib_module_names", None)
-    for name in G.GUARD_FILES:
+    for name in D.GUARD_FILES:
         with open(os.path.join(here, name)) as handle:
             tree = ast.parse(handle.read())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith(".module_utils"):
                 for alias in node.names:
-                    assert alias.name + ".py" in G.GUARD_FILES, (name, alias.name)
+                    assert alias.name + ".py" in D.GUARD_FILES, (name, alias.name)
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ansible_collections"):
-                assert node.module.rsplit(".", 1)[-1] + ".py" in G.GUARD_FILES, (name, node.module)
+                assert node.module.rsplit(".", 1)[-1] + ".py" in D.GUARD_FILES, (name, node.module)
             elif isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
                 assert not node.module.startswith("ansible"), (name, node.module)
                 if stdlib:
