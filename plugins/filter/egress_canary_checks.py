@@ -109,7 +109,7 @@ def _name(host):
     return str(host or "").lower().rstrip(".")
 
 
-def egress_canary_checks(allow, resolved, families=("ipv4", "ipv6"), gate=None):
+def egress_canary_checks(allow, resolved, families=None, gate=None):
     """One check per allowed TCP destination, port and opened family: the first address the module resolved.
     Entries with users (open to those users only) get no check.
 
@@ -118,6 +118,7 @@ def egress_canary_checks(allow, resolved, families=("ipv4", "ipv6"), gate=None):
     """
     from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_port
 
+    families = FAMILIES if families is None else families
     gated = _gated(gate)
     checks = []
     for dest in allow or []:
@@ -141,7 +142,7 @@ def egress_canary_checks(allow, resolved, families=("ipv4", "ipv6"), gate=None):
     return checks
 
 
-def egress_canary_gate_checks(allow, resolved, families=("ipv4", "ipv6"), gate=None):
+def egress_canary_gate_checks(allow, resolved, families=None, gate=None):
     """With the TLS gate enforcing: per gated name and port, to the first address per family the module resolved
     for it, a TLS handshake with a server name that is not allowlisted (FOREIGN_SNI), which the gate must refuse.
     [] in audit mode (it passes such a name) or when the gate is off."""
@@ -197,6 +198,8 @@ def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=Non
     handshake that failed for another reason, such as a name nobody can resolve, proves nothing).
     Returns {failures, fail_msg, success_msg}.
     """
+    from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import parse_gate_log
+
     failures = []
     reached = OrderedDict()
     allowed, forbidden, gate_refused = _results(allowed), _results(forbidden), _results(gate_refused)
@@ -214,8 +217,6 @@ def egress_canary_verdict(allowed, forbidden, host="this host", gate_refused=Non
         if result.get("rc") == 0:
             item = result.get("item")
             failures.append("forbidden %s accepted a connection" % (item.get("entry") if isinstance(item, dict) else item))
-    from ansible_collections.agentguard.hardening.plugins.module_utils._tlsgate import parse_gate_log
-
     records = parse_gate_log(gate_log or [])
     for result in gate_refused:
         item = result.get("item") or {}

@@ -435,12 +435,13 @@ def egress_decide(run, host_state, platforms, result=None, plan=None, dns_user_l
     return decided
 
 
-def egress_dns_names(allow, families=("ipv4", "ipv6")):
+def egress_dns_names(allow, families=None):
     """The DNS names of egress_allow (not addresses or networks) for the filtering resolver: each with its
     label, the name, whether its subdomains resolve too, and the sets (one per opened family) its answers fill."""
     from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, parse_host
     from ansible_collections.agentguard.hardening.plugins.module_utils._render import set_name
 
+    families = FAMILIES if families is None else families
     names = []
     for dest in allow or []:
         try:

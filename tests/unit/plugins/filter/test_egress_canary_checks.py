@@ -65,6 +65,7 @@ def test_one_check_per_tcp_destination_port_and_family_first_address_only():
     allow = [dict(name="api", host="api.example", ports=[443, "8000-8010"]), dict(name="net", host="198.18.1.0/24"),
              dict(name="rates", host="rates.example", ports=["8443"], protocol="tcp"),
              dict(name="ntp", host="pool.example", ports=[123], protocol="udp")]
+    assert checks(allow, RESOLVED) == checks(allow, RESOLVED, ["ipv4", "ipv6"])  # no families: both
     assert checks(allow, RESOLVED, ["ipv4", "ipv6"]) == [
         dict(name="api", family="ipv4", address="198.18.0.10", port=443, sni=""),
         dict(name="api", family="ipv4", address="198.18.0.10", port=8000, sni=""),

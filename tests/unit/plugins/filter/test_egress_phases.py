@@ -379,6 +379,7 @@ def test_dns_names_are_the_names_only_with_their_sets():
         dict(label="wild", host="cdn.example.net", subdomains=True, sets=["ag4-wild", "ag6-wild"]),
     ]
     assert F["egress_dns_names"](allow[:1], ["ipv6"])[0]["sets"] == ["ag6-api"]
+    assert F["egress_dns_names"](allow) == F["egress_dns_names"](allow, ["ipv4", "ipv6"])  # no families: both
 
 
 def test_dns_conflicts_are_wildcard_and_loopback_listeners():

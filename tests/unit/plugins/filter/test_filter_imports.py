@@ -24,9 +24,8 @@ found = filter_loader.get(sys.argv[2])
 loaded = lambda: sorted(m for m in sys.modules if m.startswith(%r))
 after_lookup = loaded()
 calls = json.loads(sys.argv[3])
-result = None
 if calls is not None:
-    result = repr(found.j2_function(*calls))
+    found.j2_function(*calls)
 print(json.dumps(dict(found=found is not None, after_lookup=after_lookup, after_call=loaded())))
 """ % PACKAGE
 
