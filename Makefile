@@ -27,7 +27,7 @@ unit: bootstrap
 	$(PYTEST) -q -n auto tests/unit
 
 netns: bootstrap
-	$(PYTEST) -q tests/netns
+	@bash scripts/netns.sh
 
 compat: bootstrap
 	@bash scripts/compat.sh

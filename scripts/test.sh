@@ -7,10 +7,10 @@ cd "$ROOT"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(pytest compat sanity lint build ee molecule)
 declare -a report=()
-# The unit tests on every core (pytest-xdist); the namespace tests one at a time, as they share the kernel's
-# sysctls and the lab's lock. pytest exits non-zero when it collects no test.
+# The unit tests on every core (pytest-xdist); the namespace tests side by side, then those that read the
+# kernel's log one at a time (scripts/netns.sh). pytest exits non-zero when it collects no test.
 pytest_stage() {
-  python -m pytest -p no:cacheprovider -n auto tests/unit && python -m pytest -p no:cacheprovider tests/netns
+  python -m pytest -p no:cacheprovider -n auto tests/unit && bash scripts/netns.sh
 }
 run_stage() {
   local name=$1; shift
@@ -28,7 +28,7 @@ for stage in "${stages[@]}"; do
   case $stage in
     pytest)   run_stage pytest pytest_stage ;;
     unit)     run_stage unit python -m pytest -q -p no:cacheprovider -n auto tests/unit ;;
-    netns)    run_stage netns python -m pytest -q -p no:cacheprovider tests/netns ;;
+    netns)    run_stage netns bash scripts/netns.sh ;;
     compat)   run_stage compat bash scripts/compat.sh ;;
     sanity)   run_stage sanity bash scripts/sanity.sh ;;
     lint)     run_stage lint bash scripts/lint.sh ;;

@@ -295,10 +295,33 @@ class Arrivals(object):
         return dict((t, now[t] - self.base[t]) for t in self.targets)
 
 
+KERNEL_LOG_MARK = "kernel_log"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", KERNEL_LOG_MARK + ": reads the kernel's log; runs alone (scripts/netns.sh)")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that reads the kernel's log is marked so: scripts/netns.sh runs the others side by side
+    (pytest-xdist) and these one at a time, after them."""
+    for item in items:
+        if KERNEL_LOG_MARK in getattr(item, "fixturenames", ()):
+            item.add_marker(KERNEL_LOG_MARK)
+
+
 @pytest.fixture
 def kernel_log():
     """Kernel LOG lines from a non-initial namespace need nf_log_all_netns=1 (restored afterwards).
-    The fixture is dmesg's text now; kernel_log.since(mark) gives the lines after kernel_log.mark()."""
+    The fixture is dmesg's text now; kernel_log.since(mark) gives the lines after kernel_log.mark().
+
+    The sysctl and dmesg are the machine's, and every lab namespace has the same addresses: beside another
+    test, one test's LOG lines would be counted in the other's, and its restore would switch the other's
+    logging off. So a test that reads the log refuses to run beside others (scripts/netns.sh)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or "1")
+    if workers > 1:
+        pytest.fail("a test that reads the kernel's log runs alone, not with %d pytest-xdist workers: "
+                    "scripts/netns.sh runs the tests marked %s after the others, without -n" % (workers, KERNEL_LOG_MARK))
     path = "/proc/sys/net/netfilter/nf_log_all_netns"
     if not os.path.exists(path):
         pytest.skip("this kernel has no nf_log_all_netns sysctl")
@@ -335,7 +358,10 @@ class KernelLog(object):
 @pytest.fixture
 def lab(request):
     require_root()
-    tag = "%d%s" % (os.getpid() % 10000, request.node.name[-6:].replace("[", "").replace("]", "").replace("-", ""))[:10]
+    # Unique among the labs of pytest-xdist workers running side by side (their namespaces' names).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "").replace("gw", "")
+    tag = "%s%d%s" % (worker, os.getpid() % 10000,
+                      request.node.name[-6:].replace("[", "").replace("]", "").replace("-", ""))[:12]
     lab = Lab(tag).up()
     yield lab
     lab.down()
