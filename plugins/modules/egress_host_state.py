@@ -19,7 +19,7 @@ description:
     SHA-256 of the given paths, and which of the given users do not exist.
   - With O(networks=true), also the host's container and VM networks (the bridges whose forwarded traffic
     the allowlist must cover, found with C(ip -j -d addr show)) and the container and VM runtimes it has;
-    with O(runtime_users), which runtime API sockets those users can connect to.
+    with O(query.runtime_users), which runtime API sockets those users can connect to.
   - The role C(agentguard.hardening.egress) runs it instead of fact gathering and a module per question, so
     an unchanged host costs this module alone in pinned DNS mode (with O(plan)).
 author:
@@ -31,57 +31,64 @@ attributes:
   platform:
     description: Linux hosts with C(dpkg) (Debian family) or C(rpm) (Red Hat family).
 options:
-  packages:
+  query:
     description:
-      - Package names to look up in the host's package database (C(dpkg-query) on the Debian family,
-        C(rpm) on the Red Hat family). Names of another family's packages are simply not installed.
-    type: list
-    elements: str
-    default: []
-  active:
-    description:
-      - Units whose C(systemctl is-active) answer to return (only when systemd is PID 1).
-      - All units of O(active) and O(enabled) are asked in one C(systemctl show) call.
-    type: list
-    elements: str
-    default: []
-  enabled:
-    description: Units whose C(systemctl is-enabled) answer to return (only when systemd is PID 1).
-    type: list
-    elements: str
-    default: []
-  paths:
-    description: Paths to describe, without following a symbolic link. Absent paths are left out of RV(paths).
-    type: list
-    elements: path
-    default: []
-  users:
-    description: User names (or numeric uids, which always count as present) that must exist.
-    type: list
-    elements: str
-    default: []
+      - What to read, in one mapping, so that a caller computes it once (the role evaluates one expression
+        for all of it, not one per list). Each list left out is empty.
+    type: dict
+    suboptions:
+      packages:
+        description:
+          - Package names to look up in the host's package database (C(dpkg-query) on the Debian family,
+            C(rpm) on the Red Hat family). Names of another family's packages are simply not installed.
+        type: list
+        elements: str
+        default: []
+      active:
+        description:
+          - Units whose C(systemctl is-active) answer to return (only when systemd is PID 1).
+          - All units of O(query.active) and O(query.enabled) are asked in one C(systemctl show) call.
+        type: list
+        elements: str
+        default: []
+      enabled:
+        description: Units whose C(systemctl is-enabled) answer to return (only when systemd is PID 1).
+        type: list
+        elements: str
+        default: []
+      paths:
+        description: Paths to describe, without following a symbolic link. Absent paths are left out of RV(paths).
+        type: list
+        elements: path
+        default: []
+      users:
+        description: User names (or numeric uids, which always count as present) that must exist.
+        type: list
+        elements: str
+        default: []
+      runtime_users:
+        description:
+          - Restricted user names (or numeric uids) whose access to the API sockets of container and VM runtimes
+            (Docker, Podman, containerd, libvirt, LXD) to return in RV(runtime_access).
+          - A user who can connect to one of these sockets can start a container or VM, and with it traffic the
+            rules for that user do not see.
+        type: list
+        elements: str
+        default: []
   networks:
     description:
       - Also return RV(bridges) (runs C(ip -j -d addr show)) and RV(runtimes).
-      - The runtimes' systemd units are asked in the same C(systemctl show) call as O(active) and O(enabled).
+      - The runtimes' systemd units are asked in the same C(systemctl show) call as O(query.active) and
+        O(query.enabled).
       - When C(ip) is missing or fails, RV(bridges) is empty and a warning says so.
     type: bool
     default: false
-  runtime_users:
-    description:
-      - Restricted user names (or numeric uids) whose access to the API sockets of container and VM runtimes
-        (Docker, Podman, containerd, libvirt, LXD) to return in RV(runtime_access).
-      - A user who can connect to one of these sockets can start a container or VM, and with it traffic the
-        rules for that user do not see.
-    type: list
-    elements: str
-    default: []
   firewalls:
     description:
       - Also return RV(firewalls), the other firewall managers of the host (C(nftables.service), firewalld, ufw) and
         what each does to the egress rules on start, reload, restart, stop and boot.
-      - Their units are asked in the same C(systemctl show) call as O(active) and O(enabled), their packages in the
-        same package query as O(packages); runs C(iptables -V) and, when C(nftables.service) is enabled or active,
+      - Their units are asked in the same C(systemctl show) call as O(query.active) and O(query.enabled), their packages in the
+        same package query as O(query.packages); runs C(iptables -V) and, when C(nftables.service) is enabled or active,
         C(systemctl show -p ExecStart,ExecReload,ExecStop nftables.service), and reads the files its commands name.
     type: bool
     default: false
@@ -100,10 +107,11 @@ options:
 EXAMPLES = r"""
 - name: Read what the persistence of the rules depends on
   agentguard.hardening.egress_host_state:
-    packages: [iptables, ipset, netfilter-persistent]
-    enabled: [netfilter-persistent.service]
-    paths: [/etc/iptables/rules.v4, /etc/iptables/rules.v6, /etc/iptables/ipsets]
-    users: [agent]
+    query:
+      packages: [iptables, ipset, netfilter-persistent]
+      enabled: [netfilter-persistent.service]
+      paths: [/etc/iptables/rules.v4, /etc/iptables/rules.v6, /etc/iptables/ipsets]
+      users: [agent]
   register: host
 
 - name: Fail when the agent's user is missing
@@ -113,7 +121,8 @@ EXAMPLES = r"""
 - name: Read the container networks and who can drive their runtimes
   agentguard.hardening.egress_host_state:
     networks: true
-    runtime_users: [agent]
+    query:
+      runtime_users: [agent]
   register: host
 
 - name: Fail when the agent's user can start containers
@@ -169,7 +178,7 @@ systemd:
   returned: always
   type: bool
 packages:
-  description: The names among O(packages) that are installed.
+  description: The names among O(query.packages) that are installed.
   returned: always
   type: list
   elements: str
@@ -188,12 +197,12 @@ enabled:
   type: dict
   sample: {"netfilter-persistent.service": enabled}
 paths:
-  description: For each of O(paths) that exists, its C(type) (V(file) or V(other)), C(mode), C(uid), C(gid) and, for a file, C(sha256).
+  description: For each of O(query.paths) that exists, its C(type) (V(file) or V(other)), C(mode), C(uid), C(gid) and, for a file, C(sha256).
   returned: always
   type: dict
   sample: {"/etc/iptables/rules.v4": {"type": file, "mode": "0600", "uid": 0, "gid": 0, "sha256": "9f86d0..."}}
 missing_users:
-  description: The names in O(users) that have no passwd entry.
+  description: The names in O(query.users) that have no passwd entry.
   returned: always
   type: list
   elements: str
@@ -340,17 +349,17 @@ iptables_backend:
   type: str
 runtime_access:
   description:
-    - For each of O(runtime_users), the runtime API sockets that user can connect to (write permission on the
+    - For each of O(query.runtime_users), the runtime API sockets that user can connect to (write permission on the
       socket, as its owner, through a group, as others, or as root). ACLs and the permissions of the
       directories on the way are not looked at.
-    - A user that does not exist is left out (see RV(missing_users) with O(users)).
+    - A user that does not exist is left out (see RV(missing_users) with O(query.users)).
   returned: always
   type: list
   elements: dict
   sample: [{"user": agent, "uid": 1000, "socket": /run/docker.sock, "runtime": docker, "via": group docker}]
   contains:
     user:
-      description: The name as given in O(runtime_users).
+      description: The name as given in O(query.runtime_users).
       type: str
     uid:
       description: Its uid.
@@ -383,13 +392,15 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._policy impor
 from ansible_collections.agentguard.hardening.plugins.module_utils._rules import RulesError, plan_rules
 
 ARGUMENT_SPEC = dict(
-    packages=dict(type="list", elements="str", default=[]),
-    active=dict(type="list", elements="str", default=[]),
-    enabled=dict(type="list", elements="str", default=[]),
-    paths=dict(type="list", elements="path", default=[]),
-    users=dict(type="list", elements="str", default=[]),
+    query=dict(type="dict", apply_defaults=True, options=dict(
+        packages=dict(type="list", elements="str", default=[]),
+        active=dict(type="list", elements="str", default=[]),
+        enabled=dict(type="list", elements="str", default=[]),
+        paths=dict(type="list", elements="path", default=[]),
+        users=dict(type="list", elements="str", default=[]),
+        runtime_users=dict(type="list", elements="str", default=[]),
+    )),
     networks=dict(type="bool", default=False),
-    runtime_users=dict(type="list", elements="str", default=[]),
     firewalls=dict(type="bool", default=False),
     plan=dict(type="dict"),
 )
@@ -440,23 +451,24 @@ def main():
                            _read_first("/etc/debian_version"))
     facts.update(system=platform.system(), python=sys.executable)
     networks = module.params["networks"]
-    query = dict(module.params)
+    asked = module.params["query"]
+    query = dict(asked)
     if networks:  # the runtimes' units, asked in the same systemctl call as the caller's
-        query["active"] = list(module.params["active"]) + _netdev.RUNTIME_UNITS
+        query["active"] = list(asked["active"]) + _netdev.RUNTIME_UNITS
     firewalls = module.params["firewalls"]
     if firewalls:  # the firewall managers' units and packages, in the same calls
         query["active"] = list(query["active"]) + list(_firewalls.UNITS.values())
-        query["enabled"] = list(module.params["enabled"]) + list(_firewalls.UNITS.values())
-        query["packages"] = list(module.params["packages"]) + _firewalls.PACKAGES
+        query["enabled"] = list(asked["enabled"]) + list(_firewalls.UNITS.values())
+        query["packages"] = list(asked["packages"]) + _firewalls.PACKAGES
     state = host_state(query, host, os.path.isdir("/run/systemd/system"), facts["os_family"])
     units, enabled = state["active"], state["enabled"]
-    state["active"] = dict((unit, units[unit]) for unit in module.params["active"] if unit in units)
-    state["enabled"] = dict((unit, enabled[unit]) for unit in module.params["enabled"] if unit in enabled)
+    state["active"] = dict((unit, units[unit]) for unit in asked["active"] if unit in units)
+    state["enabled"] = dict((unit, enabled[unit]) for unit in asked["enabled"] if unit in enabled)
     packages = state["packages"]
-    state["packages"] = [name for name in packages if name in module.params["packages"]]
+    state["packages"] = [name for name in packages if name in asked["packages"]]
     if firewalls:
         state.update(_firewalls.read_firewalls(host, packages, units, enabled))
-    users = _netdev.runtime_users(host, module.params["runtime_users"])
+    users = _netdev.runtime_users(host, asked["runtime_users"])
     found = _netdev.read_host(host, users, units, networks=networks)
     for warning in found.pop("warnings"):
         module.warn(warning)

@@ -135,6 +135,15 @@ def test_the_host_is_asked_about_every_platform_at_once():
     assert query["users"] == query["runtime_users"] == ["agent"]
 
 
+def test_the_question_is_the_modules_query_option():
+    """The role passes the filter's answer whole as egress_host_state's query: the same keys as the option's
+    suboptions (AnsibleModule refuses a key it does not know; a list the filter stopped giving would be empty)."""
+    from ansible_collections.agentguard.hardening.plugins.modules.egress_host_state import ARGUMENT_SPEC
+
+    query = F["egress_host_query"](PLATFORMS, DROPIN, DNS_FILES, [DNS_UNIT], ["agent"], [], TLS, {})
+    assert set(query) == set(ARGUMENT_SPEC["query"]["options"])
+
+
 def test_host_errors_name_the_platform_and_the_missing_users():
     debian = F["egress_platform"](dict(platform=facts()), PLATFORMS)
     assert F["egress_host_errors"](dict(platform=facts(), missing_users=[]), debian, "h") == []
