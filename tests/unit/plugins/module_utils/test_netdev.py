@@ -409,7 +409,8 @@ def systemctl_show(argv):
 
 
 def test_module_asks_the_runtime_units_in_the_one_systemctl_call(monkeypatch, capsys):
-    result, calls = run_module(monkeypatch, capsys, {"networks": True, "active": ["netfilter-persistent.service"]},
+    asked = {"networks": True, "query": {"active": ["netfilter-persistent.service"]}}
+    result, calls = run_module(monkeypatch, capsys, asked,
                                {"systemctl": systemctl_show, "ip": (0, fixture_text(), "")})
     shows = [argv for argv in calls if argv[0].endswith("systemctl")]
     assert len(shows) == 1 and shows[0][4:] == ["netfilter-persistent.service"] + N.RUNTIME_UNITS
@@ -422,7 +423,7 @@ def test_module_asks_the_runtime_units_in_the_one_systemctl_call(monkeypatch, ca
 
 
 def test_module_without_networks_asks_nothing_more(monkeypatch, capsys):
-    result, calls = run_module(monkeypatch, capsys, {"active": ["netfilter-persistent.service"]},
+    result, calls = run_module(monkeypatch, capsys, {"query": {"active": ["netfilter-persistent.service"]}},
                                {"systemctl": systemctl_show})
     assert [argv[4:] for argv in calls if argv[0].endswith("systemctl")] == [["netfilter-persistent.service"]]
     assert not [argv for argv in calls if argv[0].endswith("/ip")]
@@ -430,7 +431,7 @@ def test_module_without_networks_asks_nothing_more(monkeypatch, capsys):
 
 
 def test_module_warns_when_ip_fails(monkeypatch, capsys):
-    result, _calls = run_module(monkeypatch, capsys, {"networks": True, "runtime_users": ["root"]},
+    result, _calls = run_module(monkeypatch, capsys, {"networks": True, "query": {"runtime_users": ["root"]}},
                                 {"ip": (1, "", "Cannot open netlink socket: Permission denied")}, systemd=False)
     assert result["bridges"] == [] and result["active"] == {}
     # ansible-core 2.19+ returns each warning as a summary dict, older versions as its text.
@@ -444,7 +445,7 @@ def test_module_runs_for_real_on_this_machine():
     code = ("import sys; from ansible_collections.agentguard.hardening.plugins.modules import egress_host_state as M; "
             "M.main()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    args = json.dumps({"ANSIBLE_MODULE_ARGS": {"networks": True, "runtime_users": ["root"]}})
+    args = json.dumps({"ANSIBLE_MODULE_ARGS": {"networks": True, "query": {"runtime_users": ["root"]}}})
     out = subprocess.run([sys.executable, "-c", code, args], stdout=subprocess.PIPE, universal_newlines=True,
                          check=False, env=env).stdout
     result = json.loads(out)
