@@ -36,6 +36,7 @@ options:
       - What to read, in one mapping, so that a caller computes it once (the role evaluates one expression
         for all of it, not one per list). Each list left out is empty.
     type: dict
+    version_added: 0.2.0
     suboptions:
       packages:
         description:
