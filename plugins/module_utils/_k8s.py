@@ -43,7 +43,7 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._options impo
     rename_option,
     validated_policy,
 )
-from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, PolicyError
+from ansible_collections.agentguard.hardening.plugins.module_utils._policy import FAMILIES, PolicyError, literal_networks
 
 BACKENDS = ("networkpolicy", "cilium", "ciliumclusterwide", "clusternetworkpolicy")
 # What the export writes unless told otherwise; the cluster-wide Cilium object is opt-in.
@@ -178,8 +178,8 @@ def _addresses(dest, resolved, families, errors):
     """{family: [cidr, ...]} of one destination, sorted; names from `resolved`."""
     out = dict((family, []) for family in families)
     if dest.kind != "name":
-        if dest.kind in families:
-            out[dest.kind] = [dest.host]
+        for family, nets in literal_networks(dest, families).items():
+            out[family] = [str(n) for n in sorted(ipaddress.ip_network(c) for c in nets)]
         return out
     entry = (resolved or {}).get(dest.name)
     if not isinstance(entry, dict):
@@ -679,9 +679,11 @@ def _cilium(policy, opts, limitations, errors, clusterwide=False):
             selectors = [{"matchName": exact}] + ([{"matchPattern": pattern}] if pattern else [])
             server_names = [exact] + ([pattern] if pattern else []) if opts["tls_gate"] == "enforce" else []
             egress.append({"toFQDNs": selectors, "toPorts": _cilium_port_rules(dest, server_names)})
-        elif dest.kind in policy.families:
-            # Never toPorts alone: Cilium reads a rule without peers as "every destination".
-            egress.append({"toCIDRSet": [{"cidr": dest.host}], "toPorts": _cilium_port_rules(dest, [])})
+        else:
+            cidrs = [c for nets in literal_networks(dest, policy.families).values() for c in nets]
+            if cidrs:
+                # Never toPorts alone: Cilium reads a rule without peers as "every destination".
+                egress.append({"toCIDRSet": [{"cidr": c} for c in cidrs], "toPorts": _cilium_port_rules(dest, [])})
     wildcards = any("*" in n for r in egress for p in r["toPorts"] for n in p.get("serverNames", []))
     extra = {ANNOTATION + "minimum-cilium-version": CILIUM_SERVER_NAME_WILDCARDS if wildcards else CILIUM_MINIMUM}
     if policy.mode == "audit":
@@ -747,10 +749,11 @@ def _clusternetworkpolicy(policy, opts, limitations, errors):
                 continue
             exact, pattern = _names_of(dest)
             peers = [{"domainNames": [exact] + ([pattern] if pattern else [])}]
-        elif dest.kind in policy.families:
-            peers = _cnp_networks([dest.host])
         else:
-            continue
+            cidrs = [c for nets in literal_networks(dest, policy.families).values() for c in nets]
+            if not cidrs:
+                continue
+            peers = _cnp_networks(cidrs)
         egress.append({"name": dest.name, "action": "Accept", "to": peers, "protocols": _cnp_protocols(dest)})
     # domainNames only accept: the allowlist needs the deny after them (the draft says so).
     egress.append({"name": "deny-everything-else", "action": "Deny",

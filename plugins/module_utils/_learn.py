@@ -277,12 +277,24 @@ def _policy_entry(entry):
     return dict((k, v) for k, v in entry.items() if k not in ("seen", "flag", "forwarded_only"))
 
 
-def diff_host(current_allow, proposal_allow, host):
-    """What the proposal adds for one host: entries (or ports) its current egress_allow lacks."""
+def _hosts_of(entry):
+    """The lower-cased host texts of an egress_allow entry: its host, or each address of a list."""
+    host = entry.get("host", "")
+    return [str(h).lower() for h in (host if isinstance(host, (list, tuple)) else [host])]
+
+
+def _allowed_ports(current_allow):
+    """{(host, protocol): set(ports)} of egress_allow, a list's addresses each on the entry's ports."""
     current = {}
     for entry in current_allow:
-        key = (str(entry.get("host", "")).lower(), entry.get("protocol", "tcp"))
-        current.setdefault(key, set()).update(entry.get("ports", [443]))
+        for host in _hosts_of(entry):
+            current.setdefault((host, entry.get("protocol", "tcp")), set()).update(entry.get("ports", [443]))
+    return current
+
+
+def diff_host(current_allow, proposal_allow, host):
+    """What the proposal adds for one host: entries (or ports) its current egress_allow lacks."""
+    current = _allowed_ports(current_allow)
     added = []
     for entry in proposal_allow:
         if host not in entry["seen"]["hosts"]:
@@ -296,13 +308,21 @@ def diff_host(current_allow, proposal_allow, host):
 
 
 def merged_allow(current_allow, proposal_allow):
-    """The egress_allow to apply: the current entries (unchanged) and the proposed ones they lack."""
+    """The egress_allow to apply: the current entries (unchanged) and the proposed ones they lack.
+
+    A missing port of a host named alone is added to its entry; one of an address in a list is not (it would open
+    the port to every address of the list): the proposed entry is added with only the ports the list lacks."""
     result = [dict(e) for e in current_allow]
-    index = dict(((str(e.get("host", "")).lower(), e.get("protocol", "tcp")), e) for e in result)
+    index = dict(((str(e.get("host", "")).lower(), e.get("protocol", "tcp")), e) for e in result
+                 if not isinstance(e.get("host"), (list, tuple)))
+    listed = _allowed_ports(e for e in current_allow if isinstance(e.get("host"), (list, tuple)))
     for entry in proposal_allow:
-        have = index.get((entry["host"], entry.get("protocol", "tcp")))
+        key = (entry["host"], entry.get("protocol", "tcp"))
+        have = index.get(key)
         if have is None:
-            result.append(_policy_entry(entry))
+            ports = [p for p in entry["ports"] if p not in listed.get(key, set())]
+            if ports:
+                result.append(dict(_policy_entry(entry), ports=ports))
             continue
         ports = list(have.get("ports", [443]))
         ports.extend(p for p in entry["ports"] if p not in ports)
@@ -322,7 +342,7 @@ def render_yaml(allow, proposal, generated, hosts):
              "# Entries without a 'seen' comment were already in egress_allow (the recorder only sees denials).",
              "egress_allow:"]
     for entry in allow:
-        seen = proposed.get(entry.get("host"))
+        seen = proposed.get(entry["host"]) if isinstance(entry.get("host"), str) else None
         if seen is not None:
             stats = seen["seen"]
             note = "seen %d times, first %s on %s" % (stats["count"], stats["first_seen"], ", ".join(stats["hosts"]))

@@ -28,7 +28,8 @@ from ansible_collections.agentguard.hardening.plugins.module_utils._state import
 ARGUMENT_SPEC = dict(
     allow=dict(type="list", elements="dict", default=[], options=dict(
         name=dict(type="str", required=True),
-        host=dict(type="str", required=True),
+        # A string (name, address or CIDR) or a list of addresses and CIDRs: checked in _destination.
+        host=dict(type="raw", required=True),
         ports=dict(type="list", elements="raw", default=[443]),
         protocol=dict(type="str", choices=["tcp", "udp"], default="tcp"),
         subdomains=dict(type="bool", default=False),
@@ -88,9 +89,12 @@ USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 # prefix wildcard. Linux refuses "/", ":" and white space in names; iptables reads "!" as negation.
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,14}[A-Za-z0-9_.@+-]$")
 
-Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains", "users", "tls", "tls_ports"])
-Destination.__new__.__defaults__ = (False, (), None, ())
-"""kind is "name", "ipv4" or "ipv6"; for addresses host is the canonical network string.
+Destination = namedtuple("Destination", ["name", "host", "kind", "ports", "protocol", "subdomains", "users", "tls", "tls_ports",
+                                         "networks"])
+Destination.__new__.__defaults__ = (False, (), None, (), ())
+"""kind is "name", "ipv4" or "ipv6" (one address or CIDR: host is its canonical text), or "networks" (a list of
+addresses and CIDRs: host is a short text naming them, for messages).
+networks: the literal destinations' ((family, canonical), ...) in the order given, without repeats; () for a name.
 users: User tuples; when not empty only their processes may connect (an owner match).
 tls: the entry's tls key (None when unset); tls_ports: the TCP ports the TLS gate covers (ints,
 sorted; empty when the gate is off or the entry is not gated)."""
@@ -248,6 +252,41 @@ def parse_host(value, where):
     return ("name", text.rstrip(".").lower())
 
 
+def parse_host_list(values, where):
+    """Return (((family, canonical), ...), errors) of a list of addresses and CIDRs (a destination's host):
+    each element once, in the order given; errors names every bad element."""
+    if not values:
+        return (), ["%s: [] is empty; give a DNS name, an address or CIDR, or a list of addresses and CIDRs" % where]
+    seen, networks, errors = set(), [], []
+    for index, value in enumerate(values):
+        spot = "%s[%d]" % (where, index)
+        try:
+            kind, canonical = parse_host(value, spot)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if kind == "name":
+            errors.append("%s: %s is a DNS name; a list holds addresses and CIDRs only (give the name an entry "
+                          "of its own)" % (spot, _repr(value)))
+        elif canonical not in seen:
+            seen.add(canonical)
+            networks.append((kind, canonical))
+    return tuple(networks), errors
+
+
+def networks_text(networks):
+    """A destination's list of networks, short enough for a message."""
+    texts = [canonical for family, canonical in networks]
+    if len(texts) <= 3:
+        return ", ".join(texts)
+    return "%s, %s and %d more" % (texts[0], texts[1], len(texts) - 2)
+
+
+def literal_networks(dest, families):
+    """{family: [canonical, ...]} of a literal destination (one address, CIDR or a list), for the given families."""
+    return dict((family, [c for f, c in dest.networks if f == family]) for family in families)
+
+
 def parse_address(value, where):
     """Return the canonical text of a single IP address (no prefix), or raise ValueError."""
     if not isinstance(value, str):
@@ -388,9 +427,17 @@ def _destination(entry, index, errors, lookup_user, failed):
         errors.append("%s.name: %s is not a valid label (1-26 characters: letters, digits, '_', '.', '-', starting with a letter or digit)"
                       % (where, _repr(name)))
         ok = False
-    if entry["host"] is not None:
+    networks = ()
+    if isinstance(entry["host"], (list, tuple)):
+        networks, list_errors = parse_host_list(entry["host"], where + ".host")
+        kind, host = "networks", networks_text(networks)
+        errors.extend(list_errors)
+        ok = ok and not list_errors
+    elif entry["host"] is not None:
         try:
             kind, host = parse_host(entry["host"], where + ".host")
+            if kind != "name":
+                networks = ((kind, host),)
         except ValueError as exc:
             errors.append(str(exc))
             ok = False
@@ -414,9 +461,11 @@ def _destination(entry, index, errors, lookup_user, failed):
     if users is None:
         return None
     if entry["subdomains"] and kind != "name":
-        errors.append("%s.subdomains: true only applies to a DNS name, not %s" % (where, _repr(entry["host"])))
+        errors.append("%s.subdomains: true only applies to a DNS name, not %s"
+                      % (where, _repr(host if kind == "networks" else entry["host"])))
         return None
-    return Destination(name, host, kind, tuple(specs), entry["protocol"], entry["subdomains"], users, entry["tls"])
+    return Destination(name, host, kind, tuple(specs), entry["protocol"], entry["subdomains"], users, entry["tls"],
+                       networks=networks)
 
 
 def _gated_ports(dest, where, errors):
@@ -449,8 +498,9 @@ def _tls_gate(params, allow, labels, state, scope, users, resolver_user, lookup_
             errors.append("allow[%d].tls: true needs protocol tcp (the entry's protocol is %s); TLS over UDP (QUIC) "
                           "cannot be gated" % (labels[dest.name], _repr(dest.protocol)))
         if dest.tls is True and mode != "off" and dest.kind != "name":
-            errors.append("allow[%d].host: %s is an address; an address has no server name to check; set tls: false"
-                          % (labels[dest.name], _repr(dest.host)))
+            errors.append("allow[%d].host: %s %s; an address has no server name to check; set tls: false"
+                          % (labels[dest.name], _repr(dest.host),
+                             "holds addresses and networks" if dest.kind == "networks" else "is an address"))
     if mode == "off" or state != "present":
         return mode, None, port, allow, (), ()
     user = None

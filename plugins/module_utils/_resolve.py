@@ -138,8 +138,9 @@ def resolve_destinations(destinations, servers, families, timeout=3.0, retries=2
     for dest in destinations:
         entry = {"ipv4": [], "ipv6": []}
         if dest.kind != "name":
-            if dest.kind in families:
-                entry[dest.kind] = [dest.host]
+            for family, network in dest.networks:
+                if family in families:
+                    entry[family].append(network)
             result[dest.name] = entry
             continue
         for family, rdtype in RDTYPES:

@@ -81,7 +81,11 @@ options:
       host:
         description:
           - A DNS name (resolved through O(dns_servers)), an IPv4 or IPv6 address, or a CIDR network.
-        type: str
+          - Or a list of IPv4 and IPv6 addresses and CIDR networks (not names; a repeat counts once), one destination
+            under one label, matched like a name's addresses (one rule per port and family, through the sets
+            C(ag4-<name>) and C(ag6-<name>) above 8 addresses in a family). For many literal addresses on the same
+            ports, one entry with a list costs less to apply and to match than an entry per address.
+        type: raw
         required: true
       ports:
         description:

@@ -152,6 +152,23 @@ def test_many_addresses_use_ipsets(lab, egress):
     assert "ag4-cdn" not in lab.run("ipset", "save").stdout
 
 
+def test_a_list_of_addresses_is_one_destination(lab, egress):
+    # Ten IPv4 addresses (one set) and three IPv6 ones (a rule each) under one label; the rest of the CDN is not listed.
+    listed4, listed6 = CDN4[:10], CDN6[:3]
+    policy = dict(POLICY, allow=POLICY["allow"] + [dict(name="pool", host=listed4 + listed6, ports=[8443])])
+    first = egress(policy)
+    assert first["changed"] is True
+    assert first["resolved"]["pool"] == {"ipv4": [a + "/32" for a in listed4], "ipv6": [a + "/128" for a in listed6]}
+    assert egress(policy)["changed"] is False
+    sets = lab.run("ipset", "save").stdout
+    assert sets.count("add ag4-pool ") == 10 and "ag6-pool" not in sets
+    assert sum("agentguard: pool" in l for l in lab.save("ipv4").splitlines()) == 1
+    assert sum("agentguard: pool" in l for l in lab.save("ipv6").splitlines()) == 3
+    probes = {"tcp:%s:8443" % CDN4[9]: "ok", "tcp:[%s]:8443" % CDN6[2]: "ok",
+              "tcp:%s:8443" % CDN4[11]: "timeout", "tcp:[%s]:8443" % CDN6[5]: "timeout"}
+    assert lab.probe(list(probes)) == probes
+
+
 def failing_ip6tables_restore(tmp_path, reads_input):
     """A PATH prefix whose ip6tables-restore validates for real but fails every commit, either after
     reading its input or at once (the module then meets a broken pipe)."""

@@ -30,6 +30,15 @@ def test_messages_name_the_role_variable_and_the_value():
     assert errors[0].startswith("egress_allow[0].host: ") and "'exa mple.com'" in errors[0]
 
 
+def test_a_list_of_addresses_is_checked_element_by_element():
+    assert check(options(allow=[dict(name="pool", host=["198.18.1.1", "fd00:a9e::/64"])])) == []
+    errors = check(options(allow=[dict(name="pool", host=["198.18.1.1", "api.example.com", "198.18.1.1/16"])]), ROLE_NAMES)
+    # Every bad element, each named.
+    assert errors == ["egress_allow[0].host[1]: 'api.example.com' is a DNS name; a list holds addresses and CIDRs only "
+                      "(give the name an entry of its own)",
+                      "egress_allow[0].host[2]: '198.18.1.1/16' has host bits set; did you mean 198.18.0.0/16?"]
+
+
 def test_every_problem_is_reported_at_once():
     errors = check(options(allow=[dict(name="api", host="0.0.0.0/0"), dict(name="api", host="198.18.1.1", ports=[70000])],
                            dns_servers=["resolver.example"], log_prefix="x" * 40), ROLE_NAMES)

@@ -549,3 +549,18 @@ def test_a_search_expansion_over_the_dns_name_limit_is_refused():
                           cluster_dns={"search": [".".join(c * 60 for c in "abcd")]})
     assert caught.value.errors[0].startswith("cluster_dns.search: 'api.openclaw.security.aaaa")
     assert "is longer than 253 characters" in caught.value.errors[0]
+
+
+@pytest.mark.parametrize("families", [["ipv4", "ipv6"], ["ipv4"]])
+def test_a_list_of_addresses_exports_each_of_its_networks_in_the_families(families):
+    variables = {"egress_allow": [dict(name="pool", host=["198.18.7.1", "198.18.8.0/24", "fd00:a9e:7::1"])],
+                 "egress_dns_servers": ["198.18.0.53"], "egress_families": families}
+    exports = by_backend(K.export_policies(variables, "agents", resolved={}, backends=K.BACKENDS, dns="servers"))
+    expected = {"198.18.7.1/32", "198.18.8.0/24"} | ({"fd00:a9e:7::1/128"} if "ipv6" in families else set())
+    netpol = exports["networkpolicy"]["manifest"]["spec"]["egress"]
+    assert set(p["ipBlock"]["cidr"] for r in netpol for p in r["to"] if "ipBlock" in p) - {"198.18.0.53/32"} == expected
+    cilium = exports["cilium"]["manifest"]["spec"]["egress"]
+    assert [set(c["cidr"] for c in r["toCIDRSet"]) for r in cilium if "toPorts" in r and r.get("toCIDRSet")
+            and r["toPorts"][0]["ports"][0]["port"] == "443"] == [expected]
+    cnp = [r for r in exports["clusternetworkpolicy"]["manifest"]["spec"]["egress"] if r["name"] == "pool"]
+    assert [set(n for p in r["to"] for n in p["networks"]) for r in cnp] == [expected]

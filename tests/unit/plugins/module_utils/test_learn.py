@@ -168,3 +168,24 @@ def test_an_invalid_proposal_is_reported():
     entries = [record("198.18.0.20", 443, names={"api.test": ["dns"]})]
     out = egress_learn_proposal({"h1": {"learned": learned(entries), "allow": [], "dns_servers": []}})
     assert out["errors"] and out["errors"][0].startswith("egress_dns_servers")
+
+
+def test_an_address_in_a_list_counts_as_allowed_and_its_list_is_not_widened():
+    current = [dict(name="pool", host=["198.18.0.20", "198.18.0.21"], ports=[443]),
+               dict(name="one", host="198.18.0.30", ports=[443])]
+    seen = {"count": 1, "first_seen": "2026-12-06T11:00:00Z", "hosts": ["h1"]}
+    proposal = [dict(name="addr-198.18.0.20", host="198.18.0.20", ports=[443, 8443], seen=seen),
+                dict(name="addr-198.18.0.21", host="198.18.0.21", ports=[443], seen=seen),
+                dict(name="addr-198.18.0.30", host="198.18.0.30", ports=[8443], seen=seen)]
+    # 198.18.0.21:443 is allowed through the list; 198.18.0.20 lacks 8443 only.
+    assert L.diff_host(current, proposal, "h1") == [
+        {"host": "198.18.0.20", "protocol": "tcp", "ports": [8443], "new_entry": False},
+        {"host": "198.18.0.30", "protocol": "tcp", "ports": [8443], "new_entry": False}]
+    merged = L.merged_allow(current, proposal)
+    # The list keeps its ports (8443 for one address is not 8443 for all of them); an entry of its own gets it.
+    assert merged == [dict(name="pool", host=["198.18.0.20", "198.18.0.21"], ports=[443]),
+                      dict(name="one", host="198.18.0.30", ports=[443, 8443]),
+                      dict(name="addr-198.18.0.20", host="198.18.0.20", ports=[8443])]
+    text = L.render_yaml(merged, {"allow": proposal, "flagged": [], "withheld": []}, "2026-12-06T11:00:00Z", ["h1"])
+    import yaml
+    assert yaml.safe_load(text)["egress_allow"] == merged

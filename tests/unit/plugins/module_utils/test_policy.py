@@ -102,6 +102,14 @@ MALFORMED = bad_entries("host", "is not a valid DNS name", "bad..name", "-bad.ex
     (base(allow=[dest(host="198.18.0.10", subdomains=True)], dns_mode="filtering", dns_resolver_user="agent"),
      "allow[0].subdomains: true only applies to a DNS name, not '198.18.0.10'"),
     (base(dns_mode="filtering", dns_resolver_user="nosuchuser"), "dns_resolver_user: user 'nosuchuser' does not exist"),
+    (base(allow=[dest(host=["198.18.0.1", "api.example.com"])]),
+     "allow[0].host[1]: 'api.example.com' is a DNS name; a list holds addresses and CIDRs only"),
+    (base(allow=[dest(host=["198.18.0.1", "198.18.1.0/15"])]), "allow[0].host[1]: '198.18.1.0/15' has host bits set"),
+    (base(allow=[dest(host=["198.18.0.1", 7])]), "allow[0].host[1]: 7 is not a host"),
+    (base(allow=[dest(host=["198.18.0.1", "0.0.0.0/0"])]), "allow[0].host[1]: '0.0.0.0/0' allows every address"),
+    (base(allow=[dest(host=[])]), "allow[0].host: [] is empty"),
+    (base(allow=[dest(host={"a": 1})]), "allow[0].host: {'a': 1} is not a host"),
+    (base(allow=[dest(host=["198.18.0.1"], subdomains=True)]), "allow[0].subdomains: true only applies to a DNS name, not '198.18.0.1/32'"),
     (base(dns_mode="filtering", dns_resolver_user="agent", dns_set_timeout=5), "dns_set_timeout: 5 is out of range"),
     (base(dns_mode="filtering", dns_resolver_user="agent", resolvers=["localhost"]), "resolvers[0]: 'localhost' is not an IP address"),
     (base(dns_mode="filtering"), "dns_resolver_user: None is empty; dns_mode=filtering needs the user"),
@@ -141,8 +149,10 @@ def test_valid_policy_is_normalised():
     )
     policy = validated_policy(params, lookup)
     assert policy.allow[0] == P.Destination("api", "api.openclaw.security", "name", ("443", "8000:8010"), "tcp", False)
-    assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp", False)
-    assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp", False)
+    assert policy.allow[1] == P.Destination("net", "fd00:a9e::/32", "ipv6", ("53",), "udp", False,
+                                           networks=(("ipv6", "fd00:a9e::/32"),))
+    assert policy.allow[2] == P.Destination("one", "198.18.0.10/32", "ipv4", ("8443",), "tcp", False,
+                                           networks=(("ipv4", "198.18.0.10/32"),))
     assert policy.dns_servers == ("1.1.1.1", "2606:4700:4700::1111")
     assert policy.log_limit == "5/sec"
     assert [u.uid for u in policy.users] == [0, 1000]
@@ -305,3 +315,24 @@ def test_a_string_for_a_list_is_one_error_naming_the_field(option, value, messag
     with pytest.raises(P.PolicyError) as exc:
         validated_policy(params, lambda name: 1000)
     assert exc.value.errors == [message]
+
+
+def test_a_list_of_addresses_is_one_destination():
+    hosts = ["198.18.0.1", "fd00:a9e::1", "198.18.0.1", "198.18.4.0/24", "FD00:A9E::1"]
+    policy = validated_policy(base(allow=[dest(name="pool", host=hosts)]), lookup)
+    (pool,) = policy.allow
+    assert pool.kind == "networks" and pool.name == "pool"
+    # In the order given, each once (an address written twice, or in two spellings, is one network).
+    assert pool.networks == (("ipv4", "198.18.0.1/32"), ("ipv6", "fd00:a9e::1/128"), ("ipv4", "198.18.4.0/24"))
+    assert pool.host == "198.18.0.1/32, fd00:a9e::1/128, 198.18.4.0/24"
+    assert P.literal_networks(pool, ["ipv4"]) == {"ipv4": ["198.18.0.1/32", "198.18.4.0/24"]}
+    many = validated_policy(base(allow=[dest(name="many", host=["198.18.0.%d" % i for i in range(1, 11)])]), lookup)
+    assert many.allow[0].host == "198.18.0.1/32, 198.18.0.2/32 and 8 more"
+
+
+def test_a_list_has_no_server_name_for_the_gate():
+    params = base(allow=[dest(host=["198.18.0.1"], tls=True)], tls_gate="enforce", tls_gate_user="agent", scope="users",
+                  users=["agent"])
+    with pytest.raises(P.PolicyError) as info:
+        validated_policy(params, lookup)
+    assert "allow[0].host: '198.18.0.1/32' holds addresses and networks; an address has no server name" in str(info.value)

@@ -69,6 +69,21 @@ def test_small_destination_uses_rules_large_uses_sets():
     assert sum("agentguard: inference-api" in r for r in allow) == 1
 
 
+def test_a_list_of_addresses_is_one_set_per_family_above_the_threshold():
+    v4 = ["198.18.16.%d" % i for i in range(1, 11)]
+    few6 = ["fd00:a9e:16::1", "fd00:a9e:17::/64"]
+    p = policy(allow=[dict(name="pool", host=v4 + few6, ports=[443, 8443])])
+    resolved = {"pool": {"ipv4": [n + "/32" for n in v4], "ipv6": ["fd00:a9e:16::1/128", "fd00:a9e:17::/64"]}}
+    sets = R.desired_sets(p, resolved)
+    assert sorted(sets) == ["ag4-pool"] and sets["ag4-pool"].members == tuple(n + "/32" for n in v4)
+    allow4 = dict(R.desired_state(p, resolved, "ipv4", sets).chains)["AGENTGUARD-ALLOW"]
+    pool4 = [r for r in allow4 if "agentguard: pool" in r]
+    assert len(pool4) == 2 and all("--match-set ag4-pool dst" in r for r in pool4)
+    # Two IPv6 networks: under the threshold, a rule per network and port.
+    allow6 = dict(R.desired_state(p, resolved, "ipv6", sets).chains)["AGENTGUARD-ALLOW"]
+    assert sum("agentguard: pool" in r for r in allow6) == 4 and not any("match-set" in r for r in allow6)
+
+
 def test_dns_only_to_resolvers_of_the_family():
     allow = dict(R.desired_state(policy(), RESOLVED, "ipv4").chains)["AGENTGUARD-ALLOW"]
     dns = [r for r in allow if "--dport 53 " in r]

@@ -68,7 +68,7 @@ def dns_server(tmp_path_factory):
 
 def dest(host, name="d"):
     kind, canonical = P.parse_host(host, "h")
-    return P.Destination(name, canonical, kind, ("443",), "tcp")
+    return P.Destination(name, canonical, kind, ("443",), "tcp", networks=() if kind == "name" else ((kind, canonical),))
 
 
 def test_a_and_aaaa_sorted_and_deduplicated(dns_server):
@@ -199,7 +199,7 @@ def test_literal_addresses_never_load_dnspython():
     code = (
         "import sys\n"
         "from ansible_collections.agentguard.hardening.plugins.module_utils import _policy as P, _resolve as R\n"
-        "print(R.resolve_destinations([P.Destination('d', '198.18.0.1', 'ipv4', ('443',), 'tcp')], [], ('ipv4',)))\n"
+        "print(R.resolve_destinations([P.Destination('d', '198.18.0.1/32', 'ipv4', ('443',), 'tcp', networks=(('ipv4', '198.18.0.1/32'),))], [], ('ipv4',)))\n"
         "print('dns' in sys.modules)\n")
     proc = _python(code, "")
     assert proc.returncode == 0 and proc.stdout.split("\n")[1] == "False", proc.stdout
