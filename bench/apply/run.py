@@ -51,10 +51,15 @@ def addresses(n):
     return v4, v6
 
 
-def ours_play(n):
+def ours_play(n, form="entries"):
+    """Our task: the 2N addresses as one allow entry each ("entries"), or as one entry whose host lists them all
+    ("list", matched through one set per family above 8 addresses)."""
     v4, v6 = addresses(n)
-    allow = [{"name": "d%05d-4" % i, "host": a} for i, a in enumerate(v4)]
-    allow += [{"name": "d%05d-6" % i, "host": a} for i, a in enumerate(v6)]
+    if form == "list":
+        allow = [{"name": "api", "host": v4 + v6}]
+    else:
+        allow = [{"name": "d%05d-4" % i, "host": a} for i, a in enumerate(v4)]
+        allow += [{"name": "d%05d-6" % i, "host": a} for i, a in enumerate(v6)]
     return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
         "name": "Egress allowlist (agentguard.hardening.egress_rules)",
         "agentguard.hardening.egress_rules": {"allow": allow, "dns_servers": [DNS4, DNS6]},
@@ -97,9 +102,9 @@ def ping_play():
         "name": "The Ansible floor (ansible.builtin.ping)", "ansible.builtin.ping": {}}]}]
 
 
-def argument_floor_play(n, result_file):
+def argument_floor_play(n, result_file, form="entries"):
     """The argument floor: our arguments, our result, no work (library/argument_floor.py)."""
-    args = dict(ours_play(n)[0]["tasks"][0]["agentguard.hardening.egress_rules"], result_file=result_file)
+    args = dict(ours_play(n, form)[0]["tasks"][0]["agentguard.hardening.egress_rules"], result_file=result_file)
     return [{"hosts": "localhost", "gather_facts": False, "tasks": [{
         "name": "The argument floor (same arguments and result, no work)", "argument_floor": args}]}]
 
@@ -150,9 +155,9 @@ def netns(name, action):
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
 
 
-def measure(side, playfile, n, rep, ping=None):
+def measure(side, playfile, n, rep, ping=None, form="entries"):
     """The three runs of one side in a fresh namespace; with ping (ours), the floors beside the idempotent run."""
-    name = "agbench-%s-%d-%d" % (side, n, rep)
+    name = "agbench-%s-%d-%d%s" % (side, n, rep, "" if form == "entries" else "-" + form)
     netns(name, "add")
     floor = argument_floor = None
     try:
@@ -164,7 +169,7 @@ def measure(side, playfile, n, rep, ping=None):
         if ping and not rep % 2:
             floor = run_play(ping, name)[0]
         if ping:
-            argument_floor = measure_argument_floor(n, name, returned[0])
+            argument_floor = measure_argument_floor(n, name, returned[0], form)
         check, changed_check = run_play(playfile, name, check=True)
         save = subprocess.run(["ip", "netns", "exec", name, "iptables-save", "-t", "filter"], stdout=subprocess.PIPE,
                               universal_newlines=True, check=True).stdout
@@ -180,7 +185,7 @@ def measure(side, playfile, n, rep, ping=None):
     return result
 
 
-def measure_argument_floor(n, netns_name, returned):
+def measure_argument_floor(n, netns_name, returned, form="entries"):
     """The argument floor's task time, given what our idempotent run returned."""
     workdir = tempfile.mkdtemp(prefix="agbench-floor-")
     try:
@@ -189,7 +194,7 @@ def measure_argument_floor(n, netns_name, returned):
             json.dump(dict((k, v) for k, v in returned.items() if not k.startswith("_ansible") and k != "action"), handle)
         play = os.path.join(workdir, "floor.yml")
         with open(play, "w") as handle:
-            json.dump(argument_floor_play(n, result_file), handle)
+            json.dump(argument_floor_play(n, result_file, form), handle)
         return run_play(play, netns_name)[0]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -198,6 +203,9 @@ def measure_argument_floor(n, netns_name, returned):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--forms", default="entries",
+                        help="how our task lists the addresses, comma-separated: entries (one allow entry per address), "
+                             "list (one entry whose host lists them); the loop side is measured with entries only")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--loop-reps", type=int, default=None,
                         help="measure the iptables loop in the first K repetitions only (default: all)")
@@ -226,30 +234,30 @@ def main():
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=1)
 
-    for n in [int(s) for s in args.sizes.split(",")]:
-        plays = {}
-        for side, builder in (("ours", ours_play), ("loop", loop_play)):
-            plays[side] = os.path.join(workdir, "%s-%d.yml" % (side, n))
+    cases = [(int(size), form) for size in args.sizes.split(",") for form in args.forms.split(",")]
+    for n, form in cases:
+        plays = {"ours": os.path.join(workdir, "ours-%d-%s.yml" % (n, form)),
+                 "loop": os.path.join(workdir, "loop-%d.yml" % n), "ping": os.path.join(workdir, "ping.yml")}
+        for side, play in (("ours", ours_play(n, form)), ("loop", loop_play(n)), ("ping", ping_play())):
             with open(plays[side], "w") as handle:
-                json.dump(builder(n), handle)  # JSON is YAML
-        plays["ping"] = os.path.join(workdir, "ping.yml")
-        with open(plays["ping"], "w") as handle:
-            json.dump(ping_play(), handle)
-        entry = results["sizes"].setdefault(str(n), {"runs": {"ours": [], "loop": []}, "loadavg_start": loadavg()})
+                json.dump(play, handle)  # JSON is YAML
+        # The entries form keeps the plain size as its key (the results files before --forms).
+        key = str(n) if form == "entries" else "%d %s" % (n, form)
+        entry = results["sizes"].setdefault(key, {"runs": {"ours": [], "loop": []}, "loadavg_start": loadavg(), "form": form})
         runs = entry["runs"]
         # Until this sitting ends, the file's medians are those of its complete repetitions (--report).
         entry.pop("summary", None)
         entry.pop("loadavg_end", None)
-        done = complete_reps(runs, loop_reps)
+        done = complete_reps(runs, loop_reps if form == "entries" else 0)
         for side in runs:  # a repetition cut short is measured again, both sides
             runs[side] = [r for r in runs[side] if r.get("rep", 0) < done]
         for rep in range(done, args.reps):
             order = ("ours", "loop") if rep % 2 == 0 else ("loop", "ours")
             started, load = now(), loadavg()
             for side in order:
-                if side == "loop" and rep >= loop_reps:
+                if side == "loop" and (rep >= loop_reps or form != "entries"):
                     continue
-                runs[side].append(measure(side, plays[side], n, rep, plays["ping"] if side == "ours" else None))
+                runs[side].append(measure(side, plays[side], n, rep, plays["ping"] if side == "ours" else None, form))
                 runs[side][-1].update(rep=rep, rep_started=started, loadavg_before=load, loadavg_after=loadavg())
                 print("N=%d rep %d %s: %s" % (n, rep + 1, side, runs[side][-1]), file=sys.stderr, flush=True)
                 save()
@@ -322,7 +330,7 @@ def table(results):
         # A results file still being measured has no summary yet: take its complete repetitions.
         summary = data.get("summary")
         if not summary:
-            done = complete_reps(data["runs"], float("inf"))
+            done = complete_reps(data["runs"], float("inf") if data.get("form", "entries") == "entries" else 0)
             if not done:
                 lines.append("| %s | (no complete repetition yet) | | | | |" % n)
                 continue
