@@ -14,9 +14,13 @@ the same arguments and return the result our idempotent run returned (library/ar
 right after the ping. What it costs above ping is Ansible's for carrying N entries in and the result out;
 what ours costs above it is ours.
 
-Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--reps 5] [--loop-reps K] [--out FILE] [--resume]
+Usage (root): .venv/bin/python bench/apply/run.py [--sizes 10,100,1000] [--forms entries,list] [--reps 5] [--loop-reps K]
+                 [--out FILE] [--resume]
        .venv/bin/python bench/apply/run.py --report --out FILE
 
+--forms says how our task writes the 2N addresses: entries (one allow entry per address, the default and the
+form of the loop comparison) or list (one entry whose host lists them all, matched through one set per family);
+each form is its own row, with its own floors.
 --loop-reps K measures the loop side in the first K repetitions only (still alternating with ours
 there) and ours in all of them: at N = 1,000 one loop repetition (three runs) takes about an hour
 on a small machine. The table then says how many runs each median is of.
