@@ -371,41 +371,48 @@ def egress_phases(run, host, platform, boot_files=None, plan=None, dns_user_look
     host_errors = egress_host_errors(host, platform, run.get("hostname") or "this host",
                                      run.get("allow") if present else [], run.get("scope_users"),
                                      tls if present else dict(tls, mode="off")) if host else []
+    # Grouped by phase, each flag with what its tasks read.
     return dict(
+        # Before the plan (tasks/prepare_host.yml): refuse the host, or install what the policy needs.
         prepare_host=bool(host_errors) or install or gate_user_missing,
         host_errors=host_errors,
         install_packages=install,
+        missing_packages=missing,
+        debconf=list(platform.get("debconf") or []) if persist else [],
+        # The filtering resolver, or what a former one left.
         run_resolver=filtering,
+        resolvers=list(resolvers),
+        dns_active=dns_active,
+        remove_resolver=remove_resolver,
+        dns_leftovers=leftovers,
+        # The rules: plan, apply, prove, persist.
         plan_rules=can_plan,
+        plan_blocked=plan_blocked,
         apply_rules=apply,
         run_canary=canary,
         persist_rules=persist_now,
-        remove_role_files=not present,
-        remove_persisted_rules=not present and persist,
-        remove_resolver=remove_resolver,
-        # Never before a plan is known (the fast path's, from egress_host_state, or egress_rules'), nor on a host
-        # that is to be refused.
-        nothing_to_do=bool(plan) and not host_errors and not (apply or canary or persist_now or not present
-                                                              or remove_resolver or plan_blocked or tls_gate
-                                                              or remove_tls_gate or guard or remove_guard),
-        missing_packages=missing,
-        debconf=list(platform.get("debconf") or []) if persist else [],
-        resolvers=list(resolvers),
-        dns_active=dns_active,
-        dns_leftovers=leftovers,
-        plan_blocked=plan_blocked,
+        # The TLS gate.
         tls_gate_on=tls_on,
         create_tls_gate_user=gate_user_missing,
         mask_nginx=tls_on and bool(host.get("systemd")) and _dict(host.get("enabled")).get(NGINX_UNIT) == "not-found",
         set_up_tls_gate=tls_gate,
         remove_tls_gate=remove_tls_gate,
         tls_leftovers=tls_leftovers,
+        # The guard.
         install_guard=guard,
+        guard_skipped=guard_skipped,
+        guard_unit=guard_cfg["unit"],
         remove_guard=remove_guard,
         guard_leftovers=guard_leftovers,
-        guard_unit=guard_cfg["unit"],
         guard_remove=guard_leftovers + [guard_cfg["guard_dir"], guard_cfg["state_dir"] + "/desired.json"],
-        guard_skipped=guard_skipped,
+        # egress_state=absent: what the role itself wrote.
+        remove_role_files=not present,
+        remove_persisted_rules=not present and persist,
+        # Never before a plan is known (the fast path's, from egress_host_state, or egress_rules'), nor on a host
+        # that is to be refused.
+        nothing_to_do=bool(plan) and not host_errors and not (apply or canary or persist_now or not present
+                                                              or remove_resolver or plan_blocked or tls_gate
+                                                              or remove_tls_gate or guard or remove_guard),
     )
 
 
