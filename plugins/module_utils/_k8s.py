@@ -680,7 +680,7 @@ def _cilium(policy, opts, limitations, errors, clusterwide=False):
             server_names = [exact] + ([pattern] if pattern else []) if opts["tls_gate"] == "enforce" else []
             egress.append({"toFQDNs": selectors, "toPorts": _cilium_port_rules(dest, server_names)})
         else:
-            cidrs = [c for nets in literal_networks(dest, policy.families).values() for c in nets]
+            cidrs = [c for family, c in dest.networks if family in policy.families]
             if cidrs:
                 # Never toPorts alone: Cilium reads a rule without peers as "every destination".
                 egress.append({"toCIDRSet": [{"cidr": c} for c in cidrs], "toPorts": _cilium_port_rules(dest, [])})
@@ -750,7 +750,7 @@ def _clusternetworkpolicy(policy, opts, limitations, errors):
             exact, pattern = _names_of(dest)
             peers = [{"domainNames": [exact] + ([pattern] if pattern else [])}]
         else:
-            cidrs = [c for nets in literal_networks(dest, policy.families).values() for c in nets]
+            cidrs = [c for family, c in dest.networks if family in policy.families]
             if not cidrs:
                 continue
             peers = _cnp_networks(cidrs)

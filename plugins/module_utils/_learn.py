@@ -277,10 +277,14 @@ def _policy_entry(entry):
     return dict((k, v) for k, v in entry.items() if k not in ("seen", "flag", "forwarded_only"))
 
 
+def _listed(entry):
+    """Whether an egress_allow entry's host is a list of addresses."""
+    return isinstance(entry.get("host"), (list, tuple))
+
+
 def _hosts_of(entry):
     """The lower-cased host texts of an egress_allow entry: its host, or each address of a list."""
-    host = entry.get("host", "")
-    return [str(h).lower() for h in (host if isinstance(host, (list, tuple)) else [host])]
+    return [str(h).lower() for h in (entry["host"] if _listed(entry) else [entry.get("host", "")])]
 
 
 def _allowed_ports(current_allow):
@@ -313,9 +317,8 @@ def merged_allow(current_allow, proposal_allow):
     A missing port of a host named alone is added to its entry; one of an address in a list is not (it would open
     the port to every address of the list): the proposed entry is added with only the ports the list lacks."""
     result = [dict(e) for e in current_allow]
-    index = dict(((str(e.get("host", "")).lower(), e.get("protocol", "tcp")), e) for e in result
-                 if not isinstance(e.get("host"), (list, tuple)))
-    listed = _allowed_ports(e for e in current_allow if isinstance(e.get("host"), (list, tuple)))
+    index = dict(((_hosts_of(e)[0], e.get("protocol", "tcp")), e) for e in result if not _listed(e))
+    listed = _allowed_ports(e for e in current_allow if _listed(e))
     for entry in proposal_allow:
         key = (entry["host"], entry.get("protocol", "tcp"))
         have = index.get(key)
@@ -342,7 +345,7 @@ def render_yaml(allow, proposal, generated, hosts):
              "# Entries without a 'seen' comment were already in egress_allow (the recorder only sees denials).",
              "egress_allow:"]
     for entry in allow:
-        seen = proposed.get(entry["host"]) if isinstance(entry.get("host"), str) else None
+        seen = None if _listed(entry) else proposed.get(entry.get("host"))
         if seen is not None:
             stats = seen["seen"]
             note = "seen %d times, first %s on %s" % (stats["count"], stats["first_seen"], ", ".join(stats["hosts"]))
